@@ -1,0 +1,173 @@
+"""Load a checkpoint pair (hub id or local folder), validate it before any compute, hash it, save B'.
+
+Weights load through ``from_pretrained`` with safetensors preferred, never remote code; legacy
+``pytorch_model.bin`` files go through ``torch.load(weights_only=True)`` (transformers' default).
+Everything is computed in float32 on the CPU or GPU, whatever the stored dtype.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arch import SUPPORTED_MODEL_TYPES
+from .errors import CheckpointError, IncompatibleModels
+
+SUPPORTED_CLASSES = ("BertForMaskedLM", "BertForSequenceClassification", "BertModel")
+# Config fields that must agree for two checkpoints to be aligned, in the order they are checked.
+PAIR_FIELDS = ("model_type", "architecture", "vocab_size", "hidden_size", "num_hidden_layers",
+               "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size",
+               "hidden_act", "num_labels", "tie_word_embeddings")
+
+
+@dataclass
+class Checkpoint:
+    source: str  # what the user gave: a folder or a hub id
+    model: torch.nn.Module
+    tokenizer: object | None
+    architecture: str
+    content_hash: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def summary(self) -> dict:
+        c = self.config
+        return {"source": self.source, "architecture": self.architecture, "layers": c.num_hidden_layers,
+                "heads": c.num_attention_heads, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+                "vocab": c.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
+                "labels": c.num_labels if self.architecture == "BertForSequenceClassification" else None,
+                "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
+
+
+def _is_local(source: str) -> bool:
+    """An existing path, or something that can only be a path (hub ids are 'name' or 'org/name')."""
+    return (os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~"))
+            or source.count("/") > 1 or os.sep != "/" and os.sep in source)
+
+
+def read_config(source: str):
+    """The config of a checkpoint, with a one-line error when it cannot be had."""
+    from transformers import AutoConfig
+
+    path = Path(os.path.expanduser(source))
+    if _is_local(source):
+        if not path.exists():
+            raise CheckpointError(f"checkpoint folder not found: {source}")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise CheckpointError(f"not a checkpoint folder (no config.json): {source}")
+        try:
+            json.loads((path / "config.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
+    try:
+        return AutoConfig.from_pretrained(str(path) if _is_local(source) else source, trust_remote_code=False)
+    except Exception as e:  # hub id not cached and no network, malformed config, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
+
+
+def _architecture(cfg) -> str:
+    if cfg.model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(f"unsupported model type {cfg.model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})")
+    archs = [a for a in (cfg.architectures or []) if a in SUPPORTED_CLASSES]
+    if cfg.architectures and not archs:
+        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(SUPPORTED_CLASSES)})")
+    return archs[0] if archs else "BertModel"
+
+
+def _config_field(cfg, arch: str, field: str):
+    if field == "architecture":
+        return arch
+    if field == "num_labels":
+        return cfg.num_labels if arch == "BertForSequenceClassification" else None
+    if field == "tie_word_embeddings":
+        return bool(getattr(cfg, "tie_word_embeddings", True)) if arch == "BertForMaskedLM" else None
+    return getattr(cfg, field, None)
+
+
+def validate_pair(cfg_a, cfg_b) -> None:
+    """Raise IncompatibleModels naming the first differing field (before any weights load)."""
+    arch_a, arch_b = _architecture(cfg_a), _architecture(cfg_b)
+    for f in PAIR_FIELDS:
+        va, vb = _config_field(cfg_a, arch_a, f), _config_field(cfg_b, arch_b, f)
+        if va != vb:
+            raise IncompatibleModels(f"the checkpoints differ in {f}: {va!r} (A) vs {vb!r} (B)")
+
+
+def _check_weight_files(path: Path) -> None:
+    """Open every safetensors file's header so a corrupt file fails here with its name."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                keys = list(h.keys())
+                size = f.stat().st_size
+                # the header lists offsets; a truncated file ends before the last tensor's data
+                for k in keys[-1:]:
+                    h.get_slice(k)
+            if size < 8:
+                raise ValueError("file too short")
+        except Exception as e:
+            raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def load_checkpoint(source: str, cfg=None) -> Checkpoint:
+    import transformers
+
+    cfg = cfg if cfg is not None else read_config(source)
+    arch = _architecture(cfg)
+    local = _is_local(source)
+    target = str(Path(os.path.expanduser(source))) if local else source
+    if local:
+        _check_weight_files(Path(target))
+    try:
+        model = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
+                                                             trust_remote_code=False)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
+    model = model.float().eval()
+    tok = None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
+    except Exception:
+        tok = None  # a checkpoint without tokenizer files; data that needs one will say so
+    return Checkpoint(source, model, tok, arch, state_hash(model))
+
+
+def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:
+    """Read and compare both configs first; load weights only for a compatible pair."""
+    cfg_a, cfg_b = read_config(source_a), read_config(source_b)
+    validate_pair(cfg_a, cfg_b)
+    a, b = load_checkpoint(source_a, cfg_a), load_checkpoint(source_b, cfg_b)
+    sa = {n: tuple(p.shape) for n, p in a.model.named_parameters()}
+    sb = {n: tuple(p.shape) for n, p in b.model.named_parameters()}
+    for n in sa:
+        if sb.get(n) != sa[n]:
+            raise IncompatibleModels(f"the checkpoints differ in parameter {n}: {sa[n]} (A) vs {sb.get(n)} (B)")
+    return a, b
+
+
+def state_hash(model: torch.nn.Module) -> str:
+    """Content hash of a model: its config and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))

@@ -1,0 +1,77 @@
+"""Apply index permutations to a model through its ArchSpec, and check functional equivalence.
+
+Convention everywhere: ``perm[i] = j`` means unit i of B' is unit j of B (row i of B' is row
+``perm[i]`` of B).  Permuting is an index gather along each named axis; nothing is rescaled.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from .arch import ArchSpec
+
+
+def identity_perms(spec: ArchSpec) -> dict[str, np.ndarray]:
+    return {name: np.arange(g.size) for name, g in spec.groups.items()}
+
+
+def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
+                       perms: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Return a new state dict with every axis named in ``spec.axes`` gathered by its group's
+    permutation.  Parameters not in the spec, and groups without a permutation, are unchanged.
+    Tied weights are stored once in ``spec.axes``; their aliases are rebuilt by ``load_state_dict``."""
+    out = dict(state)
+    idx_cache: dict[str, torch.Tensor] = {}
+    for name, axes in spec.axes.items():
+        if name not in state:
+            continue
+        w = state[name]
+        for axis, g in enumerate(axes):
+            if g is None or g not in perms:
+                continue
+            if g not in idx_cache:
+                idx_cache[g] = torch.as_tensor(np.asarray(perms[g]), dtype=torch.long)
+            idx = idx_cache[g].to(w.device)
+            if idx.numel() != w.shape[axis]:
+                raise ValueError(f"permutation {g} has {idx.numel()} entries, {name} axis {axis} has {w.shape[axis]}")
+            w = w.index_select(axis, idx)
+        out[name] = w
+    return out
+
+
+def permute_model(model, spec: ArchSpec, perms: dict[str, np.ndarray]):
+    """A deep copy of ``model`` with the permutations applied (B -> B')."""
+    new = copy.deepcopy(model)
+    state = {n: p.detach() for n, p in model.named_parameters()}
+    permuted = permute_state_dict(state, spec, perms)
+    with torch.no_grad():
+        for n, p in new.named_parameters():
+            p.copy_(permuted[n])
+    return new
+
+
+@torch.no_grad()
+def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
+                perms: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """Max absolute and max relative (to B's largest output) difference of B' against B.  Heads
+    (MLM, classifier) compare logits.  A bare encoder's last hidden state lives in the residual
+    basis, so B's is gathered by the last residual permutation (give ``spec`` and ``perms``)."""
+    model_b.eval()
+    model_bp.eval()
+    raw_b = model_b(**batch)
+    out_b, out_p = _logits(raw_b), _logits(model_bp(**batch))
+    if not hasattr(raw_b, "logits") and spec is not None and perms:
+        last = spec.residual_points[-1]
+        if last in perms:
+            out_b = out_b[..., torch.as_tensor(np.asarray(perms[last]), dtype=torch.long)]
+    diff = (out_b - out_p).abs().max().item()
+    scale = out_b.abs().max().item()
+    return {"max_abs_logit_error": diff, "max_rel_logit_error": diff / max(scale, 1e-30)}
+
+
+def _logits(out) -> torch.Tensor:
+    if hasattr(out, "logits"):
+        return out.logits.float()
+    return out.last_hidden_state.float()

@@ -1,0 +1,63 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Random configurations: odd head counts, head widths that are not powers of two, tied and untied
+# decoders, classifiers (3-way and regression) and a bare encoder.
+CONFIGS = {
+    "mlm-tied-h5-dk6": dict(head="mlm", hidden_size=30, num_attention_heads=5, intermediate_size=37, num_hidden_layers=2),
+    "mlm-untied-h3-dk12": dict(head="mlm", hidden_size=36, num_attention_heads=3, intermediate_size=50,
+                               num_hidden_layers=3, tie_word_embeddings=False),
+    "cls3-h7-dk4": dict(head="cls", hidden_size=28, num_attention_heads=7, intermediate_size=40, num_hidden_layers=2, num_labels=3),
+    "reg-h2-dk10": dict(head="cls", hidden_size=20, num_attention_heads=2, intermediate_size=24, num_hidden_layers=1, num_labels=1),
+    "base-h4-dk9": dict(head="base", hidden_size=36, num_attention_heads=4, intermediate_size=29, num_hidden_layers=2),
+}
+
+
+def make_model(seed: int, head="mlm", vocab_size=97, **kw):
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=vocab_size, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, **kw)
+    cls = {"mlm": BertForMaskedLM, "cls": BertForSequenceClassification, "base": BertModel}[head]
+    if head == "cls":
+        cfg.problem_type = "regression" if cfg.num_labels == 1 else "single_label_classification"
+    model = cls(cfg).eval()
+    with torch.no_grad():  # spread the weights so that a wrong permutation shows in the logits
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def random_batches(n_batches=3, batch=4, seq=16, vocab=97, seed=0, pad=True):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(5, vocab, (batch, seq), generator=g)
+        mask = torch.ones_like(ids)
+        if pad:
+            lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+            for i, L in enumerate(lengths):
+                mask[i, L:] = 0
+                ids[i, L:] = 0
+        tt = torch.zeros_like(ids)
+        tt[:, seq // 2:] = 1
+        tt = tt * mask
+        out.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": tt,
+                    "special_tokens_mask": torch.zeros_like(ids)})
+    return out
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config_name(request):
+    return request.param

@@ -1,0 +1,101 @@
+"""B' must compute B: every function-preserving variant, on several random configurations."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, make_model, random_batches
+from permerge.align import AlignOptions, compute_alignment
+from permerge.arch import spec_for
+from permerge.match import ATTENTION_VARIANTS, RESIDUAL_VARIANTS
+from permerge.permute import logit_error, permute_model
+from permerge.stats import collect_stats
+
+TOL = 1e-5
+
+
+def random_valid_perms(spec, seed):
+    rng = np.random.default_rng(seed)
+    perms = {}
+    res = rng.permutation(spec.hidden)
+    for name, g in spec.groups.items():
+        if g.kind == "att":
+            dk = g.size // g.heads
+            outer = rng.permutation(g.heads)
+            perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
+        elif g.kind == "res":
+            perms[name] = res
+        else:
+            perms[name] = rng.permutation(g.size)
+    return perms
+
+
+def probe(name):
+    return {k: v for k, v in random_batches(1, batch=3, seq=12, seed=7)[0].items() if k != "special_tokens_mask"}
+
+
+def test_random_valid_permutations_preserve_logits(config_name):
+    kw = CONFIGS[config_name]
+    b = make_model(1, **kw)
+    spec = spec_for(b)
+    for seed in range(3):
+        bp = permute_model(b, spec, random_valid_perms(spec, seed))
+        err = logit_error(b, bp, probe(config_name), spec, random_valid_perms(spec, seed))
+        assert err["max_rel_logit_error"] < TOL, (config_name, err)
+        # and the permutation really moved weights
+        assert any(not torch.equal(p, q) for p, q in zip(b.parameters(), bp.parameters()))
+
+
+PRESERVING = [(att, res) for att, res in itertools.product(ATTENTION_VARIANTS, RESIDUAL_VARIANTS)
+              if att != "ignore-heads" and res != "separate"]
+
+
+def test_aligned_variants_preserve_logits(config_name):
+    """Every function-preserving variant, with permutations found from real statistics."""
+    kw = CONFIGS[config_name]
+    a, b = make_model(1, **kw), make_model(2, **kw)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, random_batches(2, seed=3), fractions=(1.0,))
+    for att, res in PRESERVING:
+        opts = AlignOptions(ff=True, attention=att, residual=res, pooler=kw["head"] == "cls")
+        assert opts.function_preserving
+        al = compute_alignment(spec, stats.points, opts)
+        bp = permute_model(b, spec, al.perms)
+        err = logit_error(b, bp, probe(config_name), spec, al.perms)
+        assert err["max_rel_logit_error"] < TOL, (config_name, att, res, err)
+
+
+@pytest.mark.parametrize("att,res", [("ignore-heads", "identity"), ("head-perm", "separate")])
+def test_non_preserving_variants_are_flagged_and_change_logits(att, res):
+    kw = CONFIGS["mlm-tied-h5-dk6"]
+    a, b = make_model(1, **kw), make_model(2, **kw)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, random_batches(2, seed=3), fractions=(1.0,))
+    opts = AlignOptions(attention=att, residual=res)
+    assert not opts.function_preserving
+    bp = permute_model(b, spec, compute_alignment(spec, stats.points, opts).perms)
+    assert logit_error(b, bp, probe("x"))["max_rel_logit_error"] > 1e-3
+
+
+def test_forgetting_the_mlm_transform_breaks_equivalence():
+    """The public code's bug: a residual permutation that skips cls.predictions.transform."""
+    kw = CONFIGS["mlm-tied-h5-dk6"]
+    b = make_model(1, **kw)
+    spec = spec_for(b)
+    perms = random_valid_perms(spec, 0)
+    broken_axes = {k: v for k, v in spec.axes.items() if not k.startswith("cls.predictions.transform")}
+    broken = type(spec)(**{**spec.__dict__, "axes": broken_axes})
+    assert logit_error(b, permute_model(b, spec, perms), probe("x"))["max_rel_logit_error"] < TOL
+    assert logit_error(b, permute_model(b, broken, perms), probe("x"))["max_rel_logit_error"] > 1e-2
+
+
+def test_spec_covers_every_weight_that_touches_the_residual():
+    """A random residual permutation alone must preserve logits: so no residual weight is missed."""
+    for name, kw in CONFIGS.items():
+        b = make_model(4, **kw)
+        spec = spec_for(b)
+        res = np.random.default_rng(1).permutation(spec.hidden)
+        perms = {p: res for p in spec.residual_points}
+        err = logit_error(b, permute_model(b, spec, perms), probe(name), spec, perms)
+        assert err["max_rel_logit_error"] < TOL, (name, err)
