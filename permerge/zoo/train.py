@@ -1,0 +1,414 @@
+"""Tokenizer training, MLM pre-training, MLM evaluation and classifier fine-tuning.
+
+Imported lazily by ``permerge.zoo.build`` (torch/transformers are heavy imports).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SEQ_LEN = 128  # [CLS] + 126 tokens + [SEP]
+BODY = SEQ_LEN - 2
+
+# model family config (chosen after measuring CPU throughput; see README.md)
+MODEL_CONFIG = dict(
+    hidden_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=512,
+    max_position_embeddings=SEQ_LEN,
+    type_vocab_size=2,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    layer_norm_eps=1e-12,
+    initializer_range=0.02,
+    tie_word_embeddings=True,
+)
+
+
+# ----------------------------------------------------------------------------- tokenizer
+def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: int = 25_000_000,
+                    log=print) -> dict:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=True, lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
+                                        continuing_subword_prefix="##", show_progress=False)
+
+    def lines():
+        n = 0
+        with open(corpus, encoding="utf-8") as f:
+            for line in f:
+                n += len(line)
+                if n > max_chars:
+                    return
+                yield line
+
+    tok.train_from_iterator(lines(), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=True, model_max_length=SEQ_LEN,
+                             unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                             cls_token="[CLS]", mask_token="[MASK]")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fast.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log(f"  tokenizer: {tok.get_vocab_size()} entries -> {out}")
+    return {"vocab_size": tok.get_vocab_size()}
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def encode_blocks(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarray:
+    """Pack lines (separated by [SEP]) into [CLS] + 126 + [SEP] blocks -> int32 [n, 128]."""
+    sep, cls = tokenizer.sep_token_id, tokenizer.cls_token_id
+    stream: list[int] = []
+    batch: list[str] = []
+
+    def flush():
+        enc = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        for ids in enc:
+            stream.extend(ids)
+            stream.append(sep)
+        batch.clear()
+
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        batch.append(line)
+        if len(batch) >= 2000:
+            flush()
+            if limit_tokens and len(stream) >= limit_tokens:
+                break
+    if batch:
+        flush()
+    n = len(stream) // BODY
+    if limit_tokens:
+        n = min(n, max(1, limit_tokens // BODY))
+    body = np.asarray(stream[: n * BODY], dtype=np.int32).reshape(n, BODY)
+    out = np.empty((n, SEQ_LEN), dtype=np.int32)
+    out[:, 0] = cls
+    out[:, 1:-1] = body
+    out[:, -1] = sep
+    return out
+
+
+# ----------------------------------------------------------------------------- masking
+def mask_batch(ids: torch.Tensor, tokenizer, gen: torch.Generator, p: float = 0.15):
+    """BERT masking: choose 15% of non-special positions; 80% [MASK], 10% random, 10% kept.
+
+    Returns (input_ids, positions [k, 2], labels [k])."""
+    special = (ids == tokenizer.cls_token_id) | (ids == tokenizer.sep_token_id) | (ids == tokenizer.pad_token_id)
+    prob = torch.rand(ids.shape, generator=gen)
+    chosen = (prob < p) & ~special
+    labels = ids[chosen]
+    inp = ids.clone()
+    r = torch.rand(ids.shape, generator=gen)
+    to_mask = chosen & (r < 0.8)
+    to_rand = chosen & (r >= 0.8) & (r < 0.9)
+    inp[to_mask] = tokenizer.mask_token_id
+    n_special = 5  # [PAD] [UNK] [CLS] [SEP] [MASK] are ids 0..4
+    rand_ids = torch.randint(n_special, len(tokenizer), ids.shape, generator=gen)
+    inp[to_rand] = rand_ids[to_rand]
+    return inp, chosen, labels
+
+
+def mlm_loss(model, inp, chosen, labels):
+    """Loss with the decoder run only on masked positions (the big matmul is vocab-wide)."""
+    hidden = model.bert(input_ids=inp).last_hidden_state
+    h = hidden[chosen]
+    logits = model.cls(h)
+    return torch.nn.functional.cross_entropy(logits.float(), labels.long())
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def eval_mlm(model, tokenizer, blocks: np.ndarray, device: str = "cpu", batch: int = 64) -> dict:
+    """MLM validation loss with fixed masks (seed 0, 15%, 80/10/10) -> {loss, accuracy, tokens}."""
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    tot = 0.0
+    correct = 0
+    n = 0
+    for i in range(0, len(blocks), batch):
+        ids = torch.from_numpy(blocks[i:i + batch]).long()
+        inp, chosen, labels = mask_batch(ids, tokenizer, gen)
+        inp, chosen, labels = inp.to(device), chosen.to(device), labels.to(device)
+        hidden = model.bert(input_ids=inp).last_hidden_state
+        logits = model.cls(hidden[chosen]).float()
+        tot += torch.nn.functional.cross_entropy(logits, labels.long(), reduction="sum").item()
+        correct += (logits.argmax(-1) == labels).sum().item()
+        n += labels.numel()
+    return {"mlm_loss": tot / max(n, 1), "mlm_accuracy": correct / max(n, 1), "masked_tokens": n,
+            "eval_tokens": int(blocks.size)}
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def save_checkpoint(model, tokenizer, out: Path, meta: dict, card: str):
+    """save_pretrained (fp16 safetensors) + tokenizer + permerge.json + README.md, atomically."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = model.to("cpu").half()
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "permerge.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / "README.md").write_text(card)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np.ndarray, out: Path,
+             steps: int, batch: int, lr: float = 1e-3, warmup_frac: float = 0.06, device: str = "cpu",
+             time_budget_s: float | None = None, log=print) -> dict:
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = load_tokenizer(tok_dir)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    cfg = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **MODEL_CONFIG)
+    model = BertForMaskedLM(cfg).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    warmup = max(1, int(warmup_frac * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    gen = torch.Generator().manual_seed(1000 + seed)
+    order = torch.randperm(len(train_blocks), generator=gen)  # seed-specific data order
+    use_amp = device == "cuda"
+    t0 = time.time()
+    losses = []
+    step = 0
+    pos = 0
+    for step in range(steps):
+        if pos + batch > len(order):
+            order = torch.randperm(len(train_blocks), generator=gen)
+            pos = 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        ids = torch.from_numpy(train_blocks[idx.numpy()]).long()
+        inp, chosen, labels = mask_batch(ids, tokenizer, gen)
+        inp, chosen, labels = inp.to(device), chosen.to(device), labels.to(device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss = mlm_loss(model, inp, chosen, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            el = time.time() - t0
+            log(f"    seed {seed} step {step:5d}/{steps} loss {np.mean(losses[-100:]):.3f} "
+                f"lr {sched.get_last_lr()[0]:.2e} {(step + 1) * batch * SEQ_LEN / el:,.0f} tok/s")
+        if time_budget_s and time.time() - t0 > time_budget_s:
+            log(f"    seed {seed}: time budget reached at step {step + 1}")
+            break
+    wall = time.time() - t0
+    done = step + 1
+    metrics = eval_mlm(model, tokenizer, eval_blocks, device)
+    log(f"  mlm-seed{seed}: eval MLM loss {metrics['mlm_loss']:.3f} acc {metrics['mlm_accuracy']:.3f} "
+        f"({done} steps, {wall:.0f}s)")
+    meta = {
+        "kind": "mlm", "task": "mlm", "seed": seed,
+        "architecture": "BertForMaskedLM (post-LN, tied decoder)",
+        "config": {k: MODEL_CONFIG[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                 "intermediate_size", "max_position_embeddings")}
+        | {"vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters())},
+        "data": "permerge zoo corpus (WEB, KJV, MHCC, Treasury of David, WordNet glosses, GCIDE); "
+                "eval.txt/align.txt held out",
+        "steps": done, "planned_steps": steps, "batch": batch, "seq_len": SEQ_LEN, "lr": lr,
+        "warmup_steps": warmup, "train_tokens": done * batch * SEQ_LEN,
+        "final_train_loss": float(np.mean(losses[-50:])),
+        "metrics": {"eval_mlm_loss": metrics["mlm_loss"], "eval_mlm_accuracy": metrics["mlm_accuracy"],
+                    "eval_masked_tokens": metrics["masked_tokens"]},
+        "eval": "data/eval.txt, fixed masks (seed 0, 15%, 80/10/10)",
+        "device": device_name(device), "wall_time_s": round(wall, 1),
+        "dtype_saved": "float16",
+    }
+    card = _mlm_card(f"mlm-seed{seed}", meta)
+    save_checkpoint(model, tokenizer, out, meta, card)
+    return meta
+
+
+def _cfg_line(meta):
+    c = meta["config"]
+    return (f"{c['num_hidden_layers']} layers, hidden {c['hidden_size']}, {c['num_attention_heads']} heads, "
+            f"FFN {c['intermediate_size']}, vocab {c['vocab_size']}, max positions {c['max_position_embeddings']}, "
+            f"{c['parameters'] / 1e6:.2f} M parameters")
+
+
+def _mlm_card(name, meta):
+    m = meta["metrics"]
+    return f"""# {name}
+
+Small post-LN BERT (`BertForMaskedLM`, tied decoder) from the permerge offline zoo, seed {meta['seed']}.
+{_cfg_line(meta)}.
+
+- Trained {meta['steps']} steps x batch {meta['batch']} x {meta['seq_len']} tokens
+  ({meta['train_tokens'] / 1e6:.1f} M tokens) on {meta['device']} in {meta['wall_time_s']:.0f} s.
+- Final train MLM loss {meta['final_train_loss']:.3f}; eval MLM loss {m['eval_mlm_loss']:.3f},
+  masked-token accuracy {m['eval_mlm_accuracy']:.3f} ({meta['eval']}).
+- Data: {meta['data']}.
+
+A CPU-budget model for offline demos and tests, far weaker than a real BERT; see
+`permerge/zoo/README.md` for sources, licenses and how to rebuild it.
+"""
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    header = lines[0].split("\t")
+    rows = [ln.split("\t") for ln in lines[1:]]
+    return header, rows
+
+
+def _encode_task(tokenizer, header, rows):
+    if header == ["sentence", "label"]:
+        enc = tokenizer([r[0] for r in rows], truncation=True, max_length=SEQ_LEN, padding="max_length",
+                        return_tensors="pt")
+    else:
+        enc = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=SEQ_LEN,
+                        padding="max_length", return_tensors="pt")
+    labels = torch.tensor([int(r[-1]) for r in rows])
+    return enc, labels
+
+
+@torch.no_grad()
+def eval_classifier(model, enc, labels, device="cpu", batch=128) -> dict:
+    model.eval()
+    tot, correct = 0.0, 0
+    for i in range(0, len(labels), batch):
+        kw = {k: v[i:i + batch].to(device) for k, v in enc.items()}
+        y = labels[i:i + batch].to(device)
+        logits = model(**kw).logits.float()
+        tot += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(-1) == y).sum().item()
+    return {"dev_loss": tot / len(labels), "dev_accuracy": correct / len(labels), "dev_examples": len(labels)}
+
+
+HEAD_SEED = 12345  # same pooler+classifier initialisation for every fine-tune of a task
+
+
+def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs: float = 2.0,
+             batch: int = 32, lr: float = 2e-4, device: str = "cpu", max_len: int | None = None,
+             log=print) -> dict:
+    from transformers import BertForSequenceClassification
+
+    tokenizer = load_tokenizer(base)
+    header, train_rows = read_tsv(task_dir / "train.tsv")
+    _, dev_rows = read_tsv(task_dir / "dev.tsv")
+    num_labels = max(int(r[-1]) for r in train_rows + dev_rows) + 1
+    enc, labels = _encode_task(tokenizer, header, train_rows)
+    denc, dlabels = _encode_task(tokenizer, header, dev_rows)
+    # trim padding to the longest example (speed); positions stay <= 128
+    L = int(max(enc["attention_mask"].sum(1).max(), denc["attention_mask"].sum(1).max()))
+    enc = {k: v[:, :L] for k, v in enc.items()}
+    denc = {k: v[:, :L] for k, v in denc.items()}
+
+    model = BertForSequenceClassification.from_pretrained(str(base), num_labels=num_labels,
+                                                          dtype=torch.float32)
+    # identical head init across base seeds: re-initialise pooler + classifier from HEAD_SEED
+    g = torch.Generator().manual_seed(HEAD_SEED)
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for lin in (model.bert.pooler.dense, model.classifier):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * std)
+            lin.bias.zero_()
+    model.to(device).train()
+    steps = int(math.ceil(len(labels) / batch) * epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(1, steps // 10), steps))
+    gen = torch.Generator().manual_seed(2000 + seed)
+    t0 = time.time()
+    losses = []
+    order = torch.randperm(len(labels), generator=gen)
+    pos = 0
+    for step in range(steps):
+        if pos + batch > len(order):
+            order = torch.randperm(len(labels), generator=gen)
+            pos = 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        kw = {k: v[idx].to(device) for k, v in enc.items()}
+        out_ = model(**kw, labels=labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        out_.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(out_.loss.item())
+    wall = time.time() - t0
+    metrics = eval_classifier(model, denc, dlabels, device)
+    log(f"  {task}-seed{seed}: dev loss {metrics['dev_loss']:.3f} acc {metrics['dev_accuracy']:.3f} "
+        f"({steps} steps, {wall:.0f}s)")
+    base_meta = json.loads((base / "permerge.json").read_text())
+    meta = {
+        "kind": "classifier", "task": task, "seed": seed,
+        "architecture": "BertForSequenceClassification (post-LN)",
+        "base": base.name, "num_labels": num_labels, "columns": header,
+        "head_init_seed": HEAD_SEED,
+        "config": base_meta["config"],
+        "data": f"data/tasks/{task}/train.tsv ({len(train_rows)} rows); dev.tsv ({len(dev_rows)} rows)",
+        "steps": steps, "epochs": epochs, "batch": batch, "lr": lr, "max_len": L,
+        "train_tokens": int(enc["attention_mask"].sum().item() * epochs),
+        "final_train_loss": float(np.mean(losses[-20:])),
+        "metrics": metrics,
+        "device": device_name(device), "wall_time_s": round(wall, 1), "dtype_saved": "float16",
+    }
+    card = f"""# {task}-seed{seed}
+
+`BertForSequenceClassification` fine-tuned from `{base.name}` on the permerge zoo task
+`{task}` ({num_labels} labels; columns {', '.join(header)}). Pooler and classifier were
+initialised from seed {HEAD_SEED}, identical for every base seed of this task.
+{_cfg_line(meta)}.
+
+- {steps} steps x batch {batch} ({epochs} epochs, lr {lr}) on {meta['device']} in {wall:.0f} s.
+- Final train loss {meta['final_train_loss']:.3f}; dev loss {metrics['dev_loss']:.3f},
+  dev accuracy {metrics['dev_accuracy']:.3f} on {metrics['dev_examples']} rows.
+
+See `permerge/zoo/README.md` for the task construction and licenses.
+"""
+    save_checkpoint(model, tokenizer, out, meta, card)
+    return meta
