@@ -121,6 +121,7 @@ def _check_weight_files(path: Path) -> None:
 def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     import transformers
 
+    quiet_transformers()
     cfg = cfg if cfg is not None else read_config(source)
     arch = _architecture(cfg)
     local = _is_local(source)
@@ -167,7 +168,18 @@ def state_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def quiet_transformers() -> None:
+    """permerge shows its own progress; silence the library's bars and notices."""
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def save_model(model, tokenizer, out_dir: Path) -> None:
+    quiet_transformers()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))

@@ -61,3 +61,49 @@ def random_batches(n_batches=3, batch=4, seq=16, vocab=97, seed=0, pad=True):
 @pytest.fixture(params=sorted(CONFIGS))
 def config_name(request):
     return request.param
+
+
+WORDS = ("the a of and to in is was he she it that his her with for as on by at from they we you not "
+         "but or an be this which are had have were one all there so no when who will more said what up "
+         "out them into time has two then only like very its now made over than first could man may "
+         "light day night word earth water heaven king people land house city way hand god life good").split()
+
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(dict.fromkeys(WORDS + list("bcdefghijklmnopqrstuvwxyz.,")))
+
+
+def write_tokenizer(folder: Path) -> None:
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
+
+
+def write_text(path: Path, n_words=6000, seed=0) -> Path:
+    import random
+
+    rng = random.Random(seed)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 20))) + " ." for _ in range(n_words // 12)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def save_checkpoint(model, folder: Path, fp16=False) -> Path:
+    (model.half() if fp16 else model).save_pretrained(str(folder))
+    write_tokenizer(folder)
+    model.float()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm_pair(tmp_path_factory):
+    """Two MLM checkpoints on disk (different seeds), with tokenizer, plus a text file."""
+    root = tmp_path_factory.mktemp("pair")
+    n_vocab = len(VOCAB)
+    kw = dict(head="mlm", hidden_size=24, num_attention_heads=3, intermediate_size=40, num_hidden_layers=2,
+              vocab_size=n_vocab)
+    a = save_checkpoint(make_model(11, **kw), root / "a")
+    b = save_checkpoint(make_model(12, **kw), root / "b")
+    text = write_text(root / "text.txt")
+    return a, b, text
