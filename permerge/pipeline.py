@@ -7,6 +7,7 @@ result is cached by content (see cache.py); progress is reported through a callb
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -89,6 +90,8 @@ class Pipeline:
     progress: object = None
     distributed: bool = False
     timings: dict = field(default_factory=dict)
+    # one computation at a time per pipeline (a dashboard may share it between threads)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # --- stages --------------------------------------------------------------------------
     @cached_property
@@ -186,9 +189,10 @@ class Pipeline:
             self.timings["statistics_s"] = time.perf_counter() - t
             return res.to_numpy()
 
-        if "_stats" not in self.__dict__:
-            self.__dict__["_stats"] = StatsResult.from_numpy(self.cache.get_or_compute(self.stats_key, compute))
-        return self.__dict__["_stats"]
+        with self.lock:
+            if "_stats" not in self.__dict__:
+                self.__dict__["_stats"] = StatsResult.from_numpy(self.cache.get_or_compute(self.stats_key, compute))
+            return self.__dict__["_stats"]
 
     def alignment(self, options: AlignOptions, fraction: float = 1.0) -> Alignment:
         memo = self.__dict__.setdefault("_alignments", {})
@@ -200,7 +204,8 @@ class Pipeline:
                 return al
 
             key = make_key("alignment", stats=self.stats_key, options=options.to_dict(), fraction=fraction)
-            memo[options, fraction] = self.cache.get_or_compute(key, compute)
+            with self.lock:
+                memo[options, fraction] = self.cache.get_or_compute(key, compute)
         return memo[options, fraction]
 
     def permuted(self, options: AlignOptions, fraction: float = 1.0):
@@ -251,7 +256,8 @@ class Pipeline:
             return CurveResult(options.label(), options.to_dict(), rows, bar, lam, loss_a, loss_b,
                                options.function_preserving, fraction, snap_tokens)
 
-        return self.cache.get_or_compute(key, compute)
+        with self.lock:
+            return self.cache.get_or_compute(key, compute)
 
     def original_b_loss(self, lambdas: int = 21) -> float:
         return self.curve(VANILLA, lambdas).rows[0]["loss"]

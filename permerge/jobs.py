@@ -1,0 +1,102 @@
+"""Long work off the caller's thread, with progress, an estimate of the time left, and cancelling.
+
+The dashboard keeps one JobManager per server process; two browser sessions that submit the same
+key share one job (and across processes the cache lock in cache.py keeps a key computed once).
+No Streamlit here: a page reads ``JobHandle.snapshot()`` and draws it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from .errors import PermergeError
+from .pipeline import Cancelled
+
+
+@dataclass
+class JobHandle:
+    key: str
+    label: str
+    state: str = "queued"  # queued | running | done | error | cancelled
+    stage: str = ""
+    done: int = 0
+    total: int = 0
+    info: dict = field(default_factory=dict)
+    result: object = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    stage_started: float = field(default_factory=time.time)
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, stage: str, done: int, total: int, **info) -> None:
+        """The callback handed to the pipeline; raises Cancelled once cancel() was called."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        with self._lock:
+            if stage != self.stage:
+                self.stage, self.stage_started = stage, time.time()
+            self.done, self.total, self.info = done, total, dict(info)
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("queued", "running")
+
+    def eta_s(self) -> float | None:
+        """Time left in the current stage, from its rate so far."""
+        if not self.done or not self.total or self.done >= self.total:
+            return None
+        rate = (time.time() - self.stage_started) / self.done
+        return rate * (self.total - self.done)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"key": self.key, "label": self.label, "state": self.state, "stage": self.stage,
+                    "done": self.done, "total": self.total, "info": dict(self.info), "error": self.error,
+                    "elapsed_s": (self.finished or time.time()) - self.started, "eta_s": self.eta_s()}
+
+
+class JobManager:
+    def __init__(self):
+        self._jobs: dict[str, JobHandle] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, key: str, fn, label: str = "") -> JobHandle:
+        """Run ``fn(progress)`` on a worker thread, unless a job with this key is running or done
+        (then that handle is returned).  A failed or cancelled job is replaced by a new one."""
+        with self._lock:
+            h = self._jobs.get(key)
+            if h is not None and h.state in ("queued", "running", "done"):
+                return h
+            h = self._jobs[key] = JobHandle(key, label)
+        threading.Thread(target=self._run, args=(h, fn), daemon=True, name=f"permerge-{key[:24]}").start()
+        return h
+
+    def get(self, key: str) -> JobHandle | None:
+        return self._jobs.get(key)
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._jobs.pop(key, None)
+
+    @staticmethod
+    def _run(h: JobHandle, fn) -> None:
+        h.state = "running"
+        try:
+            h.result = fn(h.progress)
+            h.state = "done"
+        except Cancelled:
+            h.state, h.error = "cancelled", "cancelled"
+        except PermergeError as e:
+            h.state, h.error = "error", str(e)
+        except Exception as e:  # shown to the user with its type; the trace goes to the server log
+            traceback.print_exc()
+            h.state, h.error = "error", f"{type(e).__name__}: {e}"
+        finally:
+            h.finished = time.time()
