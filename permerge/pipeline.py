@@ -245,7 +245,7 @@ class Pipeline:
             work = copy.deepcopy(a.model).to(self.device)  # a working copy
             state_a = {k: v.to(self.device) for k, v in clone_state(a.model).items()}
             state_b = {k: v.to(self.device) for k, v in clone_state(model_b).items()}
-            rows = curve(work, state_a, state_b, grid, lambda m: evaluate(m, self.prepared.evalset, self.device),
+            rows = curve(work, state_a, state_b, grid, lambda m: evaluate(m, self.prepared.evalset, self.device, self.spec.mlm_head),
                          progress=self.progress, label=options.label())
             loss_a = rows[-1]["loss"]
             loss_b = rows[0]["loss"] if vanilla else self.original_b_loss(lambdas)

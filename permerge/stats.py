@@ -257,10 +257,11 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
                 if exclude_special and "special_tokens_mask" in batch:
                     mask &= ~batch["special_tokens_mask"].to(device).bool()
                 row_mask["tok"] = mask
+                # every capture point lies in the encoder (and pooler): the heads need not run
                 current["model"] = "a"
-                model_a(**b)
+                model_a.base_model(**b)
                 current["model"] = "b"
-                model_b(**b)
+                model_b.base_model(**b)
                 feats_a.clear()
             tokens += int(batch["attention_mask"].sum())
             sentences += int(batch["input_ids"].shape[0])

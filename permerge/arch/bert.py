@@ -40,6 +40,7 @@ class ArchSpec:
     groups: dict[str, Group]
     axes: dict[str, tuple]  # parameter name -> group name (or None) per axis
     residual_points: tuple[str, ...] = field(default=())
+    mlm_head: str | None = None  # module mapping encoder states to vocabulary logits (MLMs)
 
     def groups_of(self, kind: str) -> list[Group]:
         return [g for g in self.groups.values() if g.kind == kind]
@@ -129,4 +130,5 @@ def bert_spec(model) -> ArchSpec:
     missing = [n for n in axes if n not in params]
     if missing:
         raise ValueError(f"unexpected BERT layout: parameter {missing[0]} not found in the model")
-    return ArchSpec("bert", head, L, d, H, d_ff, groups, axes, tuple(res_points))
+    return ArchSpec("bert", head, L, d, H, d_ff, groups, axes, tuple(res_points),
+                    mlm_head="cls" if head == "mlm" else None)

@@ -1,0 +1,79 @@
+"""Fixed masks, MLM loss / pseudo-perplexity, interpolation of parameters, the barrier."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CONFIGS, VOCAB, make_model, write_tokenizer
+from permerge import data as D
+from permerge.evaluate import evaluate, mlm_evalset
+from permerge.interpolate import barrier, interpolate_state, lambda_grid, mean_sem
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer(d)
+    return AutoTokenizer.from_pretrained(str(d))
+
+
+def test_masks_are_fixed_and_follow_80_10_10(tok):
+    blocks = torch.randint(5, len(VOCAB), (200, 64), generator=torch.Generator().manual_seed(0))
+    blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
+    m1, m2 = D.mlm_masks(tok, blocks, seed=0), D.mlm_masks(tok, blocks, seed=0)
+    assert torch.equal(m1["input_ids"], m2["input_ids"]) and torch.equal(m1["labels"], m2["labels"])
+    assert not torch.equal(D.mlm_masks(tok, blocks, seed=1)["labels"], m1["labels"])
+    sel = m1["labels"] != -100
+    assert not sel[:, 0].any() and not sel[:, -1].any()  # special tokens never selected
+    rate = sel.float().mean().item() * 64 / 62
+    assert 0.14 < rate < 0.16
+    masked = (m1["input_ids"][sel] == tok.mask_token_id).float().mean().item()
+    kept = (m1["input_ids"][sel] == blocks[sel]).float().mean().item()
+    assert 0.77 < masked < 0.83 and 0.08 < kept < 0.13
+    assert torch.equal(m1["input_ids"][~sel], blocks[~sel])
+
+
+def test_mlm_loss_on_masked_positions_only_equals_full_logits(tok):
+    kw = dict(CONFIGS["mlm-untied-h3-dk12"], vocab_size=len(VOCAB))
+    model = make_model(3, **kw)
+    blocks = torch.randint(5, len(VOCAB), (6, 32), generator=torch.Generator().manual_seed(1))
+    ev = mlm_evalset(D.mlm_masks(tok, blocks, seed=0), batch_size=4)
+    fast = evaluate(model, ev, mlm_head="cls")
+    full = evaluate(model, ev)
+    assert fast["loss"] == pytest.approx(full["loss"], rel=1e-5)
+    # and both equal a direct computation over all masked tokens
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for b in ev.batches:
+            logits = model(input_ids=b["input_ids"]).logits
+            sel = b["labels"] != -100
+            nll += torch.nn.functional.cross_entropy(logits[sel], b["labels"][sel], reduction="sum").item()
+            n += int(sel.sum())
+    assert full["loss"] == pytest.approx(nll / n, rel=1e-6)
+    assert full["pseudo_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-6)
+
+
+def test_interpolation_touches_float_tensors_only():
+    a = {"w": torch.ones(3), "ids": torch.arange(3)}
+    b = {"w": torch.zeros(3), "ids": torch.arange(3) + 7}
+    mid = interpolate_state(a, b, 0.25)
+    assert torch.allclose(mid["w"], torch.full((3,), 0.25))
+    assert torch.equal(mid["ids"], a["ids"])
+    assert torch.equal(interpolate_state(a, b, 1.0)["w"], a["w"])
+    assert torch.equal(interpolate_state(a, b, 0.0)["w"], b["w"])
+
+
+def test_barrier_definition_and_grid():
+    grid = lambda_grid(21)
+    assert len(grid) == 21 and grid[0] == 0 and grid[-1] == 1 and np.isclose(grid[10], 0.5)
+    losses = [2.0, 3.0, 5.0, 4.0, 1.0]
+    b, lam = barrier([0, 0.25, 0.5, 0.75, 1], losses, loss_a=1.0, loss_b=2.0)
+    assert b == pytest.approx(5.0 - 1.5) and lam == 0.5
+    # M shape: the path dips below both ends: barrier is still the max over lambda
+    b, lam = barrier([0, 0.5, 1], [1.0, 0.8, 1.2], 1.2, 1.0)
+    assert b == pytest.approx(1.2 - 1.1) and lam == 1.0
+    m, se = mean_sem([1.0, 2.0, 3.0])
+    assert m == 2.0 and se == pytest.approx(1.0 / math.sqrt(3))
