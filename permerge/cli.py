@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     zs = z.add_subparsers(dest="zoo_command", required=True)
     zl = zs.add_parser("list", help="list the bundled checkpoints")
     zl.add_argument("--json", action="store_true")
-    zb = zs.add_parser("build", help="rebuild corpus, tokenizer, family and fine-tunes", add_help=False)
-    zb.add_argument("rest", nargs=argparse.REMAINDER)
+    zs.add_parser("build", help="rebuild corpus, tokenizer, family and fine-tunes (options: zoo build --help)",
+                  add_help=False)
     return ap
 
 
@@ -247,7 +247,11 @@ def cmd_zoo(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["zoo", "build"]:  # the build recipe parses its own options
+        args = argparse.Namespace(command="zoo", zoo_command="build", rest=argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         if args.command == "align":
             return cmd_align(args)

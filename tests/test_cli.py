@@ -207,3 +207,25 @@ def test_python_dash_m_entry_point(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2
     assert r.stderr.strip() == f"error: checkpoint folder not found: {tmp_path / 'x'}"
+
+
+def test_legacy_bin_checkpoint_and_unknown_hub_id(tiny_mlm_pair, tmp_path, capsys):
+    """A pytorch_model.bin folder loads (transformers uses torch.load(weights_only=True)); a hub id
+    that is neither cached nor reachable gives a one-line error."""
+    from transformers import BertForMaskedLM
+
+    a, b, text = tiny_mlm_pair
+    legacy = tmp_path / "legacy"
+    shutil.copytree(b, legacy)
+    (legacy / "model.safetensors").unlink()
+    m = BertForMaskedLM.from_pretrained(str(b))
+    torch.save(m.state_dict(), legacy / "pytorch_model.bin")
+    out = tmp_path / "o"
+    assert run("align", a, legacy, "--data", text, "--out", out) == 0
+    assert json.loads((out / "report.json").read_text())["max_rel_logit_error"] < 1e-5
+    out2 = tmp_path / "o2"
+    capsys.readouterr()
+    assert run("align", a, "no-such-org/no-such-model", "--data", text, "--out", out2) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot load checkpoint 'no-such-org/no-such-model'" in err[0]
+    assert not out2.exists()
