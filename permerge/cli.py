@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("interpolate", help="loss along lambda for vanilla and the chosen alignment")
     _add_common(p)
     p.add_argument("--lambdas", type=int, default=21, help="points on the lambda grid (default 21)")
+    p.add_argument("--exact-pppl", action="store_true",
+                   help="score every token masked alone (Salazar et al. 2020): exact but ~100x slower; "
+                        "use a small --eval-blocks")
     z = sub.add_parser("zoo", help="the bundled checkpoint family")
     zs = z.add_subparsers(dest="zoo_command", required=True)
     zl = zs.add_parser("list", help="list the bundled checkpoints")
@@ -129,7 +132,8 @@ def _pipeline(args, distributed: bool, rank: int):
                            absolute=args.absolute)
     job = Job(args.model_a, args.model_b, args.data, tokens=args.tokens, eval_data=args.eval_data,
               eval_blocks=args.eval_blocks, device=args.device, batch_size=args.batch_size,
-              fractions=args.snapshots, exclude_special=args.exclude_special)
+              fractions=args.snapshots, exclude_special=args.exclude_special,
+              exact_pppl=getattr(args, "exact_pppl", False))
     device = job.device
     if distributed and device == "auto":
         import torch

@@ -26,6 +26,34 @@ def mlm_evalset(masked: dict, batch_size: int = 32) -> EvalSet:
     return EvalSet("mlm", batches)
 
 
+def exact_evalset(blocks: torch.Tensor, special_ids, mask_token_id: int) -> EvalSet:
+    """Pseudo-perplexity of Salazar et al. (2020): every non-special token of every block is masked
+    alone and scored.  One forward pass per token: the optional slow mode."""
+    batches = []
+    for row in blocks:
+        pos = torch.tensor([i for i, t in enumerate(row.tolist()) if t not in set(special_ids)], dtype=torch.long)
+        batches.append({"block": row, "positions": pos, "mask_token_id": mask_token_id})
+    return EvalSet("mlm-exact", batches)
+
+
+@torch.no_grad()
+def _exact_nll(model, b: dict, device, head, chunk: int = 64) -> tuple[float, int]:
+    row, pos = b["block"].to(device), b["positions"].to(device)
+    total = 0.0
+    for i in range(0, len(pos), chunk):
+        p = pos[i:i + chunk]
+        ids = row.expand(len(p), -1).clone()
+        ids[torch.arange(len(p), device=device), p] = b["mask_token_id"]
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+        if head is not None:
+            h = model.base_model(**inputs).last_hidden_state[torch.arange(len(p), device=device), p]
+            logits = head(h).float()
+        else:
+            logits = model(**inputs).logits.float()[torch.arange(len(p), device=device), p]
+        total += F.cross_entropy(logits, row[p], reduction="sum").item()
+    return total, len(pos)
+
+
 @torch.no_grad()
 def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None) -> dict[str, float]:
     """{"loss", "pseudo_perplexity"} for MLM, {"loss", "accuracy"} for classification.
@@ -35,6 +63,10 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
     head = dict(model.named_modules())[mlm_head] if mlm_head else None
     total, count, correct = 0.0, 0, 0
     for b in evalset.batches:
+        if evalset.kind == "mlm-exact":
+            t, n = _exact_nll(model, b, device, head)
+            total, count = total + t, count + n
+            continue
         inputs = {k: b[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
         y = b["labels"].to(device)
         if evalset.kind == "mlm":
@@ -57,7 +89,7 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
     if count == 0:
         raise ValueError("the evaluation set has no scored tokens or examples")
     loss = total / count
-    if evalset.kind == "mlm":
+    if evalset.kind.startswith("mlm"):
         # 2^(-(1/N) sum log2 p) = exp(mean NLL)
         return {"loss": loss, "pseudo_perplexity": math.exp(min(loss, 700.0))}
     return {"loss": loss, "accuracy": float("nan") if evalset.regression else correct / count}

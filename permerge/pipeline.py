@@ -21,7 +21,7 @@ from .arch import spec_for
 from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import DataError, IncompatibleModels, PermergeError
-from .evaluate import EvalSet, evaluate, mlm_evalset
+from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
 from .interpolate import barrier, clone_state, curve, lambda_grid
 from .permute import logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
@@ -55,6 +55,7 @@ class Job:
     fractions: tuple = DEFAULT_FRACTIONS
     exclude_special: bool = False
     mask_seed: int = 0
+    exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +172,9 @@ class Pipeline:
     def _mlm_eval(self, blocks) -> EvalSet:
         if len(blocks) == 0:
             raise DataError("no evaluation blocks")
+        if self.job.exact_pppl:
+            tok = self.tokenizer
+            return exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id)
         return mlm_evalset(D.mlm_masks(self.tokenizer, blocks, seed=self.job.mask_seed), batch_size=32)
 
     @property

@@ -64,8 +64,8 @@ def require_run(what: str = "this page") -> Run:
     """The session's run, or a friendly note with a link to the run page (and the page stops)."""
     run = current_run()
     if run is None:
-        st.info(f"No alignment yet: run an alignment first, then come back to {what}.", icon="ℹ️")
-        st.page_link(RUN_PAGE, label="Go to Pick and run", icon="▶️")
+        st.info(f"No alignment yet: run an alignment first, then come back to {what}.", icon=":material/info:")
+        st.page_link(RUN_PAGE, label="Go to Pick and run", icon=":material/play_arrow:")
         st.stop()
     return run
 
@@ -242,7 +242,7 @@ def job_panel(key: str, title: str = "Working") -> None:
         eta = snap["eta_s"]
         st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}; this stage's time left ≈ {_fmt_s(eta)}"
                    " (later stages follow)")
-        if st.button("Cancel", key=f"cancel::{key}", icon="⏹️"):
+        if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()
             st.toast("Cancelling at the next step …")
 

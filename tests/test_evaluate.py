@@ -77,3 +77,24 @@ def test_barrier_definition_and_grid():
     assert b == pytest.approx(1.2 - 1.1) and lam == 1.0
     m, se = mean_sem([1.0, 2.0, 3.0])
     assert m == 2.0 and se == pytest.approx(1.0 / math.sqrt(3))
+
+
+def test_exact_pseudo_perplexity_masks_each_token_alone(tok):
+    from permerge.evaluate import exact_evalset
+
+    kw = dict(CONFIGS["mlm-tied-h5-dk6"], vocab_size=len(VOCAB))
+    model = make_model(4, **kw)
+    blocks = torch.randint(5, len(VOCAB), (2, 10), generator=torch.Generator().manual_seed(2))
+    blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
+    got = evaluate(model, exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id), mlm_head="cls")
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for row in blocks:
+            for i in range(1, 9):
+                ids = row.clone()
+                ids[i] = tok.mask_token_id
+                logp = torch.log_softmax(model(input_ids=ids[None]).logits[0, i], -1)
+                nll -= logp[row[i]].item()
+                n += 1
+    assert got["loss"] == pytest.approx(nll / n, rel=1e-5)
+    assert got["pseudo_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)

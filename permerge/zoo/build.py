@@ -21,7 +21,7 @@ from pathlib import Path
 ZOO = Path(__file__).resolve().parent
 REPO = ZOO.parent.parent
 STAGES = ("corpus", "tokenizer", "pretrain", "finetune")
-TASKS = ("polarity", "paraphrase", "supersense")
+TASKS = ("style", "paraphrase", "supersense")
 
 
 def _log(msg: str) -> None:
@@ -32,8 +32,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m permerge.zoo.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, default=None,
-                   help="pre-training steps per seed (default: 1100 on CPU, 3000 on CUDA)")
-    p.add_argument("--batch", type=int, default=None, help="pre-training batch (default: 64 CPU, 256 CUDA)")
+                   help="pre-training steps per seed (default: 3000; on CPU pair it with --time-budget)")
+    p.add_argument("--batch", type=int, default=None, help="pre-training batch (default: 32 CPU, 256 CUDA)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated pre-training seeds")
     p.add_argument("--finetune-seeds", default="1,2", help="base seeds fine-tuned on each task")
@@ -47,11 +47,33 @@ def parse_args(argv=None):
     p.add_argument("--train-tokens", type=int, default=12_000_000,
                    help="tokens of the corpus packed into training blocks")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--table", action="store_true",
+                   help="print the markdown metrics table of the checkpoints in --out and exit")
     return p.parse_args(argv)
+
+
+def metrics_table(zoo_dir: Path) -> str:
+    """Markdown table of every checkpoint's permerge.json (used for README.md)."""
+    rows = []
+    for d in sorted((zoo_dir / "checkpoints").glob("*/permerge.json")):
+        m = json.loads(d.read_text())
+        if m["kind"] == "mlm":
+            metric = f"eval MLM loss {m['metrics']['eval_mlm_loss']:.3f}, acc {m['metrics']['eval_mlm_accuracy']:.3f}"
+        else:
+            metric = f"dev loss {m['metrics']['dev_loss']:.3f}, acc {m['metrics']['dev_accuracy']:.3f}"
+        rows.append(f"| {d.parent.name} | {m['kind']} | {m['seed']} | {m['steps']} x {m['batch']} | "
+                    f"{m['train_tokens'] / 1e6:.2f} M | {m['final_train_loss']:.3f} | {metric} | "
+                    f"{m['wall_time_s']:.0f} s |")
+    head = ("| checkpoint | kind | seed | steps x batch | train tokens | final train loss | measured | wall |\n"
+            "|---|---|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(metrics_table(args.out.resolve()))
+        return 0
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad:
@@ -110,8 +132,8 @@ def main(argv=None) -> int:
         eval_blocks = train.encode_blocks(tok, (data / "eval.txt").read_text(encoding="utf-8").splitlines())
         _log(f"[pretrain] {blocks.shape[0]} training blocks of 128 ({blocks.size / 1e6:.1f} M tokens); "
              f"{eval_blocks.shape[0]} eval blocks")
-        steps = args.steps or (3000 if device == "cuda" else 1100)
-        batch = args.batch or (256 if device == "cuda" else 64)
+        steps = args.steps or 3000
+        batch = args.batch or (256 if device == "cuda" else 32)
         ckpts.mkdir(parents=True, exist_ok=True)
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
             ts = time.time()

@@ -85,6 +85,7 @@ def load_tokenizer(path: Path):
 def encode_blocks(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarray:
     """Pack lines (separated by [SEP]) into [CLS] + 126 + [SEP] blocks -> int32 [n, 128]."""
     sep, cls = tokenizer.sep_token_id, tokenizer.cls_token_id
+    tokenizer.model_max_length = 10 ** 9  # lines are packed, not truncated: silence the length warning
     stream: list[int] = []
     batch: list[str] = []
 
@@ -195,12 +196,16 @@ def save_checkpoint(model, tokenizer, out: Path, meta: dict, card: str):
     tokenizer.save_pretrained(tmp)
     (tmp / "permerge.json").write_text(json.dumps(meta, indent=2) + "\n")
     (tmp / "README.md").write_text(card)
-    shutil.rmtree(out, ignore_errors=True)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)  # readers see either the old or the new checkpoint, never a partial one
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np.ndarray, out: Path,
-             steps: int, batch: int, lr: float = 1e-3, warmup_frac: float = 0.06, device: str = "cpu",
+             steps: int, batch: int, lr: float = 1e-3, warmup_frac: float = 0.1, device: str = "cpu",
              time_budget_s: float | None = None, log=print) -> dict:
     from transformers import BertConfig, BertForMaskedLM
 
@@ -212,7 +217,8 @@ def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     warmup = max(1, int(warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    # linear warm-up over the first warmup_frac of training, then linear decay to 0; progress is
+    # max(step progress, wall-clock progress) so a --time-budget run still completes its schedule
     gen = torch.Generator().manual_seed(1000 + seed)
     order = torch.randperm(len(train_blocks), generator=gen)  # seed-specific data order
     use_amp = device == "cuda"
@@ -221,6 +227,18 @@ def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np
     step = 0
     pos = 0
     for step in range(steps):
+        progress = step / steps
+        if time_budget_s:
+            progress = max(progress, (time.time() - t0) / time_budget_s)
+        if progress >= 1.0:
+            step -= 1
+            break
+        if progress < warmup_frac:
+            factor = max((step + 1) / steps, progress) / warmup_frac
+        else:
+            factor = (1.0 - progress) / (1.0 - warmup_frac)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, factor)
         if pos + batch > len(order):
             order = torch.randperm(len(train_blocks), generator=gen)
             pos = 0
@@ -235,15 +253,12 @@ def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        sched.step()
         losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
+        if step % 20 == 0 or step == steps - 1:
             el = time.time() - t0
-            log(f"    seed {seed} step {step:5d}/{steps} loss {np.mean(losses[-100:]):.3f} "
-                f"lr {sched.get_last_lr()[0]:.2e} {(step + 1) * batch * SEQ_LEN / el:,.0f} tok/s")
-        if time_budget_s and time.time() - t0 > time_budget_s:
-            log(f"    seed {seed}: time budget reached at step {step + 1}")
-            break
+            log(f"    seed {seed} step {step:5d}/{steps} loss {np.mean(losses[-20:]):.3f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} {(step + 1) * batch * SEQ_LEN / el:,.0f} tok/s "
+                f"{el:.0f}s")
     wall = time.time() - t0
     done = step + 1
     metrics = eval_mlm(model, tokenizer, eval_blocks, device)
@@ -259,7 +274,8 @@ def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np
                 "eval.txt/align.txt held out",
         "steps": done, "planned_steps": steps, "batch": batch, "seq_len": SEQ_LEN, "lr": lr,
         "warmup_steps": warmup, "train_tokens": done * batch * SEQ_LEN,
-        "final_train_loss": float(np.mean(losses[-50:])),
+        "final_train_loss": float(np.mean(losses[-20:])),
+        "time_budget_s": time_budget_s,
         "metrics": {"eval_mlm_loss": metrics["mlm_loss"], "eval_mlm_accuracy": metrics["mlm_accuracy"],
                     "eval_masked_tokens": metrics["masked_tokens"]},
         "eval": "data/eval.txt, fixed masks (seed 0, 15%, 80/10/10)",
@@ -320,7 +336,8 @@ def eval_classifier(model, enc, labels, device="cpu", batch=128) -> dict:
     model.eval()
     tot, correct = 0.0, 0
     for i in range(0, len(labels), batch):
-        kw = {k: v[i:i + batch].to(device) for k, v in enc.items()}
+        n_tok = int(enc["attention_mask"][i:i + batch].sum(1).max())
+        kw = {k: v[i:i + batch, :n_tok].to(device) for k, v in enc.items()}
         y = labels[i:i + batch].to(device)
         logits = model(**kw).logits.float()
         tot += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
@@ -347,8 +364,9 @@ def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs
     enc = {k: v[:, :L] for k, v in enc.items()}
     denc = {k: v[:, :L] for k, v in denc.items()}
 
-    model = BertForSequenceClassification.from_pretrained(str(base), num_labels=num_labels,
-                                                          dtype=torch.float32)
+    model = BertForSequenceClassification.from_pretrained(
+        str(base), num_labels=num_labels, dtype=torch.float32,
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     # identical head init across base seeds: re-initialise pooler + classifier from HEAD_SEED
     g = torch.Generator().manual_seed(HEAD_SEED)
     std = model.config.initializer_range
@@ -371,7 +389,8 @@ def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs
             pos = 0
         idx = order[pos:pos + batch]
         pos += batch
-        kw = {k: v[idx].to(device) for k, v in enc.items()}
+        n_tok = int(enc["attention_mask"][idx].sum(1).max())  # pad only to the batch's longest row
+        kw = {k: v[idx, :n_tok].to(device) for k, v in enc.items()}
         out_ = model(**kw, labels=labels[idx].to(device))
         opt.zero_grad(set_to_none=True)
         out_.loss.backward()
