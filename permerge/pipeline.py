@@ -105,7 +105,7 @@ class Pipeline:
         self.timings["load_s"] = time.perf_counter() - t
         return a, b
 
-    @property
+    @cached_property
     def spec(self):
         return spec_for(self.pair[0].model)
 
