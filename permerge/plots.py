@@ -117,15 +117,12 @@ def head_cost(cost: np.ndarray, outer=None, title: str = "Head-pair cost") -> go
                                text=np.round(cost, 2), texttemplate="%{text}", colorbar=dict(title="cost"),
                                hovertemplate="head %{y} of A<br>head %{x} of B<br>matched sum %{z:.3f}<extra></extra>"))
     if outer is not None:
-        outer = np.asarray(outer)
-        fig.add_trace(go.Scatter(x=outer, y=np.arange(H), mode="markers", name="chosen (outer assignment)",
-                                 marker=dict(symbol="square-open", size=max(16, 300 // max(H, 1)), color="red",
-                                             line=dict(width=3)),
-                                 hovertemplate="A head %{y} ← B head %{x}<extra></extra>"))
-    fig.update_yaxes(autorange="reversed", title="head of A", dtick=1)
-    fig.update_xaxes(title="head of B", dtick=1)
-    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50),
-                      legend=dict(orientation="h", y=-0.2))
+        for j, k in enumerate(np.asarray(outer)):
+            fig.add_shape(type="rect", x0=k - 0.5, x1=k + 0.5, y0=j - 0.5, y1=j + 0.5,
+                          line=dict(color="red", width=3))
+    fig.update_yaxes(range=[H - 0.5, -0.5], title="head of A", dtick=1)
+    fig.update_xaxes(range=[-0.5, H - 0.5], title="head of B (red box: chosen by the outer assignment)", dtick=1)
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50))
     return fig
 
 
@@ -152,7 +149,7 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
                                  line=dict(color=styles[m]["color"], dash=styles[m]["dash"]),
                                  hovertemplate=f"{m}<br>λ %{{x:.2f}}<br>{value} %{{y:.4f}}<extra></extra>"))
     if barriers is not None and value == "loss" and len(barriers):
-        for _, b in barriers.iterrows():
+        for n, (_, b) in enumerate(barriers.iterrows()):
             m = b["method"]
             if m not in styles:
                 continue
@@ -160,8 +157,8 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
             if not len(g):
                 continue
             y = float(g[value].iloc[0])
-            fig.add_annotation(x=b["barrier_lambda"], y=y, text=f"barrier {b['barrier']:.3f}", showarrow=True,
-                               arrowhead=2, ax=0, ay=-30, font=dict(color=styles[m]["color"]))
+            fig.add_annotation(x=b["barrier_lambda"], y=y, text=f"{m}: barrier {b['barrier']:.3f}", showarrow=True,
+                               arrowhead=2, ax=40, ay=-25 - 18 * n, xanchor="left", font=dict(color=styles[m]["color"]))
         mid = float((barriers["loss_a"].iloc[0] + barriers["loss_b"].iloc[0]) / 2)
         fig.add_hline(y=mid, line=dict(color="gray", dash="dot", width=1),
                       annotation_text="(L(A) + L(B)) / 2", annotation_position="bottom right")

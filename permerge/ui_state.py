@@ -76,7 +76,7 @@ def short(path: str) -> str:
 
 # --- model summaries from configs (cheap: no weights) ----------------------------------------------
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def config_summary(source: str) -> dict:
     """Layers, heads, widths and parameter count from a checkpoint's config alone (the model is
     built on the meta device, so no weights are read)."""
@@ -100,6 +100,7 @@ def config_summary(source: str) -> dict:
             "parameters": n_params}
 
 
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def pair_check(a: str, b: str) -> str | None:
     """None when compatible, else the one-line reason (also for unreadable checkpoints)."""
     from .checkpoints import read_config, validate_pair
@@ -240,8 +241,8 @@ def job_panel(key: str, title: str = "Working") -> None:
         frac = snap["done"] / snap["total"] if snap["total"] else 0.0
         st.progress(min(max(frac, 0.0), 1.0), text=f"{title} — {describe(snap)}")
         eta = snap["eta_s"]
-        st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}; this stage's time left ≈ {_fmt_s(eta)}"
-                   " (later stages follow)")
+        st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
+                   + (f"; this stage's time left ≈ {_fmt_s(eta)} (later stages follow)" if eta is not None else ""))
         if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()
             st.toast("Cancelling at the next step …")

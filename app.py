@@ -1,0 +1,32 @@
+"""permerge dashboard: align two BERT checkpoints by permutation matching, merge them along lambda,
+and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
+import streamlit as st
+
+from permerge.ui_state import current_run, short
+
+st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
+
+pages = {
+    "Align": [st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=True)],
+    "What happened": [
+        st.Page("pages/correlations.py", title="Correlations", icon=":material/grid_on:"),
+        st.Page("pages/features.py", title="Feature correlation", icon=":material/show_chart:"),
+        st.Page("pages/interpolation.py", title="Interpolation", icon=":material/timeline:"),
+        st.Page("pages/methods.py", title="Methods", icon=":material/table_chart:"),
+        st.Page("pages/data_amount.py", title="Amount of data", icon=":material/bar_chart:"),
+    ],
+    "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],
+}
+page = st.navigation(pages)
+
+with st.sidebar:
+    run = current_run()
+    if run is None:
+        st.caption("No alignment in this session yet.")
+    else:
+        st.caption(f"**Current run**  \nA: `{short(run.job.model_a)}`  \nB: `{short(run.job.model_b)}`  \n"
+                   f"{run.options.label()}, {run.lambdas} λ points")
+        if not run.options.function_preserving:
+            st.caption("⚠ not function-preserving")
+
+page.run()

@@ -1,0 +1,80 @@
+"""Correlation matrices of one permutation group, before and after alignment."""
+import streamlit as st
+
+from permerge import plots
+from permerge.align import correlation
+from permerge.ui_state import require_run, short
+
+st.title("Correlations")
+st.markdown(
+    "Each cell is the correlation of unit *i* of A with unit *j* of B over the alignment tokens (red = +1, "
+    "blue = −1). **Before**: B's units in their own order, so a good match is scattered. **After**: B's "
+    "columns reordered by the permutation (column *i* is B′'s unit *i*), so matched units line up on the "
+    "diagonal. Black lines mark attention-head boundaries.")
+run = require_run("the correlation matrices")
+pipe = run.pipe
+with st.spinner("Loading statistics and permutations (from the cache) …"):
+    stats, spec = pipe.stats(), pipe.spec
+    al = pipe.alignment(run.options)
+
+groups = [g for g in spec.groups if g in stats.points]
+kinds = {"ff": "feed-forward", "att": "attention", "res": "residual", "pooler": "pooler"}
+default = next((i for i, g in enumerate(groups) if g.startswith("att.")), 0)
+group = st.selectbox("Permutation group", groups, index=default,
+                     format_func=lambda g: f"{g}  ({kinds[spec.groups[g].kind]}, {spec.groups[g].size} units)")
+grp, res = spec.groups[group], al.groups[group]
+heads = grp.heads if grp.kind == "att" else None
+C = correlation(stats.points, spec, group)
+after = plots.reorder_columns(C, res.perm)
+
+c1, c2, c3 = st.columns(3)
+c1.metric("Mean matched correlation before", f"{res.corr_before:.3f}", help="mean of diag(C): unit i with unit i")
+c2.metric("after", f"{res.corr_after:.3f}", delta=f"{res.corr_after - res.corr_before:+.3f}")
+c3.metric("aligned by these options", "yes" if res.aligned else "no (identity)")
+if not res.aligned:
+    st.info(f"The options of this run ({run.options.label()}) leave {group} alone, so before and after are the same.")
+
+max_pixels = st.select_slider("Image resolution limit (pixels per side)", [256, 512, 1024, 2048], value=512,
+                              help="Bigger matrices are averaged over blocks down to this size.")
+left, right = st.columns(2)
+with left:
+    st.plotly_chart(plots.heatmap(C, heads, f"{group}: before (B in its own order)", max_pixels,
+                                  x_title="unit of B"), width="stretch")
+with right:
+    st.plotly_chart(plots.heatmap(after, heads, f"{group}: after (B′ = B permuted)", max_pixels,
+                                  x_title="unit of B′"), width="stretch")
+st.caption(plots.render_note(grp.size, max_pixels))
+
+if heads:
+    st.subheader("Heads")
+    dk = grp.size // heads
+    st.markdown(
+        "For every head pair (j of A, k of B) the inner d_k × d_k assignment is solved on block C_jk; its "
+        "matched sum is the **cost** below. The outer assignment (boxed in red) picks which head of B each "
+        "head of A gets. Only Head-Perm chooses it; Monotonic fixes head j ↔ head j.")
+    if res.head_cost is not None:
+        st.plotly_chart(plots.head_cost(res.head_cost, res.outer, f"{group}: head-pair cost"), width="stretch")
+    else:
+        st.caption(f"No head-pair cost for the attention variant '{run.options.attention}' "
+                   "(only Head-Perm computes one).")
+    c1, c2 = st.columns(2)
+    j = c1.number_input("Head of A", 0, heads - 1, 0)
+    k_default = int(res.outer[j]) if res.outer is not None else int(j)
+    k = c2.number_input("Head of B", 0, heads - 1, k_default, help="Defaults to the head the outer assignment chose.")
+    z1, z2 = st.columns(2)
+    with z1:
+        st.plotly_chart(plots.heatmap(plots.head_block(C, heads, j, k), None,
+                                      f"before: A head {j} × B head {k}", offset=(j * dk, k * dk)),
+                        width="stretch")
+    with z2:
+        st.plotly_chart(plots.heatmap(plots.head_block(after, heads, j, j), None,
+                                      f"after: A head {j} × B′ head {j}", offset=(j * dk, j * dk),
+                                      x_title="unit of B′"), width="stretch")
+    st.caption(f"One d_k × d_k = {dk} × {dk} block. After alignment, B′'s head {j} holds B's head "
+               f"{int(res.outer[j]) if res.outer is not None else j}'s units, inner-matched to A's head {j}.")
+
+st.subheader("Which weights this permutation touches")
+st.markdown(f"Permuting **{group}** gathers these parameters of B along the given axis "
+            "(from the architecture table `spec.params_of`).")
+st.dataframe(plots.params_table(spec, group), width="stretch", hide_index=True)
+st.caption(f"Run: {short(run.job.model_a)} vs {short(run.job.model_b)}, {run.options.label()}.")

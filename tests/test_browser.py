@@ -1,0 +1,226 @@
+"""The dashboard in a real browser: `streamlit run app.py` on a free local port, driven by headless
+Chromium through Selenium.  Runs an alignment on the bundled default pair (small settings), checks
+that the charts render and that no exception box shows, and saves screenshots to
+artifacts/screenshots/.  Needs Debian's `chromium` and `chromium-driver` packages; skipped with a
+reason when they are absent."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from permerge import zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                       reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
+    pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built"),
+]
+DEADLINE_S = 120  # the user flow below; server start (30 s) and warm-up (60 s) are bounded apart
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    env = {**os.environ, "PERMERGE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models; a browser shares the CPUs
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                             "--server.port", str(port), "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    import urllib.request
+
+    while time.time() - t0 < 30:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.3)
+    else:
+        proc.terminate()
+        pytest.fail("streamlit did not start in 30 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.seek(0)
+    text = log.read()
+    log.close()
+    assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--disable-dev-shm-usage", "--window-size=1500,2000",
+              f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    drv.set_page_load_timeout(30)
+    # warm-up (bounded): the server's first script run imports torch and transformers
+    drv.get(server)
+    wait_for(drv, lambda: title_is(drv, "Pick and run"), 60, "the first page")
+    wait_for(drv, lambda: "Run alignment" in drv.find_element(By.TAG_NAME, "body").text, 60, "the first page's end")
+    yield drv
+    drv.quit()
+
+
+T0 = time.time()
+
+
+def idle(drv, timeout: float = 20) -> None:
+    """Wait until the app's script run has finished (the 'Running...' status widget is gone)."""
+    from selenium.webdriver.common.by import By
+
+    t0 = time.time()
+    while time.time() - t0 < timeout and drv.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'):
+        time.sleep(0.2)
+
+
+def shot(drv, name: str, wait: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if wait:
+        idle(drv)
+    time.sleep(0.8)  # let plotly finish drawing
+    drv.save_screenshot(str(SHOTS / f"{name}.png"))
+    print(f"{time.time() - T0:6.1f} s  screenshot {name}")
+
+
+def wait_for(drv, cond, timeout: float, what: str):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception:
+            pass
+        assert_no_exception(drv)
+        time.sleep(0.3)
+    shot(drv, f"timeout-{what.replace(' ', '_')}")
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def assert_no_exception(drv) -> None:
+    from selenium.webdriver.common.by import By
+
+    boxes = drv.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+    assert not boxes, boxes[0].text[:2000]
+    assert "Traceback" not in drv.find_element(By.TAG_NAME, "body").text
+
+
+def click_text(drv, tag: str, text: str):
+    from selenium.webdriver.common.by import By
+
+    for el in drv.find_elements(By.TAG_NAME, tag):
+        if el.text.strip() == text or text in el.text:
+            el.click()
+            return el
+    raise AssertionError(f"no {tag} with text {text!r}")
+
+
+def title_is(drv, text):
+    from selenium.webdriver.common.by import By
+
+    return any(h.text.strip() == text for h in drv.find_elements(By.TAG_NAME, "h1"))
+
+
+def goto(drv, page: str):
+    from selenium.webdriver.common.by import By
+
+    links = [a for a in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]') if a.text.strip().splitlines()[-1:] == [page]]
+    assert links, f"no sidebar link {page!r}"
+    links[0].click()
+    wait_for(drv, lambda: title_is(drv, page), 20, f"page {page}")
+
+
+def set_number(drv, label: str, value: int):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    el = drv.find_element(By.CSS_SELECTOR, f'input[aria-label="{label}"]')
+    el.send_keys(Keys.CONTROL, "a")
+    el.send_keys(str(value), Keys.ENTER)
+    wait_for(drv, lambda: el.get_attribute("value") == str(value), 10, f"{label} = {value}")
+    time.sleep(0.5)
+
+
+def plotly_count(drv) -> int:
+    from selenium.webdriver.common.by import By
+
+    return len(drv.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
+
+
+def test_dashboard_in_browser(server, browser):
+    from selenium.webdriver.common.by import By
+
+    global T0
+    t_start = T0 = time.time()
+    drv = browser
+    # a page without a result: the friendly note and its link to the run page
+    drv.get(server + "/correlations")
+    wait_for(drv, lambda: "run an alignment first" in drv.find_element(By.TAG_NAME, "body").text, 60, "the note")
+    wait_for(drv, lambda: "Go to Pick and run" in drv.find_element(By.TAG_NAME, "body").text, 15, "the link")
+    shot(drv, "01-no-result-yet")
+    click_text(drv, "a", "Go to Pick and run")
+    wait_for(drv, lambda: title_is(drv, "Pick and run"), 30, "the run page after the link")
+
+    drv.get(server + "/?tokens=2048&lambdas=5&eval_blocks=2&device=cpu")  # small settings through the address
+    wait_for(drv, lambda: drv.find_elements(By.CSS_SELECTOR, 'input[aria-label="Alignment tokens"]'), 30, "the inputs")
+    # the settings came from the address; typing one checks that inputs work too
+    wait_for(drv, lambda: drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Alignment tokens"]')
+             .get_attribute("value") == "2048", 20, "the settings from the address")
+    wait_for(drv, lambda: "Compatible" in drv.find_element(By.TAG_NAME, "body").text, 30, "the compatibility check")
+    shot(drv, "02-run-page")
+    set_number(drv, "λ points", 3)
+    click_text(drv, "button", "Run alignment")
+    wait_for(drv, lambda: "Aligning" in drv.find_element(By.TAG_NAME, "body").text
+             or "Barrier, vanilla" in drv.find_element(By.TAG_NAME, "body").text, 20, "progress")
+    shot(drv, "03-progress", wait=False)
+    wait_for(drv, lambda: "Barrier, vanilla averaging" in drv.find_element(By.TAG_NAME, "body").text, 90, "the result")
+    wait_for(drv, lambda: plotly_count(drv) >= 1, 20, "the curves chart")
+    body = drv.find_element(By.TAG_NAME, "body").text
+    assert "computes B's function" in body
+    drv.execute_script("document.querySelector('[data-testid=\"stMain\"]')?.scrollTo(0, 10000)")
+    shot(drv, "04-result")
+
+    for i, (page, min_charts) in enumerate((("Correlations", 5), ("Feature correlation", 1), ("Interpolation", 2),
+                                            ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=5):
+        goto(drv, page)
+        if min_charts:
+            wait_for(drv, lambda: plotly_count(drv) >= min_charts, 30, f"{min_charts} charts on {page}")
+        assert "run an alignment first" not in drv.find_element(By.TAG_NAME, "body").text
+        assert_no_exception(drv)
+        shot(drv, f"{i:02d}-{page.lower().replace(' ', '-')}")
+    assert time.time() - t_start < DEADLINE_S
