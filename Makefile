@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
 
-.PHONY: setup run test bench clean
+.PHONY: setup browser-deps run test bench clean
 
 $(BIN)/.installed: requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
@@ -21,11 +21,21 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/python -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
 
-test: setup
+# The real-browser test needs Debian's chromium and chromium-driver; installed when missing and root.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver for the browser test"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1 || \
+	   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)); \
+	else echo "chromium/chromedriver missing and not root: tests/test_browser.py will be skipped"; fi
+
+test: setup browser-deps
 	$(BIN)/python -m pytest -q tests
 
 bench: setup
 	$(BIN)/python bench/bench_stats.py
+	$(BIN)/python bench/bench_dashboard.py
 
 clean:
 	rm -rf cache .pytest_cache

@@ -91,6 +91,25 @@ def _config_field(cfg, arch: str, field: str):
     return getattr(cfg, field, None)
 
 
+def config_summary(source: str) -> dict:
+    """Layers, heads, widths and parameter count from a checkpoint's config alone (the model is
+    built on the meta device, so no weights are read)."""
+    import transformers
+
+    cfg = read_config(source)
+    arch = _architecture(cfg)
+    try:
+        with torch.device("meta"):
+            n_params = sum(p.numel() for p in getattr(transformers, arch)(cfg).parameters())
+    except Exception:
+        n_params = None
+    return {"architecture": arch, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+            "hidden": cfg.hidden_size, "head width": cfg.hidden_size // max(cfg.num_attention_heads, 1),
+            "intermediate": cfg.intermediate_size, "vocab": cfg.vocab_size,
+            "labels": cfg.num_labels if arch == "BertForSequenceClassification" else None,
+            "parameters": n_params}
+
+
 def validate_pair(cfg_a, cfg_b) -> None:
     """Raise IncompatibleModels naming the first differing field (before any weights load)."""
     arch_a, arch_b = _architecture(cfg_a), _architecture(cfg_b)

@@ -22,7 +22,7 @@ from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import DataError, IncompatibleModels, PermergeError
 from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
-from .interpolate import barrier, clone_state, curve, lambda_grid
+from .interpolate import barrier, clone_state, curve, interpolate_state, lambda_grid
 from .permute import logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
 
@@ -216,6 +216,14 @@ class Pipeline:
         t = time.perf_counter()
         model = permute_model(self.pair[1].model, self.spec, self.alignment(options, fraction).perms)
         self.timings["permute_s"] = time.perf_counter() - t
+        return model
+
+    def merged(self, options: AlignOptions, lam: float, fraction: float = 1.0):
+        """theta(lambda) = lambda * A + (1 - lambda) * B' as a model of A's class (on the CPU)."""
+        a = self.pair[0].model
+        bp = self.permuted(options, fraction) if options != VANILLA else self.pair[1].model
+        model = copy.deepcopy(a).cpu()
+        model.load_state_dict(interpolate_state(clone_state(a), clone_state(bp), float(lam)))
         return model
 
     def probe_batch(self) -> dict:

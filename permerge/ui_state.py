@@ -78,26 +78,10 @@ def short(path: str) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def config_summary(source: str) -> dict:
-    """Layers, heads, widths and parameter count from a checkpoint's config alone (the model is
-    built on the meta device, so no weights are read)."""
-    import torch
-    import transformers
+    """Layers, heads, widths and parameter count from a checkpoint's config alone."""
+    from .checkpoints import config_summary as summary
 
-    from .checkpoints import _architecture, read_config
-
-    cfg = read_config(source)
-    arch = _architecture(cfg)
-    try:
-        with torch.device("meta"):
-            model = getattr(transformers, arch)(cfg)
-        n_params = sum(p.numel() for p in model.parameters())
-    except Exception:
-        n_params = None
-    return {"architecture": arch, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
-            "hidden": cfg.hidden_size, "head width": cfg.hidden_size // max(cfg.num_attention_heads, 1),
-            "intermediate": cfg.intermediate_size, "vocab": cfg.vocab_size,
-            "labels": cfg.num_labels if arch == "BertForSequenceClassification" else None,
-            "parameters": n_params}
+    return summary(source)
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
@@ -272,17 +256,8 @@ def default_export_dir(run: Run, lam: float) -> str:
 
 
 def merged_model(run: Run, lam: float):
-    """theta(lambda) = lambda * A + (1 - lambda) * B' as a model (a copy of A's class) and its tokenizer."""
-    import copy
-
-    from .interpolate import clone_state, interpolate_state
-
-    pipe = run.pipe
-    a, b = pipe.pair
-    bp = pipe.permuted(run.options)
-    model = copy.deepcopy(a.model)
-    model.load_state_dict(interpolate_state(clone_state(a.model), clone_state(bp), float(lam)))
-    return model, (b.tokenizer or a.tokenizer)
+    """theta(lambda) = lambda * A + (1 - lambda) * B' as a model, and its tokenizer."""
+    return run.pipe.merged(run.options, lam), run.pipe.tokenizer
 
 
 def permutations_bytes(run: Run) -> bytes:

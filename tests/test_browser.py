@@ -26,7 +26,7 @@ pytestmark = [
                        reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
     pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built"),
 ]
-DEADLINE_S = 120  # the user flow below; server start (30 s) and warm-up (60 s) are bounded apart
+DEADLINE_S = 240  # the user flow below; server start (30 s) and warm-up (60 s) are bounded apart
 
 
 def free_port() -> int:
