@@ -20,7 +20,7 @@ from pathlib import Path
 
 ZOO = Path(__file__).resolve().parent
 REPO = ZOO.parent.parent
-STAGES = ("corpus", "tokenizer", "pretrain", "finetune")
+STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "evaluate")
 TASKS = ("style", "paraphrase", "supersense")
 
 
@@ -32,7 +32,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m permerge.zoo.build", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--steps", type=int, default=None,
-                   help="pre-training steps per seed (default: 3000; on CPU pair it with --time-budget)")
+                   help="pre-training steps per seed (default: 600 on CPU, 3000 on CUDA)")
     p.add_argument("--batch", type=int, default=None, help="pre-training batch (default: 32 CPU, 256 CUDA)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated pre-training seeds")
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         (build / "tasks_info.json").write_text(json.dumps(tinfo, indent=2))
         timings["corpus"] = time.time() - t
 
-    if any(s in stages for s in ("tokenizer", "pretrain", "finetune")):
+    if any(s in stages for s in ("tokenizer", "pretrain", "finetune", "evaluate")):
         import torch
 
         if args.threads:
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         eval_blocks = train.encode_blocks(tok, (data / "eval.txt").read_text(encoding="utf-8").splitlines())
         _log(f"[pretrain] {blocks.shape[0]} training blocks of 128 ({blocks.size / 1e6:.1f} M tokens); "
              f"{eval_blocks.shape[0]} eval blocks")
-        steps = args.steps or 3000
+        steps = args.steps or (3000 if device == "cuda" else 600)
         batch = args.batch or (256 if device == "cuda" else 32)
         ckpts.mkdir(parents=True, exist_ok=True)
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
@@ -155,6 +155,20 @@ def main(argv=None) -> int:
                                device=device, log=_log)
                 timings[f"finetune {task} seed {seed}"] = time.time() - ts
         timings["finetune"] = time.time() - t
+
+    if "evaluate" in stages:
+        # re-measure every saved checkpoint on its shipped fp16 weights and the current data
+        t = time.time()
+        eval_blocks = None
+        for d in sorted(ckpts.glob("*/permerge.json")):
+            ck = d.parent
+            if ck.name.endswith((".tmp", ".old")):
+                continue
+            if eval_blocks is None:
+                tok = train.load_tokenizer(ck)
+                eval_blocks = train.encode_blocks(tok, (data / "eval.txt").read_text(encoding="utf-8").splitlines())
+            train.reevaluate(ck, eval_blocks, data / "tasks", device=device, log=_log)
+        timings["evaluate"] = time.time() - t
 
     timings["total"] = time.time() - t_all
     _log("[timings]")

@@ -76,8 +76,13 @@ def build_tasks(build: Path, tasks_dir: Path, n_train: int = 4000, n_dev: int = 
     rng.shuffle(keys)
     n_dev_ch = max(1, len(keys) // 10)
     split_keys = {"dev": keys[:n_dev_ch], "train": keys[n_dev_ch:]}
+    train_texts: set[str] = set()
     for split, n in (("train", n_train), ("dev", n_dev)):
         verses = [(k, v, w, kj) for k in split_keys[split] for (v, w, kj) in chapters[k]]
+        if split == "train":
+            train_texts = {t for x in verses for t in (x[2], x[3])}
+        else:  # parallel passages repeat verbatim in other chapters: keep dev disjoint from train
+            verses = [x for x in verses if x[2] not in train_texts and x[3] not in train_texts]
         rng.shuffle(verses)
         # style: each verse appears once, in one translation only
         style = []
@@ -92,13 +97,16 @@ def build_tasks(build: Path, tasks_dir: Path, n_train: int = 4000, n_dev: int = 
                 para.append((w, kj, 1))
             else:
                 others = [x for x in chapters[k] if x[0] != v]
+                if split == "dev":
+                    others = [x for x in others if x[2] != kj and x[2] not in train_texts]
                 para.append((w, rng.choice(others)[2], 0))
         rng.shuffle(para)
         write_tsv(tasks_dir / "paraphrase" / f"{split}.tsv", ["sentence1", "sentence2", "label"], para)
         info.setdefault("style", {})[split] = len(style)
         info.setdefault("paraphrase", {})[split] = len(para)
 
-    # ---- supersense from WordNet noun definitions
+    # ---- supersense from WordNet noun definitions (own generator)
+    rng = random.Random(seed + 1)
     by_label: dict[int, list[str]] = {i: [] for i in range(len(SUPERSENSES))}
     lab = {lex: i for i, lex in enumerate(sorted(SUPERSENSES))}
     for s in corpus.wordnet_synsets(root):
@@ -111,8 +119,17 @@ def build_tasks(build: Path, tasks_dir: Path, n_train: int = 4000, n_dev: int = 
     per_tr, per_dev = n_train // len(by_label), n_dev // len(by_label)
     for y, defs in by_label.items():
         rng.shuffle(defs)
-        dev_rows += [(d, y) for d in defs[:per_dev]]
-        train_rows += [(d, y) for d in defs[per_dev:per_dev + per_tr]]
+        train_part = defs[per_dev:per_dev + per_tr]
+        seen = set(train_part)
+        dev_pool = [d for d in defs[:per_dev] + defs[per_dev + per_tr:] if d not in seen]
+        dev_part = []
+        for d in dev_pool:  # identical definitions of different synsets: keep dev disjoint
+            if d not in dev_part:
+                dev_part.append(d)
+            if len(dev_part) == per_dev:
+                break
+        dev_rows += [(d, y) for d in dev_part]
+        train_rows += [(d, y) for d in train_part]
     rng.shuffle(train_rows)
     rng.shuffle(dev_rows)
     write_tsv(tasks_dir / "supersense" / "train.tsv", ["sentence", "label"], train_rows)

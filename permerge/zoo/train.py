@@ -398,6 +398,9 @@ def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs
         opt.step()
         sched.step()
         losses.append(out_.loss.item())
+        if step % 50 == 0:
+            log(f"    {task} seed {seed} step {step:4d}/{steps} loss {np.mean(losses[-50:]):.3f} "
+                f"{time.time() - t0:.0f}s")
     wall = time.time() - t0
     metrics = eval_classifier(model, denc, dlabels, device)
     log(f"  {task}-seed{seed}: dev loss {metrics['dev_loss']:.3f} acc {metrics['dev_accuracy']:.3f} "
@@ -416,18 +419,57 @@ def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs
         "metrics": metrics,
         "device": device_name(device), "wall_time_s": round(wall, 1), "dtype_saved": "float16",
     }
-    card = f"""# {task}-seed{seed}
+    card = _clf_card(f"{task}-seed{seed}", meta)
+    save_checkpoint(model, tokenizer, out, meta, card)
+    return meta
 
-`BertForSequenceClassification` fine-tuned from `{base.name}` on the permerge zoo task
-`{task}` ({num_labels} labels; columns {', '.join(header)}). Pooler and classifier were
-initialised from seed {HEAD_SEED}, identical for every base seed of this task.
-{_cfg_line(meta)}.
 
-- {steps} steps x batch {batch} ({epochs} epochs, lr {lr}) on {meta['device']} in {wall:.0f} s.
-- Final train loss {meta['final_train_loss']:.3f}; dev loss {metrics['dev_loss']:.3f},
-  dev accuracy {metrics['dev_accuracy']:.3f} on {metrics['dev_examples']} rows.
+def _clf_card(name, meta):
+    m = meta["metrics"]
+    return f"""# {name}
+
+`BertForSequenceClassification` fine-tuned from `{meta['base']}` on the permerge zoo task
+`{meta['task']}` ({meta['num_labels']} labels; columns {', '.join(meta['columns'])}). Pooler and
+classifier were initialised from seed {meta['head_init_seed']}, identical for every base seed of
+this task. {_cfg_line(meta)}.
+
+- {meta['steps']} steps x batch {meta['batch']} ({meta['epochs']} epochs, lr {meta['lr']}) on
+  {meta['device']} in {meta['wall_time_s']:.0f} s.
+- Final train loss {meta['final_train_loss']:.3f}; dev loss {m['dev_loss']:.3f},
+  dev accuracy {m['dev_accuracy']:.3f} on {m['dev_examples']} rows{meta.get('metrics_note', '')}.
 
 See `permerge/zoo/README.md` for the task construction and licenses.
 """
-    save_checkpoint(model, tokenizer, out, meta, card)
+
+
+def reevaluate(ckpt: Path, eval_blocks: np.ndarray | None, tasks_root: Path, device: str = "cpu",
+               log=print) -> dict:
+    """Re-measure a saved checkpoint (fp16 weights upcast to fp32) on the current eval/dev data
+    and rewrite its permerge.json metrics and README.md card in place."""
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    meta = json.loads((ckpt / "permerge.json").read_text())
+    tokenizer = load_tokenizer(ckpt)
+    note = " (measured on the saved fp16 weights)"
+    if meta["kind"] == "mlm":
+        model = AutoModelForMaskedLM.from_pretrained(str(ckpt), dtype=torch.float32).to(device)
+        r = eval_mlm(model, tokenizer, eval_blocks, device)
+        meta["metrics"] = {"eval_mlm_loss": r["mlm_loss"], "eval_mlm_accuracy": r["mlm_accuracy"],
+                           "eval_masked_tokens": r["masked_tokens"]}
+        meta["eval"] = "data/eval.txt, fixed masks (seed 0, 15%, 80/10/10), saved fp16 weights"
+        card = _mlm_card(ckpt.name, meta)
+        log(f"  {ckpt.name}: eval MLM loss {r['mlm_loss']:.3f} acc {r['mlm_accuracy']:.3f}")
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(ckpt), dtype=torch.float32).to(device)
+        header, rows = read_tsv(tasks_root / meta["task"] / "dev.tsv")
+        enc, labels = _encode_task(tokenizer, header, rows)
+        meta["metrics"] = eval_classifier(model, dict(enc), labels, device)
+        meta["metrics_note"] = note
+        card = _clf_card(ckpt.name, meta)
+        log(f"  {ckpt.name}: dev loss {meta['metrics']['dev_loss']:.3f} "
+            f"acc {meta['metrics']['dev_accuracy']:.3f}")
+    tmp = ckpt / "permerge.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp.replace(ckpt / "permerge.json")
+    (ckpt / "README.md").write_text(card)
     return meta
