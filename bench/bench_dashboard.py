@@ -9,7 +9,7 @@
 The floor printed beside them is the two forward passes over the alignment data alone, measured in
 the same run, so a reader can tell a slow machine from a slow program.
 
-    python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 32]
+    python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 16]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--lambdas", type=int, default=21)
-    ap.add_argument("--eval-blocks", type=int, default=32)
+    ap.add_argument("--eval-blocks", type=int, default=16)  # the dashboard's default
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     a, b = zoo.default_pair()

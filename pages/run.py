@@ -137,7 +137,7 @@ with c3:
                           else 0, help="auto: a CUDA GPU when there is one.")
 with st.expander("Advanced"):
     eval_blocks = st.number_input("MLM evaluation blocks (128 tokens each)", min_value=1, max_value=4096,
-                                  value=q_int("eval_blocks", 32, 1, 4096))
+                                  value=q_int("eval_blocks", 16, 1, 4096))
     eval_examples = st.number_input("Classifier dev examples (0 = all)", min_value=0, value=0)
     exclude_special = st.checkbox("Exclude [CLS]/[SEP] from the statistics", value=False)
 
