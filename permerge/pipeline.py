@@ -275,6 +275,18 @@ class Pipeline:
         return self.curve(VANILLA, lambdas).rows[0]["loss"]
 
 
+def _tls(pipe: Pipeline) -> threading.local:
+    return pipe.__dict__.setdefault("_progress_tls", threading.local())
+
+
+# The progress callback is per thread: the dashboard shares one Pipeline between the jobs of
+# several sessions, each on its own worker thread, so one job's callback (which raises Cancelled
+# once its user cancels) must never see another job's work.
+Pipeline.progress = property(lambda self: getattr(_tls(self), "callback", None),
+                             lambda self, cb: setattr(_tls(self), "callback", cb),
+                             doc="progress(stage, done, total, **info) for the calling thread")
+
+
 def curve_table(results: list[CurveResult]):
     """Rows of curve.csv: lambda, method, loss, and pseudo_perplexity or accuracy."""
     import pandas as pd

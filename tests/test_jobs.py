@@ -98,3 +98,25 @@ def test_job_errors_are_one_line():
         time.sleep(0.02)
     assert h.state == "error" and h.error == "the data at x is empty"
     assert issubclass(Cancelled, Exception)
+
+
+def test_pipeline_progress_is_per_thread():
+    """Two sessions' jobs on one shared Pipeline: each thread reports to its own callback, so one
+    user's cancel cannot stop another user's job."""
+    from permerge.pipeline import Job, Pipeline
+
+    pipe = Pipeline(Job("a", "b", data="x"), progress="main")
+    seen = {}
+
+    def worker(name):
+        pipe.progress = name
+        time.sleep(0.05)
+        seen[name] = pipe.progress
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"one": "one", "two": "two"}
+    assert pipe.progress == "main"
