@@ -103,20 +103,17 @@ def pair_work(job: Job, options: AlignOptions, lambdas: int):
     """Statistics, permutations, vanilla and aligned curves, and the B' vs B check for one pair."""
     def work(progress):
         pipe = registry().get(job)
-        pipe.progress = progress
-        try:
-            progress("loading checkpoints and data", 0, 0)
-            pipe.stats()
-            pipe.alignment(options)
-            van = pipe.curve(VANILLA, lambdas)
-            aligned = pipe.curve(options, lambdas) if options != VANILLA else van
-            check = pipe.function_check(options)
-            stats = pipe.stats()
-            return {"vanilla": van, "aligned": aligned, "check": check, "tokens": stats.tokens,
-                    "sentences": stats.sentences, "device": pipe.device,
-                    "summaries": [c.summary() for c in pipe.pair]}
-        finally:
-            pipe.progress = None
+        pipe.progress = progress  # per thread: each job runs on its own worker thread
+        progress("loading checkpoints and data", 0, 0)
+        pipe.stats()
+        pipe.alignment(options)
+        van = pipe.curve(VANILLA, lambdas)
+        aligned = pipe.curve(options, lambdas) if options != VANILLA else van
+        check = pipe.function_check(options)
+        stats = pipe.stats()
+        return {"vanilla": van, "aligned": aligned, "check": check, "tokens": stats.tokens,
+                "sentences": stats.sentences, "device": pipe.device,
+                "summaries": [c.summary() for c in pipe.pair]}
     return work
 
 
@@ -124,11 +121,7 @@ def curves_work(job: Job, options: list[AlignOptions], lambdas: int):
     from .study import pair_curves
 
     def work(progress):
-        pipe = registry().get(job)
-        try:
-            return pair_curves(pipe, options, lambdas, progress=progress)
-        finally:
-            pipe.progress = None
+        return pair_curves(registry().get(job), options, lambdas, progress=progress)
     return work
 
 
@@ -136,11 +129,7 @@ def family_work(base: Job, pairs: list[tuple[str, str]], options: list[AlignOpti
     from .study import family_curves
 
     def work(progress):
-        try:
-            return family_curves(registry(), base, pairs, options, lambdas, progress=progress)
-        finally:
-            for a, b in pairs:
-                registry().get(Job(**{**base.to_dict(), "model_a": a, "model_b": b})).progress = None
+        return family_curves(registry(), base, pairs, options, lambdas, progress=progress)
     return work
 
 
@@ -160,11 +149,7 @@ def tasks_work(tasks: dict[str, list[tuple[str, str]]], tokens: int | None, devi
             def sub(stage, done, total, _i=i, _t=task, **info):
                 progress(f"task {_i + 1}/{len(tasks)} ({_t}) {stage}", done, total, **info)
 
-            try:
-                c, b = family_curves(registry(), base, pairs, options, lambdas, progress=sub)
-            finally:
-                for a, bb in pairs:
-                    registry().get(Job(**{**base.to_dict(), "model_a": a, "model_b": bb})).progress = None
+            c, b = family_curves(registry(), base, pairs, options, lambdas, progress=sub)
             frames.append(c.assign(task=task))
             bars.append(b.assign(task=task))
         return pd.concat(frames, ignore_index=True), pd.concat(bars, ignore_index=True)
@@ -175,11 +160,7 @@ def data_amount_work(job: Job, options: AlignOptions, lambdas: int):
     from .study import data_amount
 
     def work(progress):
-        pipe = registry().get(job)
-        try:
-            return data_amount(pipe, options, lambdas, progress=progress)
-        finally:
-            pipe.progress = None
+        return data_amount(registry().get(job), options, lambdas, progress=progress)
     return work
 
 

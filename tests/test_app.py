@@ -105,15 +105,21 @@ def _set(at, label, value):
     [w for w in at.number_input if w.label == label][0].set_value(value)
 
 
-@pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
-def test_run_then_every_page(tmp_path):
+def start_small_run(lambdas: int):
+    """The default pair on the CPU with 2048 tokens and 4 evaluation blocks; press Run."""
     at = fresh().run()
     _set(at, "Alignment tokens", 2048)
-    _set(at, "λ points", 5)
+    _set(at, "λ points", lambdas)
     _set(at, "MLM evaluation blocks (128 tokens each)", 4)
     [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
     at.run()
     [b for b in at.button if b.label == "Run alignment"][0].click().run()
+    return at
+
+
+@pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+def test_run_then_every_page(tmp_path):
+    at = start_small_run(5)
     assert_clean(at)
     t0 = time.time()
     while "run" not in at.session_state and time.time() - t0 < 120:
@@ -200,13 +206,7 @@ def _wait(at, state_key, timeout=90):
 @pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
 def test_cancel_shows_a_note():
     """Same pair and statistics as above, more lambda points: cancelled during interpolation."""
-    at = fresh().run()
-    _set(at, "Alignment tokens", 2048)
-    _set(at, "λ points", 41)
-    _set(at, "MLM evaluation blocks (128 tokens each)", 4)
-    [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
-    at.run()
-    [b for b in at.button if b.label == "Run alignment"][0].click().run()
+    at = start_small_run(41)
     cancel = [b for b in at.button if b.label == "Cancel"]
     assert cancel, "no Cancel button while the job runs"
     cancel[0].click().run()
