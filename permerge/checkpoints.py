@@ -127,12 +127,8 @@ def _check_weight_files(path: Path) -> None:
         try:
             with safe_open(str(f), framework="pt") as h:
                 keys = list(h.keys())
-                size = f.stat().st_size
-                # the header lists offsets; a truncated file ends before the last tensor's data
-                for k in keys[-1:]:
-                    h.get_slice(k)
-            if size < 8:
-                raise ValueError("file too short")
+                if keys:  # a truncated file ends before the last tensor's data
+                    h.get_slice(keys[-1])
         except Exception as e:
             raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

@@ -13,10 +13,6 @@ import torch
 from .arch import ArchSpec
 
 
-def identity_perms(spec: ArchSpec) -> dict[str, np.ndarray]:
-    return {name: np.arange(g.size) for name, g in spec.groups.items()}
-
-
 def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
                        perms: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Return a new state dict with every axis named in ``spec.axes`` gathered by its group's

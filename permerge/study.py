@@ -62,17 +62,9 @@ class PipelineRegistry:
             return p
 
 
-def _with_progress(pipe: Pipeline, progress):
-    pipe.progress = progress
-    return pipe
-
-
 def pair_curves(pipe: Pipeline, options: list[AlignOptions], lambdas: int = 21, progress=None) -> list[CurveResult]:
-    _with_progress(pipe, progress)
-    out = []
-    for o in options:
-        out.append(pipe.curve(o, lambdas))
-    return out
+    pipe.progress = progress
+    return [pipe.curve(o, lambdas) for o in options]
 
 
 def curves_frame(results: list[CurveResult], **extra) -> pd.DataFrame:
