@@ -29,6 +29,10 @@ pytestmark = [
 DEADLINE_S = 240  # the user flow below; server start (30 s) and warm-up (60 s) are bounded apart
 
 
+# Texts that appear only once a page has drawn to its end (download buttons render after the charts).
+PAGE_END_TEXTS = {"Export": ("Permutations (.safetensors)", "Curves (.csv)", "Figure (.html", "Offered: interactive HTML")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -220,6 +224,8 @@ def test_dashboard_in_browser(server, browser):
         goto(drv, page)
         if min_charts:
             wait_for(drv, lambda: plotly_count(drv) >= min_charts, 30, f"{min_charts} charts on {page}")
+        for text in PAGE_END_TEXTS.get(page, ()):  # the page's last elements drew, not only its charts
+            wait_for(drv, lambda: text in drv.find_element(By.TAG_NAME, "body").text, 30, f"'{text}' on {page}")
         assert "run an alignment first" not in drv.find_element(By.TAG_NAME, "body").text
         assert_no_exception(drv)
         shot(drv, f"{i:02d}-{page.lower().replace(' ', '-')}")
