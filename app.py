@@ -2,11 +2,12 @@
 and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
-from permerge.ui_state import current_run, short
+from dashboard.state import current_run, name_md
 
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 
-pages = {
+# Sections of the navigation; a new page is one more st.Page in one of these lists.
+PAGES = {
     "Align": [st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=True)],
     "What happened": [
         st.Page("pages/correlations.py", title="Correlations", icon=":material/grid_on:"),
@@ -17,15 +18,15 @@ pages = {
     ],
     "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],
 }
-page = st.navigation(pages)
+page = st.navigation(PAGES)
 
 with st.sidebar:
     run = current_run()
     if run is None:
         st.caption("No alignment in this session yet.")
     else:
-        st.caption(f"**Current run**  \nA: `{short(run.job.model_a)}`  \nB: `{short(run.job.model_b)}`  \n"
-                   f"{run.options.label()}, {run.lambdas} λ points")
+        st.caption(f"**Current run**  \nA: {name_md(run.job.model_a)}  \nB: {name_md(run.job.model_b)}  \n"
+                   f"{run.options.label()}, {run.lambdas} λ points", unsafe_allow_html=True)
         if not run.options.function_preserving:
             st.caption("⚠ not function-preserving")
 

@@ -7,9 +7,9 @@ from permerge import plots
 from permerge.align import VANILLA
 from permerge.checkpoints import save_model
 from permerge.errors import PermergeError
-from permerge.pipeline import curve_table
+from permerge.study import curve_table
 from permerge.study import barriers_frame, curves_frame
-from permerge.ui_state import default_export_dir, merged_model, permutations_bytes, require_run, short
+from dashboard.state import default_export_dir, merged_model, permutations_bytes, require_run, short
 
 st.title("Export")
 st.markdown(

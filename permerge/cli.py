@@ -205,7 +205,7 @@ def cmd_align(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from .align import VANILLA
-    from .pipeline import barrier_summary, curve_table
+    from .study import barrier_summary, curve_table
 
     if args.lambdas < 2:
         raise PermergeError("--lambdas must be at least 2")

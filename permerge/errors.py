@@ -19,3 +19,7 @@ class DataError(PermergeError):
 
 class StatisticsError(PermergeError):
     """Features are not usable (NaN, infinite)."""
+
+
+class Cancelled(PermergeError):
+    """Raised by a progress callback to stop a run; nothing is cached for the stopped stage."""

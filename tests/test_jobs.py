@@ -100,23 +100,32 @@ def test_job_errors_are_one_line():
     assert issubclass(Cancelled, Exception)
 
 
-def test_pipeline_progress_is_per_thread():
-    """Two sessions' jobs on one shared Pipeline: each thread reports to its own callback, so one
-    user's cancel cannot stop another user's job."""
+def test_pipeline_progress_is_per_call(tiny_mlm_pair):
+    """Two sessions' jobs on one shared Pipeline, each passing its own callback: each callback sees
+    only its own thread's work, and one user's cancel stops only that user's job."""
+    from permerge.align import AlignOptions
     from permerge.pipeline import Job, Pipeline
 
-    pipe = Pipeline(Job("a", "b", data="x"), progress="main")
-    seen = {}
+    a, b, text = tiny_mlm_pair
+    pipe = Pipeline(Job(str(a), str(b), data=str(text), tokens=512, eval_blocks=2, device="cpu"))
+    seen, outcome = {"one": set(), "two": set()}, {}
 
-    def worker(name):
-        pipe.progress = name
-        time.sleep(0.05)
-        seen[name] = pipe.progress
+    def worker(name, options, cancel):
+        def cb(stage, done, total, **info):
+            seen[name].add(threading.current_thread().name)
+            if cancel and stage == "interpolation":
+                raise Cancelled("cancelled by the user")
+        try:
+            outcome[name] = pipe.curve(options, 3, progress=cb).barrier
+        except Cancelled:
+            outcome[name] = "cancelled"
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two")]
+    threads = [threading.Thread(target=worker, args=("one", AlignOptions(attention="monotonic"), True), name="one"),
+               threading.Thread(target=worker, args=("two", AlignOptions(), False), name="two")]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert seen == {"one": "one", "two": "two"}
-    assert pipe.progress == "main"
+        t.join(timeout=120)
+    assert seen == {"one": {"one"}, "two": {"two"}}
+    assert outcome["one"] == "cancelled" and isinstance(outcome["two"], float)
+    assert not hasattr(type(pipe), "progress") or not isinstance(getattr(type(pipe), "progress"), property)
