@@ -266,3 +266,37 @@ def test_cancel_shows_a_note():
     assert_clean(at)
     assert any("cancelled" in w.value for w in at.warning)
     jobs().forget(key)
+
+
+MY_PAGES = ["app.py", "pages/run.py", "pages/interpolation.py", "pages/methods.py", "pages/data_amount.py",
+            "pages/features.py"]
+
+
+def test_the_package_never_imports_streamlit():
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, permerge\n"
+            "for m in pkgutil.walk_packages(permerge.__path__, 'permerge.'):\n"
+            "    if '.zoo.' not in m.name and not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert not (ROOT / "permerge" / "ui_state.py").exists()
+
+
+@pytest.mark.parametrize("page", MY_PAGES)
+def test_pages_are_thin_views(page):
+    """Computation goes through the job manager (no pipeline calls on the script thread) and no
+    page names a model class."""
+    src = (ROOT / page).read_text()
+    for bad in ("BertFor", "run.pipe", ".curve(", ".alignment(", ".stats(", "function_check"):
+        assert bad not in src, (page, bad)
+
+
+def test_idle_server_does_not_watch_files():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["fileWatcherType"] == "none"

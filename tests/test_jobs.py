@@ -129,3 +129,23 @@ def test_pipeline_progress_is_per_call(tiny_mlm_pair):
     assert seen == {"one": {"one"}, "two": {"two"}}
     assert outcome["one"] == "cancelled" and isinstance(outcome["two"], float)
     assert not hasattr(type(pipe), "progress") or not isinstance(getattr(type(pipe), "progress"), property)
+
+
+def test_eta_is_measured_after_warm_up_and_fraction_follows_the_study(monkeypatch):
+    """No estimate from the first (warm-up) step; then the measured throughput; a study's bar
+    follows its curves done (overall), not the current curve's stage alone."""
+    import permerge.jobs as J
+
+    now = [1000.0]
+    monkeypatch.setattr(J.time, "time", lambda: now[0])
+    h = J.JobHandle("k", "job")
+    h.progress("interpolation", 1, 21)  # includes model loading: 30 s
+    now[0] += 1.0
+    h.progress("interpolation", 2, 21)
+    assert h.eta_s() is None  # one timed step after the warm-up is not a rate yet
+    now[0] += 1.0
+    h.progress("interpolation", 3, 21)
+    assert h.eta_s() == pytest.approx(18.0)  # 1 s per point, 18 points left; not 30 s per point
+    h.progress("pair 1/3: interpolation", 1, 21, overall=(1, 4))
+    assert h.snapshot()["fraction"] == pytest.approx((1 + 1 / 21) / 4)
+    assert h.eta_s() is None  # a new stage starts its own warm-up
