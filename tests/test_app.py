@@ -272,6 +272,7 @@ MY_PAGES = ["app.py", "pages/run.py", "pages/interpolation.py", "pages/methods.p
             "pages/features.py"]
 
 
+@pytest.mark.slow
 def test_the_package_never_imports_streamlit():
     import subprocess
     import sys

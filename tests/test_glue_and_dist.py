@@ -140,6 +140,7 @@ def _worker(rank, world, port, result_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_statistics_equal_single_process(tmp_path):
     path = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)
