@@ -197,6 +197,16 @@ def test_run_then_every_page(tmp_path):
     table = at.dataframe[0].value
     assert "None" not in table.astype(str).values and "nan" not in table.astype(str).values
     assert any("One pair" in c.value for c in at.caption)
+    # a folder of the user's checkpoints gives all its pairs (here: links to three bundled seeds)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for n in ("mlm-seed1", "mlm-seed2", "mlm-seed3"):
+        (seeds / n).symlink_to(zoo.get_checkpoint(n)["path"])
+    at.radio(key="methods_source").set_value("a folder of checkpoints (all its pairs)").run()
+    at.text_input(key="methods_folder").set_value(str(seeds)).run()
+    assert_clean(at)
+    assert at.number_input(key="methods_n").max == 3  # three seeds, three pairs
+    assert any("Pairs: " in c.value and "zoo:mlm-seed2 | zoo:mlm-seed3" in c.value for c in at.caption)  # links resolve
 
     # back on Pick and run: the form shows the run's settings, not the defaults
     at.switch_page("pages/run.py").run()

@@ -140,3 +140,20 @@ def test_curve_points_are_cached_one_by_one_and_shared_between_grids(tiny_mlm_pa
     finally:
         P.evaluate = real
     assert len(calls) == 2 and c5.rows[2]["loss"] == c3.rows[1]["loss"]
+
+
+def test_a_folder_of_checkpoints_gives_all_its_pairs(tmp_path):
+    """A user's own set of seeds: every sub-folder with a config.json; names told apart."""
+    from permerge.errors import DataError
+    from permerge.study import folder_pairs, pair_name, short_names
+
+    for s in ("seed1", "seed2", "seed3"):
+        (tmp_path / s).mkdir()
+        (tmp_path / s / "config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    pairs = folder_pairs(str(tmp_path))
+    assert [(a[-5:], b[-5:]) for a, b in pairs] == [("seed1", "seed2"), ("seed1", "seed3"), ("seed2", "seed3")]
+    with pytest.raises(DataError):
+        folder_pairs(str(tmp_path / "notes"))
+    assert short_names(["/x/m/seed1", "/y/m/seed1"]) == {"/x/m/seed1": "x/m/seed1", "/y/m/seed1": "y/m/seed1"}
+    assert pair_name("/x/seed1", "/x/seed2") == "seed1 | seed2"
