@@ -146,14 +146,16 @@ def _distributed() -> tuple[bool, int]:
 def _check_inputs(args) -> None:
     """What can be checked before any model loads: the configs, the device, the data paths."""
     from .checkpoints import read_config, validate_pair
-    from .data import check_data_path
+    from .data import check_data_path, is_task_folder, text_files
     from .pipeline import resolve_device
 
     validate_pair(read_config(args.model_a), read_config(args.model_b))
     resolve_device(args.device)
-    check_data_path(args.data, "--data")
-    if args.eval_data:
-        check_data_path(args.eval_data, "--eval-data")
+    for path, what in ((args.data, "--data"), (args.eval_data, "--eval-data")):
+        if path:
+            check_data_path(path, what)
+            if not is_task_folder(path):
+                text_files(path)  # every .txt of a folder: regular files only
 
 
 def _pipeline(args, distributed: bool, rank: int):
@@ -172,7 +174,7 @@ def _pipeline(args, distributed: bool, rank: int):
         import torch
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         job = Job(**{**job.to_dict(), "device": device})
-    cache = NoCache() if (args.no_cache or distributed) else ResultCache(args.cache_dir)
+    cache = args.cache = NoCache() if (args.no_cache or distributed) else ResultCache(args.cache_dir)
     pipe = Pipeline(job, cache=cache, progress=Progress(not args.quiet and rank == 0), distributed=distributed)
     return pipe, options
 
@@ -336,5 +338,7 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
+        if getattr(args, "cache", None) is not None:
+            args.cache.close()  # checkpoints sqlite's write-ahead log into cache.db
         if on_main:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

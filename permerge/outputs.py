@@ -34,7 +34,8 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | None = None,
-              cache_dir: str | os.PathLike | None = None, need_bytes: int = 0, what: str = "--out") -> Path:
+              cache_dir: str | os.PathLike | None = None, need_bytes: int = 0, what: str = "--out",
+              replace_hint: str = "--overwrite") -> Path:
     """The resolved output folder, or OutputError with a one-line reason.  ``inputs`` maps a
     label ("checkpoint A", "--data", ...) to a path; hub ids and missing paths are ignored."""
     raw = str(out).strip()
@@ -65,7 +66,7 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
             raise OutputError(f"{what} {raw} exists and is not a folder")
         if any(path.iterdir()):
             if not overwrite:
-                raise OutputError(f"output folder {raw} exists and is not empty (use --overwrite to replace it)")
+                raise OutputError(f"output folder {raw} exists and is not empty (use {replace_hint} to replace it)")
             if not (path / MARKER).is_file():
                 raise OutputError(f"refusing to replace {raw}: permerge did not write it (no {MARKER} file); "
                                   "remove it yourself or choose another folder")
