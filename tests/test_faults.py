@@ -492,6 +492,19 @@ def test_non_regular_and_system_data_paths_are_refused(tiny_mlm_pair, tmp_path, 
                    "--eval-data")
 
 
+def test_dashboard_jobs_refuse_system_paths_as_data(tiny_mlm_pair):
+    """The dashboard's runs go through the same pipeline: /etc/shadow or /proc/self/environ typed as
+    the text file is refused, not read."""
+    from permerge.errors import DataError
+    from permerge.pipeline import Job, Pipeline
+
+    a, b, _ = tiny_mlm_pair
+    for p in ("/etc/shadow", "/proc/self/environ"):
+        if os.path.exists(p):
+            with pytest.raises(DataError, match="system folder"):
+                Pipeline(Job(str(a), str(b), p, device="cpu")).prepared
+
+
 # --- 10. the dashboard refuses foreign Host headers ---------------------------------------------------------
 
 def _free_port() -> int:
@@ -536,3 +549,80 @@ def test_dashboard_refuses_a_foreign_host_header(tmp_path):
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+# --- 11. the Export page: exports folder, --out rules, a job -------------------------------------------------
+
+def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from permerge import ui_state
+    from permerge.align import AlignOptions
+    from permerge.outputs import MARKER
+    from permerge.pipeline import Job
+
+    a, b, text = tiny_mlm_pair
+    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    ui_state.registry.clear()
+    ui_state.jobs.clear()
+    job = Job(str(a), str(b), str(text), tokens=512, eval_blocks=2, device="cpu")
+    run_ = ui_state.Run(job, AlignOptions(), 3, "test-export")
+    default = Path(ui_state.default_export_dir(run_, 0.5))
+    shutil.rmtree(default, ignore_errors=True)
+
+    real_main = sys.modules["__main__"]  # Streamlit installs the page as __main__; spawned processes re-run it
+    at = AppTest.from_file(str(ROOT / "pages" / "export.py"), default_timeout=120)
+    at.session_state["run"] = run_
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+    def save(path=None, replace=False):
+        if path is not None:
+            at.text_input[0].set_value(str(path))
+        at.checkbox[0].set_value(replace)
+        at.run()
+        [x for x in at.button if x.label == "Save merged model"][0].click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        if any("Cannot export there" in e.value for e in at.error):
+            return None  # refused before any work
+        key = at.session_state["export_key"]
+        t0 = time.time()
+        while ui_state.jobs().get(key).active and time.time() - t0 < 60:
+            time.sleep(0.2)
+        at.run()
+        return key
+
+    try:
+        # the default: the project's exports folder, written by a job, with the marker
+        key = save()
+        assert ui_state.jobs().get(key).state == "done" and ui_state.jobs().get(key).label == "export"
+        assert any(f"Saved to {default}" in s.value for s in at.success)
+        assert (default / MARKER).is_file() and (default / "model.safetensors").is_file()
+        assert not [p for p in default.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+        # the same folder again: refused without "Replace", replaced with it
+        (default / "stale").write_text("x")
+        save(default)
+        assert any("exists and is not empty" in e.value for e in at.error)
+        save(default, replace=True)
+        assert not (default / "stale").exists() and (default / "model.safetensors").is_file()
+        # a file, an input, the home folder, a folder permerge did not write: clean one-line errors
+        f = tmp_path / "a-file"
+        f.write_text("x")
+        other = tmp_path / "mine"
+        other.mkdir()
+        (other / "keep").write_text("x")
+        for path, why in [(f, "exists and is not a folder"), (b, "contains checkpoint B"), ("~", "home"),
+                          (other, "permerge did not write it")]:
+            save(path, replace=True)
+            assert any(why in e.value for e in at.error), (path, [e.value for e in at.error])
+        assert f.read_text() == "x" and (other / "keep").is_file() and (b / "config.json").is_file()
+        # a relative name lands in the exports folder
+        save("relative-name")
+        assert (default.parent / "relative-name" / MARKER).is_file()
+    finally:
+        shutil.rmtree(default, ignore_errors=True)
+        shutil.rmtree(default.parent / "relative-name", ignore_errors=True)
+        ui_state.registry.clear()
+        sys.modules["__main__"] = real_main
