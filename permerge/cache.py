@@ -102,9 +102,13 @@ class KeyLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:  # held by another process or thread
             os.close(fd)
             return False
+        except OSError as e:  # a file system without flock: go on unlocked rather than wait forever
+            os.close(fd)
+            warn(f"cannot lock {self.path} ({e.strerror or e}); two runs on this cache may compute the same result")
+            return True
         try:  # the previous holder may have unlinked the file we opened: lock the current one
             same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
