@@ -39,7 +39,7 @@ o1, o2, o3 = st.columns([2, 2, 1])
 order = o1.radio("Order of the units", views.ORDERS, key="corr_order",
                  help="Clustering puts A's units with similar correlation patterns next to each other and moves "
                       "each unit's matched partner of B with it, so the diagonal stays the matched pairs.")
-lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 128)), key=f"corr_window_{group}",
+lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 64)), key=f"corr_window_{group}",
                     help="A window of the matrix: fewer units, bigger cells, a clearer diagonal.")
           if d > 64 else (0, d))
 max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], value=512,
@@ -47,7 +47,8 @@ max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], va
 shown, rows, cols = views.ordered(after, order)
 clustered = order != views.ORDERS[0]
 win = slice(lo, hi)
-grid = heads if not clustered and (lo, hi) == (0, d) else None
+dk = d // heads if heads else None
+grid = (hi - lo) // dk if heads and not clustered and lo % dk == 0 and hi % dk == 0 else None
 left, right = st.columns(2)
 with left:
     st.plotly_chart(plots.heatmap(C[win, win], grid, f"{group}: before (B in its own order)", max_pixels,

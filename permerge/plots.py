@@ -194,8 +194,12 @@ def permutation_matrix(perm, heads: int | None = None, title: str = "", highligh
             fig.add_vline(x=pos, line=dict(color="black", width=1))
             fig.add_hline(y=pos, line=dict(color="black", width=1))
     for lo, hi in (highlight_rows or []):
-        fig.add_shape(type="rect", x0=-0.5, x1=d - 0.5, y0=lo - 0.5, y1=hi - 0.5, line=dict(color="black", width=2),
-                      fillcolor="rgba(255, 215, 0, 0.25)")
+        fig.add_shape(type="rect", x0=-0.5, x1=d - 0.5, y0=lo - 0.5, y1=hi - 0.5, line=dict(color="black", width=1),
+                      fillcolor="rgba(255, 215, 0, 0.35)", layer="below")
+        rows = np.arange(lo, hi)
+        fig.add_trace(go.Scattergl(x=perm[rows], y=rows, mode="markers", showlegend=False,
+                                   marker=dict(color="black", size=max(6, min(12, 600 // d)), symbol="square"),
+                                   hovertemplate="B′ unit %{y} ← B unit %{x}<extra></extra>"))
     fig.update_yaxes(range=[d - 0.5, -0.5], title="unit of B′", constrain="domain")
     fig.update_xaxes(range=[-0.5, d - 0.5], title="unit of B", scaleanchor="y", constrain="domain")
     fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50), plot_bgcolor="white")
@@ -275,10 +279,10 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
         fig.add_trace(go.Scatter(x=g["lambda"], y=g[value], mode="lines+markers", name=name,
                                  line=dict(color=styles[m]["color"], dash=styles[m]["dash"]),
                                  hovertemplate=f"{m}<br>λ %{{x:.2f}}<br>{value} %{{y:.4f}}<extra></extra>"))
+    top = 50
     if barriers is not None and value == "loss" and len(barriers):
         mid = float((barriers["loss_a"].iloc[0] + barriers["loss_b"].iloc[0]) / 2)
-        fig.add_hline(y=mid, line=dict(color="gray", dash="dot", width=1),
-                      annotation_text="(L(A) + L(B)) / 2", annotation_position="bottom right")
+        fig.add_hline(y=mid, line=dict(color="gray", dash="dot", width=1))
         shown = [b for _, b in barriers.iterrows() if b["method"] in styles]
         for n, b in enumerate(shown):
             m, color = b["method"], styles[b["method"]]["color"]
@@ -290,15 +294,21 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
                                      line=dict(color=color, width=3), marker=dict(symbol="line-ew", size=10,
                                                                                   line=dict(width=2, color=color)),
                                      showlegend=False, hoverinfo="skip"))
-            # labels stacked in the top-left corner, one line each: they cannot overlap
-            fig.add_annotation(xref="paper", yref="paper", x=0.01, y=0.98 - 0.075 * n, xanchor="left",
-                               yanchor="top", showarrow=False, bgcolor="rgba(255,255,255,0.8)",
-                               text=f"<b>{m}</b>: barrier {b['barrier']:.3f} at λ = {b['barrier_lambda']:.2f}",
-                               font=dict(color=color, size=12))
+        # labels stacked above the plotting area, one line each: they can overlap neither each
+        # other nor the curves
+        lines = [(f"<b>{b['method']}</b>: barrier {b['barrier']:.3f} at λ = {b['barrier_lambda']:.2f}",
+                  styles[b["method"]]["color"]) for b in shown]
+        lines.append(("dotted line: (L(A) + L(B)) / 2, the level each barrier (vertical bar) is measured from",
+                      "gray"))
+        for n, (text, color) in enumerate(lines):
+            fig.add_annotation(xref="paper", yref="paper", x=0.0, y=1.0, yshift=8 + 19 * (len(lines) - 1 - n),
+                               xanchor="left", yanchor="bottom", showarrow=False, text=text,
+                               font=dict(color=color, size=13))
+        top = 60 + 19 * len(lines)
     fig.update_xaxes(title=LAMBDA_TITLE, range=[-0.02, 1.02])
     fig.update_yaxes(title=y_title or value.replace("_", " "), type="log" if log_y else "linear")
-    fig.update_layout(title=title, height=440, hovermode="x unified", margin=dict(l=60, r=20, t=50, b=50),
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(title=dict(text=title, y=0.98, yanchor="top"), height=440 + top - 50, hovermode="x unified",
+                      margin=dict(l=60, r=20, t=top, b=50), legend=dict(orientation="h", y=-0.25))
     return fig
 
 

@@ -196,7 +196,10 @@ def test_correlation_orderings_change_the_rows_and_keep_the_diagonal(ran):
         f = [f for f in figures(at) if title_of(f).startswith("att.0: after")][0]
         return array(f.data[0].z).astype(float)
 
+    assert after_z().shape == (64, 64)  # a window by default: bigger cells
+    at.slider(key="corr_window_att.0").set_value((0, 128)).run()
     z0 = after_z()
+    assert z0.shape == (128, 128)
     at.radio(key="corr_order").set_value(views.ORDERS[1]).run()
     assert_clean(at)
     z1 = after_z()
@@ -251,10 +254,12 @@ def test_barrier_labels_do_not_overlap():
                           "loss_b": 6.0} for i, m in enumerate(methods)])
     fig = plots.curves(df, "loss", bars)
     labels = [a for a in fig.layout.annotations if "barrier" in (a.text or "")]
-    assert len(labels) == 4
-    ys = sorted(a.y for a in labels)
-    assert all(a.yref == "paper" for a in labels)
-    assert min(np.diff(ys)) >= 0.06  # one text line apart at least
+    assert len(labels) == 5  # one per method and the endpoint-mean line
+    # above the plotting area, one text line (13 px font) apart: neither each other nor the curves
+    assert all(a.yref == "paper" and a.y >= 1.0 and a.yanchor == "bottom" for a in labels)
+    shifts = sorted(a.yshift for a in labels)
+    assert min(np.diff(shifts)) >= 15 and all(a.font.size <= 15 for a in labels)
+    assert fig.layout.margin.t >= max(shifts) + 30
     # each barrier is drawn as a segment of its length, from the endpoint mean
     segs = [t for t in fig.data if t.showlegend is False and len(t.y) == 2]
     assert sorted(round(t.y[1] - t.y[0], 6) for t in segs) == [0.25, 0.5, 0.75, 1.0]
