@@ -388,7 +388,7 @@ def data_amount(df: pd.DataFrame, title: str = "Barrier vs amount of alignment d
     color = method_color(method)
     fig = go.Figure(go.Scatter(x=g["tokens"], y=g["barrier"], mode="lines+markers", name=method,
                                line=dict(color=color), marker=dict(color=color, size=9),
-                               customdata=np.stack([g["fraction"], [token_label(t) for t in g["tokens"]]], axis=1),
+                               customdata=[[float(f), token_label(t)] for f, t in zip(g["fraction"], g["tokens"])],
                                hovertemplate="%{customdata[1]} tokens (first %{customdata[0]:.0%} of the data)"
                                              "<br>barrier %{y:.4f}<extra></extra>"))
     if "vanilla_barrier" in g:

@@ -1,6 +1,7 @@
 """The teaching pages (Start here, See the permutation, the Correlations orderings and histogram) under
 Streamlit's AppTest before and after a small run on the bundled default pair, and the figure
 builders' shared colours and labels."""
+import json
 import os
 import time
 from pathlib import Path
@@ -88,13 +89,16 @@ def test_start_page_is_the_default_and_links_into_the_pages():
 
 
 def test_start_page_without_a_run_says_whose_picture_it_is():
+    """Before any run the picture is the bundled measurement in docs/figures, labelled as not yours."""
     at = fresh().run()
+    assert at.title[0].value == "Start here"
     figs = figures(at)
-    if (ROOT / "docs" / "figures" / "default-pair-curve.csv").is_file():
-        assert len(figs) == 1
-        assert any("Not your run" in c.value for c in at.caption)
-    else:
-        assert not figs
+    assert len(figs) == 1
+    names = {t.name for t in figs[0].data}
+    assert {"vanilla", "FF + attn:head-perm"} <= names
+    assert any("Not your run" in c.value and "docs/method.md" in c.value for c in at.caption)
+    bars = json.loads((ROOT / "docs" / "figures" / "default-pair-barrier.json").read_text())
+    assert any(f"{bars['vanilla']['barrier']:.3f}" in m.value for m in at.markdown)
 
 
 def test_a_settings_link_opens_the_run_page():
