@@ -316,3 +316,35 @@ def test_group_weights_and_gather_checks_follow_the_table():
     scattered = np.arange(24)
     scattered[[0, 23]] = scattered[[23, 0]]
     assert not all(r["whole block"] for r in views.head_moves(scattered, 3))
+
+
+@needs_pair
+def test_permutation_page_on_a_variant_that_breaks_heads(ran):
+    """Ignore-Heads (same statistics as the run above, from the cache): units leave their heads, the page
+    says so and does not claim that B' computes B."""
+    at = fresh().run()
+    at.switch_page("pages/run.py").run()
+    _set(at, "Alignment tokens", 2048)
+    _set(at, "λ points", 3)
+    _set(at, "MLM evaluation blocks (128 tokens each)", 4)
+    [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
+    [s for s in at.selectbox if s.label == "Attention"][0].set_value("ignore-heads")
+    at.run()
+    [b for b in at.button if b.label == "Run alignment"][0].click().run()
+    t0 = time.time()
+    while "run" not in at.session_state and time.time() - t0 < 150:
+        time.sleep(1.0)
+        at.run()
+    assert "run" in at.session_state
+    at.switch_page("pages/permutation.py").run()
+    assert_clean(at)
+    moves = [d.value for d in at.dataframe if "whole block" in d.value.columns][0]
+    assert not moves["whole block"].all()
+    assert not any("B′ computes B" in s.value for s in at.success)
+    assert any("not function-preserving" in w.value for w in at.warning)
+    assert any("bit for bit" in s.value for s in at.success)  # the gathers themselves are still exact
+    broken = int(moves.loc[~moves["whole block"], "head of B′"].iloc[0])
+    at.radio(key="perm_step").set_value("one head").run()
+    at.number_input(key="perm_head_att.0").set_value(broken).run()
+    assert_clean(at)
+    assert any("breaks heads apart" in w.value for w in at.warning)
