@@ -54,7 +54,7 @@ else:
         st.caption("One pair: the standard error is over the scored tokens of that pair (how much the barrier "
                    "would move with other evaluation text), not over pairs; '-' where it cannot be computed.")
     else:
-        st.caption(f"Mean and standard error over {n_pairs} pairs. Red bars: not function-preserving.")
+        st.caption(f"Mean and standard error over {n_pairs} pairs. Hatched bars: not function-preserving.")
     about_caption(res["about"])
     with st.expander("Every pair"):
         st.dataframe(bars, width="stretch", hide_index=True)

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .errors import StatisticsError
+
 
 def lambda_grid(points: int = 21) -> np.ndarray:
     if points < 2:
@@ -45,6 +47,13 @@ def coarse_first(points: int) -> list[int]:
             nxt += [(lo, mid), (mid, hi)]
         spans = nxt
     return order
+
+
+def check_finite_loss(row: dict, label: str = "") -> None:
+    """Stop a curve whose loss at some lambda is not finite (the interpolated model overflows)."""
+    if not math.isfinite(row["loss"]):
+        raise StatisticsError(f"the loss at lambda {row['lambda']:.2f}{f' ({label})' if label else ''} is not finite "
+                              f"({row['loss']}): the interpolated model overflows; nothing was cached")
 
 
 def barrier(lambdas, losses, loss_a: float, loss_b: float) -> tuple[float, float]:

@@ -25,7 +25,8 @@ from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
 from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
-from .interpolate import barrier, barrier_sem, clone_state, coarse_first, interpolate_state, lambda_grid
+from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
+                          lambda_grid)
 from .permute import equivalence, logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
 
@@ -142,6 +143,8 @@ class Pipeline:
         special = tuple(tok.all_special_ids) if tok is not None else ()
         if D.is_task_folder(job.data):
             train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
+            if head == "classifier":  # file and line of the first label that does not fit (dev: below)
+                D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
             align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
             if job.eval_examples:
@@ -182,9 +185,7 @@ class Pipeline:
         if not D.is_task_folder(folder):
             raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
         dev = D.read_task(folder, "dev")
-        nl = self.pair[0].config.num_labels
-        if dev.num_labels > nl or (dev.regression != (nl == 1)):
-            raise DataError(f"task {dev.name} has {dev.num_labels} label(s); the checkpoints have {nl}")
+        D.check_task_labels(dev, self.pair[0].config.num_labels)
         if self.job.eval_examples:
             dev = D.Task(dev.name, dev.texts_a[:self.job.eval_examples],
                          dev.texts_b[:self.job.eval_examples] if dev.texts_b else None,
@@ -339,6 +340,7 @@ class Pipeline:
                 kept: list = []
                 row = {"lambda": lam, **evaluate(model, self.prepared.evalset, self.device, self.spec.mlm_head,
                                                  keep=kept)}
+                check_finite_loss(row, options.label())  # raised inside the cached computation: nothing is stored
                 items = np.concatenate([k.numpy() for k in kept]).astype(np.float32) if kept else None
                 return row, items
 
