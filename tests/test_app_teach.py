@@ -17,7 +17,11 @@ from permerge import plots, views, zoo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
-needs_pair = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+_skip_without_pair = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+
+
+def needs_pair(test):  # a real run of the bundled pair: slow (left out by `make test-fast`)
+    return pytest.mark.slow(_skip_without_pair(test))
 
 
 @pytest.fixture(scope="module", autouse=True)
