@@ -1,9 +1,12 @@
 """Architecture tables. ``spec_for(model)`` and ``family_for(config)`` are the entry points the rest
 of permerge uses; a family is one table in this package, listed in ``FAMILIES``."""
 from .bert import BERT
+from .distilbert import DISTILBERT
+from .gpt2 import GPT2
+from .roberta import ROBERTA
 from .spec import ArchSpec, Family, Group, build_spec
 
-FAMILIES: tuple[Family, ...] = (BERT,)
+FAMILIES: tuple[Family, ...] = (BERT, ROBERTA, DISTILBERT, GPT2)
 SUPPORTED_MODEL_TYPES = {mt: fam for fam in FAMILIES for mt in fam.model_types}
 
 

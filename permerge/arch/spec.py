@@ -147,6 +147,7 @@ class ArchSpec:
     inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     evaluation: str = "mlm"  # "mlm" | "causal-lm" | "classification" | "none"
     layouts: dict[str, str] = field(default_factory=dict)  # parameter name -> layout
+    roles: dict[str, str] = field(default_factory=dict)  # parameter name -> role ("q", "ff-in", "norm", ...)
     table: Family | None = None
 
     def groups_of(self, kind: str) -> list[Group]:
@@ -219,6 +220,7 @@ def build_spec(fam: Family, model) -> ArchSpec:
     groups: dict[str, Group] = {}
     axes: dict[str, tuple] = {}
     layouts: dict[str, str] = {}
+    roles: dict[str, str] = {}
     res_points: list[str] = []
 
     def cap(key: str, l: int | None = None) -> tuple[str, str]:
@@ -266,6 +268,7 @@ def build_spec(fam: Family, model) -> ArchSpec:
             for n, a in entries.items():
                 axes[n] = a
                 layouts[n] = p.layout
+                roles[n] = p.role
 
     if project is not None:
         add([linear("embeddings-project", fam.embedding_project, "res.emb", "emb")])
@@ -294,4 +297,4 @@ def build_spec(fam: Family, model) -> ArchSpec:
             raise ValueError(f"unexpected {fam.name} layout: capture module {g.capture} not found in the model")
     return ArchSpec(fam.name, head, L, d, H, d_ff, groups, axes, tuple(res_points),
                     mlm_head=fam.head_module.get(head), norm=fam.norm, inputs=fam.inputs,
-                    evaluation=EVALUATION[head], layouts=layouts, table=fam)
+                    evaluation=EVALUATION[head], layouts=layouts, roles=roles, table=fam)

@@ -1,0 +1,193 @@
+"""Every family in permerge.arch: B' computes B for every function-preserving variant, on random
+small configurations built offline from configs; the non-preserving variants are flagged.
+
+Adding a family adds its cases to CASES below, nothing else."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_batches
+from permerge.align import AlignOptions, compute_alignment
+from permerge.arch import FAMILIES, spec_for
+from permerge.match import ATTENTION_VARIANTS, RESIDUAL_VARIANTS
+from permerge.permute import logit_error, permute_model
+from permerge.stats import collect_stats
+
+TOL = 1e-5
+VOCAB = 97
+BERTLIKE = dict(max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+DISTIL = dict(max_position_embeddings=64, dropout=0.0, attention_dropout=0.0)
+GPT = dict(n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+# case -> (HF class, model_type, config).  Odd head counts, head widths that are not powers of two,
+# tied and untied decoders, classifiers and bare models.
+CASES = {
+    "bert-mlm-h5-dk6": ("BertForMaskedLM", "bert", dict(hidden_size=30, num_attention_heads=5, intermediate_size=37,
+                                                        num_hidden_layers=2, **BERTLIKE)),
+    "bert-cls-h7-dk4": ("BertForSequenceClassification", "bert",
+                        dict(hidden_size=28, num_attention_heads=7, intermediate_size=40, num_hidden_layers=2,
+                             num_labels=3, **BERTLIKE)),
+    "roberta-mlm-tied-h5-dk6": ("RobertaForMaskedLM", "roberta",
+                                dict(hidden_size=30, num_attention_heads=5, intermediate_size=37, num_hidden_layers=2,
+                                     type_vocab_size=1, **BERTLIKE)),
+    "roberta-mlm-untied-h3-dk12": ("RobertaForMaskedLM", "roberta",
+                                   dict(hidden_size=36, num_attention_heads=3, intermediate_size=50,
+                                        num_hidden_layers=3, tie_word_embeddings=False, **BERTLIKE)),
+    "roberta-cls-h7-dk4": ("RobertaForSequenceClassification", "roberta",
+                           dict(hidden_size=28, num_attention_heads=7, intermediate_size=40, num_hidden_layers=2,
+                                num_labels=3, **BERTLIKE)),
+    "distilbert-mlm-tied-h5-dk6": ("DistilBertForMaskedLM", "distilbert",
+                                   dict(dim=30, n_heads=5, hidden_dim=37, n_layers=2, **DISTIL)),
+    "distilbert-mlm-untied-h3-dk12": ("DistilBertForMaskedLM", "distilbert",
+                                      dict(dim=36, n_heads=3, hidden_dim=50, n_layers=3, tie_word_embeddings=False,
+                                           **DISTIL)),
+    "distilbert-cls-h7-dk4": ("DistilBertForSequenceClassification", "distilbert",
+                              dict(dim=28, n_heads=7, hidden_dim=40, n_layers=2, num_labels=3, seq_classif_dropout=0.0,
+                                   **DISTIL)),
+    "gpt2-lm-tied-h5-dk6": ("GPT2LMHeadModel", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2, **GPT)),
+    "gpt2-lm-untied-h3-dk12": ("GPT2LMHeadModel", "gpt2", dict(n_embd=36, n_head=3, n_layer=3,
+                                                               tie_word_embeddings=False, **GPT)),
+    "gpt2-base-h7-dk3": ("GPT2Model", "gpt2", dict(n_embd=21, n_head=7, n_inner=29, n_layer=2, **GPT)),
+}
+
+
+def family_of(case: str) -> str:
+    return CASES[case][1]
+
+
+def make(case: str, seed: int):
+    import transformers
+
+    cls, model_type, kw = CASES[case]
+    torch.manual_seed(seed)
+    cfg = transformers.AutoConfig.for_model(model_type, vocab_size=VOCAB, **kw)
+    model = getattr(transformers, cls)(cfg).eval()
+    with torch.no_grad():  # spread the weights so that a wrong permutation shows in the outputs
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def batches(spec, n=2, seed=3):
+    return [{k: v for k, v in b.items() if k in spec.inputs or k == "special_tokens_mask"}
+            for b in random_batches(n, seed=seed, vocab=VOCAB)]
+
+
+def probe(spec):
+    return spec.model_inputs(random_batches(1, batch=3, seq=12, seed=7, vocab=VOCAB)[0])
+
+
+def random_valid_perms(spec, seed):
+    rng = np.random.default_rng(seed)
+    perms = {}
+    res = rng.permutation(spec.hidden)
+    for name, g in spec.groups.items():
+        if g.kind == "att":
+            dk = g.size // g.heads
+            outer = rng.permutation(g.heads)
+            perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
+        elif g.kind == "res":
+            perms[name] = res
+        else:
+            perms[name] = rng.permutation(g.size)
+    return perms
+
+
+def test_every_family_has_cases():
+    covered = {family_of(c) for c in CASES}
+    for fam in FAMILIES:
+        assert set(fam.model_types) & covered, f"family {fam.name} has no test case"
+        assert sum(family_of(c) in fam.model_types for c in CASES) >= 2, fam.name
+
+
+@pytest.fixture(params=sorted(CASES))
+def case(request):
+    return request.param
+
+
+def test_random_valid_permutations_preserve_outputs(case):
+    b = make(case, 1)
+    spec = spec_for(b)
+    for seed in range(2):
+        perms = random_valid_perms(spec, seed)
+        bp = permute_model(b, spec, perms)
+        err = logit_error(b, bp, probe(spec), spec, perms)
+        assert err["max_rel_logit_error"] < TOL, (case, err)
+        moved = [n for (n, p), q in zip(b.named_parameters(), bp.parameters()) if not torch.equal(p, q)]
+        assert len(moved) >= len([n for n, axes in spec.axes.items() if any(axes)]) - 1, case
+
+
+def test_a_residual_permutation_alone_preserves_outputs(case):
+    """So no weight that reads or writes the residual stream is missing from the table."""
+    b = make(case, 4)
+    spec = spec_for(b)
+    res = np.random.default_rng(1).permutation(spec.hidden)
+    perms = {p: res for p in spec.residual_points}
+    err = logit_error(b, permute_model(b, spec, perms), probe(spec), spec, perms)
+    assert err["max_rel_logit_error"] < TOL, (case, err)
+
+
+PRESERVING = [(att, res) for att, res in itertools.product(ATTENTION_VARIANTS, RESIDUAL_VARIANTS)
+              if att != "ignore-heads" and res != "separate"]
+
+
+def test_aligned_variants_preserve_outputs(case):
+    """Every function-preserving variant (attention x residual, FF on), permutations from real statistics."""
+    a, b = make(case, 1), make(case, 2)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, batches(spec), fractions=(1.0,))
+    assert set(stats.points) == set(spec.groups)
+    for att, res in PRESERVING:
+        opts = AlignOptions(ff=True, attention=att, residual=res, pooler=spec.head == "classifier")
+        assert opts.function_preserving
+        al = compute_alignment(spec, stats.points, opts)
+        if res != "identity":
+            assert not np.array_equal(al.perms[spec.residual_points[0]], np.arange(spec.hidden)), (case, res)
+        bp = permute_model(b, spec, al.perms)
+        err = logit_error(b, bp, probe(spec), spec, al.perms)
+        assert err["max_rel_logit_error"] < TOL, (case, att, res, err)
+
+
+FIRST_CASE = {fam.name: next(c for c in sorted(CASES) if family_of(c) in fam.model_types) for fam in FAMILIES}
+
+
+@pytest.mark.parametrize("family", sorted(FIRST_CASE))
+@pytest.mark.parametrize("att,res", [("ignore-heads", "identity"), ("head-perm", "separate")])
+def test_non_preserving_variants_are_flagged_and_change_outputs(family, att, res):
+    case = FIRST_CASE[family]
+    a, b = make(case, 1), make(case, 2)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, batches(spec), fractions=(1.0,))
+    opts = AlignOptions(attention=att, residual=res)
+    assert not opts.function_preserving
+    al = compute_alignment(spec, stats.points, opts)
+    assert logit_error(b, permute_model(b, spec, al.perms), probe(spec), spec, al.perms)["max_rel_logit_error"] > 1e-3
+
+
+def test_gpt2_fused_qkv_is_tiled_and_conv1d_transposed():
+    spec = spec_for(make("gpt2-lm-tied-h5-dk6", 0))
+    assert spec.norm == "pre-ln" and "token_type_ids" not in spec.inputs
+    assert spec.axes["transformer.h.0.attn.c_attn.weight"] == ("res.emb", ("att.0", 3))
+    assert spec.axes["transformer.h.0.attn.c_attn.bias"] == (("att.0", 3),)
+    assert spec.axes["transformer.h.1.mlp.c_proj.weight"] == ("ff.1", "res.1.ff")
+    assert spec.axes["transformer.ln_f.weight"] == ("res.1.ff",)
+    assert spec.axis_label("transformer.h.0.attn.c_attn.weight", 1) == "columns (3 tiles)"
+
+
+def test_every_permuted_weight_in_the_table_is_needed(case):
+    """Leaving any one weight of the table unpermuted breaks equivalence: the tests above would
+    catch a table that forgot a weight.  (A key bias is the exception: it adds the same score to
+    every key of a query, which softmax ignores.)"""
+    import dataclasses
+
+    b = make(case, 1)
+    spec = spec_for(b)
+    perms = random_valid_perms(spec, 0)
+    for name, axes in spec.axes.items():
+        if not any(axes) or (spec.roles[name] == "k" and name.endswith("bias")):
+            continue
+        broken = dataclasses.replace(spec, axes={k: v for k, v in spec.axes.items() if k != name})
+        err = logit_error(b, permute_model(b, broken, perms), probe(spec), spec, perms)["max_rel_logit_error"]
+        assert err > 1e-4, (case, name, err)
