@@ -18,7 +18,7 @@ pipe = run.pipe
 
 
 def value_views(df):
-    return ["loss"] + [c for c in ("pseudo_perplexity", "accuracy") if c in df.columns and df[c].notna().any()]
+    return ["loss"] + [c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df.columns and df[c].notna().any()]
 
 
 def show_curves(results, title):
@@ -27,7 +27,7 @@ def show_curves(results, title):
     for tab, v in zip(tabs, value_views(df)):
         with tab:
             st.plotly_chart(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
-                                         log_y=v == "pseudo_perplexity"), width="stretch")
+                                         log_y=v.endswith("perplexity")), width="stretch")
     st.dataframe(bars[["method", "barrier", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]],
                  width="stretch", hide_index=True)
 

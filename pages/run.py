@@ -81,7 +81,7 @@ else:
 if model_a and model_a == model_b:
     st.warning("A and B are the same checkpoint: the barrier will be zero.")
 
-is_classifier = bool(summaries) and all(s["architecture"] == "BertForSequenceClassification" for s in summaries.values())
+is_classifier = bool(summaries) and all(s.get("head") == "classifier" for s in summaries.values())
 
 # --- data --------------------------------------------------------------------------------------------
 st.subheader("Data")
@@ -202,13 +202,13 @@ if run is not None:
             st.warning("Not function-preserving: the logit error above is expected to be large.")
         df = curves_frame([van, al] if al is not van else [van])
         bars = barriers_frame([van, al] if al is not van else [van])
-        value_col = "pseudo_perplexity" if "pseudo_perplexity" in df else "accuracy"
+        value_col = next(c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df)
         t1, t2 = st.tabs(["loss", value_col.replace("_", "-")])
         with t1:
             st.plotly_chart(plots.curves(df, "loss", bars, title="Loss along λ"), width="stretch")
         with t2:
             st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
-                                         log_y=value_col == "pseudo_perplexity"), width="stretch")
+                                         log_y=value_col.endswith("perplexity")), width="stretch")
         st.caption(f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences) on {res['device']}. "
                    "λ = 0 is B′ (B permuted), λ = 1 is A. Dashed lines are not function-preserving. "
                    "Other pages show this run in detail.")

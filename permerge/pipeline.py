@@ -21,7 +21,7 @@ from .arch import spec_for
 from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import DataError, IncompatibleModels, PermergeError
-from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
+from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import barrier, clone_state, curve, interpolate_state, lambda_grid
 from .permute import logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
@@ -74,7 +74,7 @@ class Prepared:
 class CurveResult:
     method: str
     options: dict
-    rows: list[dict]  # lambda, loss, and pseudo_perplexity or accuracy
+    rows: list[dict]  # lambda, loss, and pseudo_perplexity, perplexity or accuracy
     barrier: float
     barrier_lambda: float
     loss_a: float
@@ -117,7 +117,7 @@ class Pipeline:
     @property
     def block(self) -> int:
         """128-token blocks, or the model's maximum length when that is shorter."""
-        return min(D.BLOCK, self.pair[0].config.max_position_embeddings)
+        return min(D.BLOCK, self.spec.table.longest_input(self.pair[0].config))
 
     @cached_property
     def device(self) -> str:
@@ -134,6 +134,8 @@ class Pipeline:
         job, tok = self.job, self.tokenizer
         head = self.spec.head
         special = tuple(tok.all_special_ids) if tok is not None else ()
+        if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
+            raise DataError("a causal-LM pair takes plain text as --data, not a task folder")
         if D.is_task_folder(job.data):
             train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
             if head == "classifier":
@@ -154,19 +156,21 @@ class Pipeline:
         else:
             if head == "classifier":
                 raise DataError("a classifier pair needs a GLUE-format task folder (train.tsv, dev.tsv) as --data")
-            blocks = D.text_blocks(tok, D.read_text(job.data), self.block)
+            specials = self.spec.table.block_specials
+            blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
             if job.eval_data:
-                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block)[: job.eval_blocks]
+                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
             else:  # hold out the tail of the data for evaluation
                 k = min(job.eval_blocks, len(blocks) // 2)
                 if k == 0:
                     raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
                 blocks, eval_blocks = blocks[:-k], blocks[-k:]
             align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-            ev = self._mlm_eval(eval_blocks) if head == "mlm" else EvalSet("none", [])
+            ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
             task = None
         if not align:
             raise DataError("no alignment data")
+        ev.inputs = self.spec.inputs  # the keys this family's models take
         return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
 
     def _mlm_eval(self, blocks) -> EvalSet:
@@ -228,7 +232,7 @@ class Pipeline:
 
     def probe_batch(self) -> dict:
         b = self.prepared.align_batches[0]
-        return {k: b[k][:8] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {k: b[k][:8] for k in self.spec.inputs if k in b}
 
     def function_check(self, options: AlignOptions, model_bp=None) -> dict:
         """B' against B on a probe batch of the alignment data."""
@@ -241,9 +245,9 @@ class Pipeline:
         return err
 
     def curve(self, options: AlignOptions, lambdas: int = 21, fraction: float = 1.0) -> CurveResult:
-        """Loss (and pseudo-perplexity or accuracy) along lambda between A and B'."""
+        """Loss (and pseudo-perplexity, perplexity or accuracy) along lambda between A and B'."""
         if self.prepared.evalset.kind == "none":
-            raise DataError("a bare encoder has no loss to interpolate; use an MLM or a classifier")
+            raise DataError("a bare encoder has no loss to interpolate; use an MLM, a causal LM or a classifier")
         vanilla = options == VANILLA
         a, b = self.pair
         key = make_key("curve", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
@@ -288,7 +292,7 @@ Pipeline.progress = property(lambda self: getattr(_tls(self), "callback", None),
 
 
 def curve_table(results: list[CurveResult]):
-    """Rows of curve.csv: lambda, method, loss, and pseudo_perplexity or accuracy."""
+    """Rows of curve.csv: lambda, method, loss, and pseudo_perplexity, perplexity or accuracy."""
     import pandas as pd
 
     rows = [{"lambda": r["lambda"], "method": c.method, **{k: v for k, v in r.items() if k != "lambda"}}

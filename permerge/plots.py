@@ -254,8 +254,7 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
 
 def params_table(spec, group: str) -> pd.DataFrame:
     """The weights one permutation group touches, with the axis it gathers along."""
-    rows = [{"parameter": p, "axis": ax, "permuted": "rows" if ax == 0 and not p.endswith(("bias", "LayerNorm.weight"))
-             else ("columns" if ax == 1 else "entries")} for p, ax in spec.params_of(group)]
+    rows = [{"parameter": p, "axis": ax, "permuted": spec.axis_label(p, ax)} for p, ax in spec.params_of(group)]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

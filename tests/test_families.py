@@ -191,3 +191,107 @@ def test_every_permuted_weight_in_the_table_is_needed(case):
         broken = dataclasses.replace(spec, axes={k: v for k, v in spec.axes.items() if k != name})
         err = logit_error(b, permute_model(b, broken, perms), probe(spec), spec, perms)["max_rel_logit_error"]
         assert err > 1e-4, (case, name, err)
+
+
+# --- the CLI on tiny random pairs of other families (tokenizers built offline) -------------------------
+
+def bpe_tokenizer(folder, lines, family: str):
+    """A small byte-level BPE tokenizer trained on ``lines``, saved as the family's fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2TokenizerFast, RobertaTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if family == "roberta" else ["<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if family == "roberta":
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")))
+        fast = RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                                    cls_token="<s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+    else:
+        fast = GPT2TokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                 unk_token="<|endoftext|>")
+    fast.save_pretrained(str(folder))
+    return fast
+
+
+PAIR_MODELS = {  # family -> (HF class, model_type, config) of a tiny pair for the CLI
+    "roberta": ("RobertaForMaskedLM", "roberta", dict(hidden_size=30, num_attention_heads=5, intermediate_size=37,
+                                                      num_hidden_layers=2, type_vocab_size=1, pad_token_id=1,
+                                                      **{**BERTLIKE, "max_position_embeddings": 66})),
+    "gpt2": ("GPT2LMHeadModel", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2, **GPT)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(PAIR_MODELS))
+def saved_pair(request, tmp_path_factory):
+    import transformers
+
+    from conftest import write_text
+
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    text = write_text(root / "text.txt")
+    tok = bpe_tokenizer(root / "tok", text.read_text().splitlines(), family)
+    cls, model_type, kw = PAIR_MODELS[family]
+    out = []
+    for seed in (11, 12):
+        torch.manual_seed(seed)
+        cfg = transformers.AutoConfig.for_model(model_type, vocab_size=len(tok), **kw)
+        model = getattr(transformers, cls)(cfg).eval()
+        model.save_pretrained(str(root / f"m{seed}"))
+        tok.save_pretrained(str(root / f"m{seed}"))
+        out.append(root / f"m{seed}")
+    return family, out[0], out[1], text
+
+
+def test_cli_align_on_other_families(saved_pair, tmp_path):
+    import json
+
+    import transformers
+    from safetensors.torch import load_file
+
+    from permerge.cli import main
+
+    family, a, b, text = saved_pair
+    out = tmp_path / "out"
+    assert main(["align", str(a), str(b), "--data", str(text), "--residual", "all", "--tokens", "3000",
+                 "--out", str(out), "--no-cache", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model_b"]["family"] == family
+    assert report["function_preserving"] is True and report["max_rel_logit_error"] < TOL
+    perms = load_file(str(out / "permutations.safetensors"))
+    assert torch.equal(perms["res.emb"], perms["res.1.ff"])
+    assert not torch.equal(perms["res.emb"], torch.arange(30)) and not torch.equal(perms["ff.0"], torch.arange(37))
+    cls = getattr(transformers, PAIR_MODELS[family][0])
+    mb, mp = cls.from_pretrained(str(b)).eval(), cls.from_pretrained(str(out / "model")).eval()
+    ids = torch.randint(5, mb.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lb, lp = mb(input_ids=ids).logits, mp(input_ids=ids).logits
+    assert ((lb - lp).abs().max() / lb.abs().max()).item() < TOL
+
+
+def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
+    import math
+
+    import pandas as pd
+
+    from permerge.cli import main
+
+    family, a, b, text = saved_pair
+    out = tmp_path / "curve"
+    assert main(["interpolate", str(a), str(b), "--data", str(text), "--tokens", "3000", "--eval-blocks", "8",
+                 "--lambdas", "5", "--out", str(out), "--no-cache", "--quiet"]) == 0
+    df = pd.read_csv(out / "curve.csv")
+    metric = {"roberta": "pseudo_perplexity", "gpt2": "perplexity"}[family]
+    assert list(df.columns) == ["lambda", "method", "loss", metric]
+    assert len(df) == 10 and df["loss"].notna().all()
+    assert all(math.isclose(p, math.exp(l), rel_tol=1e-9) for p, l in zip(df[metric], df["loss"]))
+    # lambda = 0 is B' (B permuted), which computes B: its loss equals vanilla's lambda = 0 (B itself)
+    van = df[df.method == "vanilla"].sort_values("lambda")
+    al = df[df.method != "vanilla"].sort_values("lambda")
+    assert al["loss"].iloc[0] == pytest.approx(van["loss"].iloc[0], rel=1e-5)
+    assert al["loss"].iloc[-1] == pytest.approx(van["loss"].iloc[-1], rel=1e-9)
