@@ -295,3 +295,49 @@ def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
     al = df[df.method != "vanilla"].sort_values("lambda")
     assert al["loss"].iloc[0] == pytest.approx(van["loss"].iloc[0], rel=1e-5)
     assert al["loss"].iloc[-1] == pytest.approx(van["loss"].iloc[-1], rel=1e-9)
+
+
+def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
+    """The run page on a local RoBERTa / GPT-2 pair with a text file, then the detail pages."""
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from permerge import ui_state
+
+    family, a, b, text = saved_pair
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(root)
+    ui_state.registry.clear()
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=90).run()
+    for side, path in (("A", a), ("B", b)):
+        at.radio(key=f"src_{side}").set_value("local folder or hub id").run()
+        at.text_input(key=f"path_{side}").set_value(str(path)).run()
+    [r for r in at.radio if r.label == "Alignment data"][0].set_value("text file").run()
+    [t for t in at.text_input if t.label == "Text file path"][0].set_value(str(text)).run()
+    for label, value in (("Alignment tokens", 2048), ("λ points", 3)):
+        [w for w in at.number_input if w.label == label][0].set_value(value)
+    [w for w in at.number_input if "evaluation blocks" in w.label][0].set_value(4)
+    [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Compatible" in s.value for s in at.success)
+    [x for x in at.button if x.label == "Run alignment"][0].click().run()
+    t0 = time.time()
+    while "run" not in at.session_state and time.time() - t0 < 120:
+        time.sleep(0.5)
+        at.run()
+    assert "run" in at.session_state, "the run did not finish in time"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("computes B's function" in s.value for s in at.success)
+    metric = {"roberta": "pseudo-perplexity", "gpt2": "perplexity"}[family]
+    assert [t.label for t in at.tabs] == ["loss", metric]
+    for page in ("pages/correlations.py", "pages/interpolation.py", "pages/features.py", "pages/export.py"):
+        at.switch_page(page).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert at.get("plotly_chart"), page
+    ui_state.registry.clear()
