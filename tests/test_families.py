@@ -50,6 +50,19 @@ CASES = {
     "gpt2-lm-untied-h3-dk12": ("GPT2LMHeadModel", "gpt2", dict(n_embd=36, n_head=3, n_layer=3,
                                                                tie_word_embeddings=False, **GPT)),
     "gpt2-base-h7-dk3": ("GPT2Model", "gpt2", dict(n_embd=21, n_head=7, n_inner=29, n_layer=2, **GPT)),
+    "electra-gen-tied-e16-h5-dk6": ("ElectraForMaskedLM", "electra",
+                                    dict(embedding_size=16, hidden_size=30, num_attention_heads=5, intermediate_size=37,
+                                         num_hidden_layers=2, **BERTLIKE)),
+    "electra-gen-untied-e20-h3-dk12": ("ElectraForMaskedLM", "electra",
+                                       dict(embedding_size=20, hidden_size=36, num_attention_heads=3,
+                                            intermediate_size=50, num_hidden_layers=2, tie_word_embeddings=False,
+                                            **BERTLIKE)),
+    "electra-disc-h7-dk4": ("ElectraForPreTraining", "electra",
+                            dict(embedding_size=28, hidden_size=28, num_attention_heads=7, intermediate_size=40,
+                                 num_hidden_layers=2, **BERTLIKE)),
+    "electra-cls-e12-h5-dk6": ("ElectraForSequenceClassification", "electra",
+                               dict(embedding_size=12, hidden_size=30, num_attention_heads=5, intermediate_size=37,
+                                    num_hidden_layers=2, num_labels=3, **BERTLIKE)),
 }
 
 
