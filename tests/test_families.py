@@ -354,3 +354,27 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
         assert not at.exception, (page, [e.value for e in at.exception])
         assert at.get("plotly_chart"), page
     ui_state.registry.clear()
+
+
+def test_pair_checks_and_summaries_come_from_the_table(saved_pair, tmp_path):
+    import transformers
+
+    from permerge.checkpoints import config_summary, read_config, validate_pair
+    from permerge.errors import IncompatibleModels
+
+    family, a, b, text = saved_pair
+    cls, model_type, kw = PAIR_MODELS[family]
+    s = config_summary(str(a))
+    assert (s["architecture"], s["family"], s["layers"], s["heads"], s["hidden"], s["intermediate"]) == \
+        (cls, family, 2, 5, 30, 37)
+    validate_pair(read_config(str(a)), read_config(str(b)))
+    # a pair differing in a field of this family's list is refused, naming the field
+    field = {"roberta": "intermediate_size", "gpt2": "n_inner"}[family]
+    other = transformers.AutoConfig.for_model(model_type, vocab_size=read_config(str(a)).vocab_size, **{**kw, field: 41})
+    other.architectures = [cls]
+    with pytest.raises(IncompatibleModels, match=field):
+        validate_pair(read_config(str(a)), other)
+    # two families never pair
+    other = transformers.AutoConfig.for_model("gpt2" if family == "roberta" else "roberta")
+    with pytest.raises(IncompatibleModels, match="model_type"):
+        validate_pair(read_config(str(a)), other)
