@@ -34,9 +34,5 @@ def spec_for(model) -> ArchSpec:
     return build_spec(family_for(model.config), model)
 
 
-def supported_classes() -> tuple[str, ...]:
-    return tuple(c for fam in FAMILIES for c in fam.classes)
-
-
-__all__ = ["ArchSpec", "Family", "Group", "spec_for", "family_for", "supported_classes", "FAMILIES",
+__all__ = ["ArchSpec", "Family", "Group", "spec_for", "family_for", "FAMILIES",
            "SUPPORTED_MODEL_TYPES"]

@@ -44,8 +44,6 @@ HEAD_KINDS = ("mlm", "causal-lm", "classifier", "discriminator", "base")
 # How a head is evaluated along lambda (see permerge.evaluate); "none": no loss to interpolate.
 EVALUATION = {"mlm": "mlm", "causal-lm": "causal-lm", "classifier": "classification",
               "discriminator": "none", "base": "none"}
-# What the evaluation is called on curves and pages, per evaluation kind.
-METRIC = {"mlm": "pseudo_perplexity", "causal-lm": "perplexity", "classification": "accuracy", "none": None}
 
 
 @dataclass(frozen=True)
@@ -123,9 +121,6 @@ class Family:
 
     def default_class(self) -> str:
         return next(c for c, h in self.classes.items() if h == "base")
-
-    def evaluation(self, class_name: str) -> str:
-        return EVALUATION[self.head_of(class_name)]
 
     def longest_input(self, cfg) -> int:
         return self.max_length(cfg) if self.max_length else cfg.max_position_embeddings
@@ -240,12 +235,8 @@ def build_spec(fam: Family, model) -> ArchSpec:
         emb = "res.emb"
     res_points.append("res.emb")
 
-    n_layers_total = L
-    last = f"res.{n_layers_total - 1}.ff" if L else "res.emb"
-    dec_tied = {}
-    for h, name in fam.decoder.items():
-        dec_tied[h] = fmt(name) not in params
-    tied = dec_tied.get(head, True)
+    last = f"res.{L - 1}.ff" if L else "res.emb"
+    tied = head not in fam.decoder or fmt(fam.decoder[head]) not in params  # a tied decoder is not listed
     dec = emb if tied else (last if emb == "res.emb" else None)
     pooler_g = "pooler" if (head == "classifier" and fam.pooler is not None) else None
     symbols = {"res.emb": "res.emb", "emb": emb, "last": last, "dec": dec, "pooler": pooler_g}
@@ -291,9 +282,8 @@ def build_spec(fam: Family, model) -> ArchSpec:
     missing = [n for n in axes if n not in params]
     if missing:
         raise ValueError(f"unexpected {fam.name} layout: parameter {missing[0]} not found in the model")
-    mods = {n for n in modules}
     for g in groups.values():
-        if g.capture not in mods:
+        if g.capture not in modules:
             raise ValueError(f"unexpected {fam.name} layout: capture module {g.capture} not found in the model")
     return ArchSpec(fam.name, head, L, d, H, d_ff, groups, axes, tuple(res_points),
                     mlm_head=fam.head_module.get(head), norm=fam.norm, inputs=fam.inputs,
