@@ -209,8 +209,8 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
         elif k == "pooler":
             x = list(g["group"])
         else:
-            g = g.sort_values("layer")
-            x = [f"layer {int(v)}" for v in g["layer"]]
+            g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
+            x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
         for what, color, dash in (("before", "#888888", "dot"), ("after", "#d62728", "solid")):
             fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
                                      showlegend=col == 1, line=dict(color=color, dash=dash),

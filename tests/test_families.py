@@ -206,20 +206,21 @@ def test_every_permuted_weight_in_the_table_is_needed(case):
         assert err > 1e-4, (case, name, err)
 
 
-# --- the CLI on tiny random pairs of other families (tokenizers built offline) -------------------------
+# --- CLI and dashboard on tiny random pairs (tokenizers built offline) ---------------------------------
 
-def bpe_tokenizer(folder, lines, family: str):
-    """A small byte-level BPE tokenizer trained on ``lines``, saved as the family's fast tokenizer."""
+def bpe_tokenizer(folder, lines, kind: str):
+    """A small byte-level BPE tokenizer trained on ``lines``: RoBERTa-style (``kind`` "mlm": <s>, </s>,
+    <pad>, <mask>) or GPT-2-style ("causal": <|endoftext|> only)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import GPT2TokenizerFast, RobertaTokenizerFast
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if family == "roberta" else ["<|endoftext|>"]
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"] if kind == "mlm" else ["<|endoftext|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    if family == "roberta":
+    if kind == "mlm":
         tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
                                                           ("<s>", tok.token_to_id("<s>")))
         fast = RobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>",
@@ -231,11 +232,21 @@ def bpe_tokenizer(folder, lines, family: str):
     return fast
 
 
-PAIR_MODELS = {  # family -> (HF class, model_type, config) of a tiny pair for the CLI
+# family -> a tiny pair: HF class, model_type, config (hidden 30, 5 heads, FF 37, 2 layers), the
+# tokenizer kind, the curve's metric and a config field of the family's pair check.  (BERT's pair
+# runs through the CLI and the dashboard in test_cli.py and test_app.py.)
+PAIR_MODELS = {
     "roberta": ("RobertaForMaskedLM", "roberta", dict(hidden_size=30, num_attention_heads=5, intermediate_size=37,
                                                       num_hidden_layers=2, type_vocab_size=1, pad_token_id=1,
-                                                      **{**BERTLIKE, "max_position_embeddings": 66})),
-    "gpt2": ("GPT2LMHeadModel", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2, **GPT)),
+                                                      **{**BERTLIKE, "max_position_embeddings": 66}),
+                "mlm", "pseudo_perplexity", "intermediate_size"),
+    "distilbert": ("DistilBertForMaskedLM", "distilbert", dict(dim=30, n_heads=5, hidden_dim=37, n_layers=2, **DISTIL),
+                   "mlm", "pseudo_perplexity", "hidden_dim"),
+    "electra": ("ElectraForMaskedLM", "electra", dict(embedding_size=16, hidden_size=30, num_attention_heads=5,
+                                                      intermediate_size=37, num_hidden_layers=2, **BERTLIKE),
+                "mlm", "pseudo_perplexity", "embedding_size"),
+    "gpt2": ("GPT2LMHeadModel", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2, **GPT),
+             "causal", "perplexity", "n_inner"),
 }
 
 
@@ -248,8 +259,8 @@ def saved_pair(request, tmp_path_factory):
     family = request.param
     root = tmp_path_factory.mktemp(family)
     text = write_text(root / "text.txt")
-    tok = bpe_tokenizer(root / "tok", text.read_text().splitlines(), family)
-    cls, model_type, kw = PAIR_MODELS[family]
+    cls, model_type, kw, kind = PAIR_MODELS[family][:4]
+    tok = bpe_tokenizer(root / "tok", text.read_text().splitlines(), kind)
     out = []
     for seed in (11, 12):
         torch.manual_seed(seed)
@@ -299,7 +310,7 @@ def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
     assert main(["interpolate", str(a), str(b), "--data", str(text), "--tokens", "3000", "--eval-blocks", "8",
                  "--lambdas", "5", "--out", str(out), "--no-cache", "--quiet"]) == 0
     df = pd.read_csv(out / "curve.csv")
-    metric = {"roberta": "pseudo_perplexity", "gpt2": "perplexity"}[family]
+    metric = PAIR_MODELS[family][4]
     assert list(df.columns) == ["lambda", "method", "loss", metric]
     assert len(df) == 10 and df["loss"].notna().all()
     assert all(math.isclose(p, math.exp(l), rel_tol=1e-9) for p, l in zip(df[metric], df["loss"]))
@@ -311,7 +322,7 @@ def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
 
 
 def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
-    """The run page on a local RoBERTa / GPT-2 pair with a text file, then the detail pages."""
+    """The run page on a local pair of each family with a text file, then every detail page."""
     import time
     from pathlib import Path
 
@@ -347,12 +358,13 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("computes B's function" in s.value for s in at.success)
-    metric = {"roberta": "pseudo-perplexity", "gpt2": "perplexity"}[family]
+    metric = PAIR_MODELS[family][4].replace("_", "-")
     assert [t.label for t in at.tabs] == ["loss", metric]
-    for page in ("pages/correlations.py", "pages/interpolation.py", "pages/features.py", "pages/export.py"):
+    for page in ("pages/correlations.py", "pages/interpolation.py", "pages/features.py", "pages/data_amount.py",
+                 "pages/export.py"):
         at.switch_page(page).run()
         assert not at.exception, (page, [e.value for e in at.exception])
-        assert at.get("plotly_chart"), page
+        assert at.get("plotly_chart") or page == "pages/data_amount.py", page  # that one computes on request
     ui_state.registry.clear()
 
 
@@ -363,18 +375,17 @@ def test_pair_checks_and_summaries_come_from_the_table(saved_pair, tmp_path):
     from permerge.errors import IncompatibleModels
 
     family, a, b, text = saved_pair
-    cls, model_type, kw = PAIR_MODELS[family]
+    cls, model_type, kw, _, _, field = PAIR_MODELS[family]
     s = config_summary(str(a))
     assert (s["architecture"], s["family"], s["layers"], s["heads"], s["hidden"], s["intermediate"]) == \
         (cls, family, 2, 5, 30, 37)
     validate_pair(read_config(str(a)), read_config(str(b)))
     # a pair differing in a field of this family's list is refused, naming the field
-    field = {"roberta": "intermediate_size", "gpt2": "n_inner"}[family]
     other = transformers.AutoConfig.for_model(model_type, vocab_size=read_config(str(a)).vocab_size, **{**kw, field: 41})
     other.architectures = [cls]
     with pytest.raises(IncompatibleModels, match=field):
         validate_pair(read_config(str(a)), other)
     # two families never pair
-    other = transformers.AutoConfig.for_model("gpt2" if family == "roberta" else "roberta")
+    other = transformers.AutoConfig.for_model("gpt2" if family != "gpt2" else "roberta")
     with pytest.raises(IncompatibleModels, match="model_type"):
         validate_pair(read_config(str(a)), other)
