@@ -15,7 +15,8 @@ model) and ``{l}`` (the layer index).  Axis entries are *symbols* resolved per l
 * ``"res.emb"`` (first residual point), ``"last"`` (last residual point), ``"emb"`` (the word
   embedding's columns: ``res.emb``, or a group of its own when an ``embedding_project`` maps a
   narrower embedding into the residual width), ``"dec"`` (the space of the output decoder's
-  columns: ``emb`` when the decoder is tied to the word embedding, else ``last``), ``"pooler"``;
+  columns: ``emb`` when the decoder is tied to the word embedding; else ``last``, or nothing when
+  the embedding is projected), ``"pooler"`` (the pooler group of a classifier, else nothing);
 * ``(symbol, k)``: the symbol's permutation tiled ``k`` times along that axis, with offsets (GPT-2's
   fused ``c_attn`` holds Q, K and V side by side: ``("att", 3)``);
 * ``None``: the axis is not permuted.
@@ -111,7 +112,10 @@ class Family:
     decoder: dict[str, str] = field(default_factory=dict)  # head kind -> output decoder weight (tied when absent)
     head_module: dict[str, str] = field(default_factory=dict)  # head kind -> module from hidden states to logits
     pooler: Capture | None = None  # a classifier's pooler (one row per sentence), inside the base model
-    embedding_project: str | None = None  # module mapping a narrower embedding to the residual width
+    # A module mapping a narrower embedding to the residual width.  When the model has it, the
+    # "res.emb" capture gives the features of the embedding's own group "emb" (kind "ff": a free
+    # hidden space, aligned with FF), and res.emb is read at the projection's output.
+    embedding_project: str | None = None
     block_specials: bool = True  # text blocks are [CLS] ... [SEP] (False: plain token runs, for decoders)
     max_length: Callable | None = None  # config -> longest input (default max_position_embeddings)
 
