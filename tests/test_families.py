@@ -389,3 +389,17 @@ def test_pair_checks_and_summaries_come_from_the_table(saved_pair, tmp_path):
     other = transformers.AutoConfig.for_model("gpt2" if family != "gpt2" else "roberta")
     with pytest.raises(IncompatibleModels, match="model_type"):
         validate_pair(read_config(str(a)), other)
+
+
+def test_a_weight_the_table_does_not_know_is_refused():
+    """A table accounts for every parameter: an architecture option it does not cover (GPT-2 with
+    cross-attention) fails with a one-line error before any statistics, not with a wrong B'."""
+    import transformers
+
+    from permerge.arch.spec import LayoutError
+    from permerge.errors import PermergeError
+
+    cfg = transformers.GPT2Config(n_embd=24, n_head=3, n_layer=1, vocab_size=VOCAB, add_cross_attention=True)
+    with pytest.raises(LayoutError, match=r"crossattention\.c_attn\.weight is not in the gpt2 table") as e:
+        spec_for(transformers.GPT2LMHeadModel(cfg))
+    assert isinstance(e.value, PermergeError)

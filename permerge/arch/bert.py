@@ -5,7 +5,7 @@ the residual points are those outputs (``res.emb``, ``res.<l>.att``, ``res.<l>.f
 """
 from __future__ import annotations
 
-from .spec import Capture, Family, embedding, linear, norm
+from .spec import Capture, Family, embedding, linear, norm, vector
 
 BERT_SIZES = lambda c: dict(layers=c.num_hidden_layers, hidden=c.hidden_size,  # noqa: E731
                             heads=c.num_attention_heads, intermediate=c.intermediate_size,
@@ -56,7 +56,9 @@ BERT = Family(
         # when tied ("dec"): forgetting this transform is the public code's bug.
         "mlm": (linear("head", "cls.predictions.transform.dense", "dec", "last"),
                 norm("head", "cls.predictions.transform.LayerNorm", "dec"),
-                embedding("decoder", "cls.predictions.decoder", "dec", optional=True)),
+                embedding("decoder", "cls.predictions.decoder", "dec", optional=True),
+                vector("decoder", "cls.predictions.bias"),
+                vector("decoder", "cls.predictions.decoder.bias", optional=True)),
         "classifier": (linear("pooler", "{base}pooler.dense", "pooler", "last"),
                        linear("classifier", "classifier", None, "pooler")),
         "base": (linear("pooler", "{base}pooler.dense", None, "last", optional=True),),

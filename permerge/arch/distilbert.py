@@ -3,7 +3,7 @@ output_layer_norm; an MLM head (vocab_transform, vocab_layer_norm, vocab_project
 embedding); no token types and no pooler (the classifier's pre_classifier reads the first token)."""
 from __future__ import annotations
 
-from .spec import Capture, Family, embedding, linear, norm
+from .spec import Capture, Family, embedding, linear, norm, vector
 
 _L = "{base}transformer.layer.{l}"
 
@@ -33,9 +33,11 @@ DISTILBERT = Family(
     heads={
         "mlm": (linear("head", "vocab_transform", "dec", "last"),
                 norm("head", "vocab_layer_norm", "dec"),
-                embedding("decoder", "vocab_projector", "dec", optional=True)),
+                embedding("decoder", "vocab_projector", "dec", optional=True),
+                vector("decoder", "vocab_projector.bias")),
         # pre_classifier (first token -> hidden) is left in place: only its input columns move
-        "classifier": (linear("classifier", "pre_classifier", None, "last"),),
+        "classifier": (linear("classifier", "pre_classifier", None, "last"),
+                       linear("classifier", "classifier", None, None)),
     },
     captures={"res.emb": Capture("{base}embeddings.LayerNorm", "output"),
               "att": Capture(f"{_L}.attention.out_lin", "input"),

@@ -7,7 +7,7 @@ lambda) and a classifier; their hidden layers stay in place, only their input co
 from __future__ import annotations
 
 from .bert import BERT_CAPTURES, BERT_EMBEDDINGS, BERT_LAYER, BERT_PAIR_FIELDS, BERT_SIZES
-from .spec import Family, embedding, linear, norm
+from .spec import Family, embedding, linear, norm, vector
 
 ELECTRA = Family(
     name="electra",
@@ -25,9 +25,12 @@ ELECTRA = Family(
     heads={
         "mlm": (linear("head", "generator_predictions.dense", "dec", "last"),
                 norm("head", "generator_predictions.LayerNorm", "dec"),
-                embedding("decoder", "generator_lm_head", "dec", optional=True)),
-        "discriminator": (linear("head", "discriminator_predictions.dense", None, "last"),),
-        "classifier": (linear("classifier", "classifier.dense", None, "last"),),
+                embedding("decoder", "generator_lm_head", "dec", optional=True),
+                vector("decoder", "generator_lm_head.bias")),
+        "discriminator": (linear("head", "discriminator_predictions.dense", None, "last"),
+                          linear("head", "discriminator_predictions.dense_prediction", None, None)),
+        "classifier": (linear("classifier", "classifier.dense", None, "last"),
+                       linear("classifier", "classifier.out_proj", None, None)),
     },
     captures=BERT_CAPTURES,
     decoder={"mlm": "generator_lm_head.weight"},

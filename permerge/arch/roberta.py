@@ -5,7 +5,7 @@ padding index (the model computes them from the input ids), so the longest input
 from __future__ import annotations
 
 from .bert import BERT_CAPTURES, BERT_EMBEDDINGS, BERT_LAYER, BERT_PAIR_FIELDS, BERT_SIZES
-from .spec import Family, embedding, linear, norm
+from .spec import Family, embedding, linear, norm, vector
 
 ROBERTA = Family(
     name="roberta",
@@ -22,9 +22,12 @@ ROBERTA = Family(
     heads={
         "mlm": (linear("head", "lm_head.dense", "dec", "last"),
                 norm("head", "lm_head.layer_norm", "dec"),
-                embedding("decoder", "lm_head.decoder", "dec", optional=True)),
+                embedding("decoder", "lm_head.decoder", "dec", optional=True),
+                vector("decoder", "lm_head.bias"),
+                vector("decoder", "lm_head.decoder.bias", optional=True)),
         # the classification head's hidden layer is left in place: only its input columns move
-        "classifier": (linear("classifier", "classifier.dense", None, "last"),),
+        "classifier": (linear("classifier", "classifier.dense", None, "last"),
+                       linear("classifier", "classifier.out_proj", None, None)),
         "base": (linear("pooler", "{base}pooler.dense", None, "last", optional=True),),
     },
     captures=BERT_CAPTURES,

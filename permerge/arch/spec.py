@@ -23,7 +23,10 @@ model) and ``{l}`` (the layer index).  Axis entries are *symbols* resolved per l
 
 Weights come in layouts: ``linear`` ([out, in] weight and [out] bias, ``torch.nn.Linear``),
 ``conv1d`` ([in, out] weight and [out] bias, GPT-2's ``Conv1D``), ``norm`` (weight and bias, one
-entry per unit), ``embedding`` ([rows, units]).
+entry per unit), ``embedding`` ([rows, units]), ``vector`` (one bare parameter, e.g. a decoder's
+bias over the vocabulary).  A table accounts for every parameter of the model, permuted or not
+(axes ``None``): a model with a parameter the table does not know (an architecture option the
+family does not cover) is refused before any statistics are collected.
 
 Residual points: in a post-LN network (BERT) each sub-block ends with a LayerNorm whose output is
 the residual stream, so the points are those outputs.  In a pre-LN network (GPT-2) the stream is the
@@ -38,6 +41,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from ..errors import CheckpointError
 
 # --- the generic description ---------------------------------------------------------------------
 
@@ -64,7 +69,7 @@ class Param:
     """One weight (with its bias) of a family: its role, name template, layout and axis symbols."""
     role: str  # "embeddings", "q", "k", "v", "qkv", "attn-out", "ff-in", "ff-out", "norm", "head", ...
     template: str
-    layout: str  # "linear" | "conv1d" | "norm" | "embedding"
+    layout: str  # "linear" | "conv1d" | "norm" | "embedding" | "vector"
     out: object = None  # symbol on the output units (the only axis of norm / the columns of embedding)
     inp: object = None  # symbol on the input units (linear / conv1d)
     optional: bool = False  # absent in some configurations (an untied decoder, token types, a pooler)
@@ -85,6 +90,14 @@ def norm(role, template, g, **kw) -> Param:
 
 def embedding(role, template, g, **kw) -> Param:
     return Param(role, template, "embedding", g, **kw)
+
+
+def vector(role, template, g=None, **kw) -> Param:
+    return Param(role, template, "vector", g, **kw)
+
+
+class LayoutError(CheckpointError, ValueError):
+    """The model's weights do not match its family's table."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,8 @@ def _param_axes(p: Param, resolve) -> dict[str, tuple]:
         d = {f"{p.template}.weight": (out,)}
     elif p.layout == "embedding":
         return {f"{p.template}.weight": (None, out)}
+    elif p.layout == "vector":
+        return {p.template: (out,)}
     else:
         raise ValueError(f"unknown layout {p.layout!r}")
     if p.bias:
@@ -285,10 +300,13 @@ def build_spec(fam: Family, model) -> ArchSpec:
 
     missing = [n for n in axes if n not in params]
     if missing:
-        raise ValueError(f"unexpected {fam.name} layout: parameter {missing[0]} not found in the model")
+        raise LayoutError(f"unexpected {fam.name} layout: parameter {missing[0]} not found in the model")
+    unknown = [n for n in params if n not in axes]
+    if unknown:
+        raise LayoutError(f"unsupported {fam.name} variant: parameter {unknown[0]} is not in the {fam.name} table")
     for g in groups.values():
         if g.capture not in modules:
-            raise ValueError(f"unexpected {fam.name} layout: capture module {g.capture} not found in the model")
+            raise LayoutError(f"unexpected {fam.name} layout: capture module {g.capture} not found in the model")
     return ArchSpec(fam.name, head, L, d, H, d_ff, groups, axes, tuple(res_points),
                     mlm_head=fam.head_module.get(head), norm=fam.norm, inputs=fam.inputs,
                     evaluation=EVALUATION[head], layouts=layouts, roles=roles, table=fam)
