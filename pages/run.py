@@ -146,6 +146,13 @@ if data and not Path(data).expanduser().exists():
     data_problem = f"data not found: {data}"
 elif data and data_kind == "GLUE-format task folder" and not (Path(data).expanduser() / "dev.tsv").is_file():
     data_problem = f"not a GLUE-format task folder (no dev.tsv): {data}"
+elif data:  # regular files and folders only, nothing under /proc, /etc, ...
+    from permerge.data import check_data_path
+    from permerge.errors import DataError
+    try:
+        check_data_path(data, "the data path")
+    except DataError as e:
+        data_problem = str(e)
 if data_problem:
     st.error(data_problem)
 ready = bool(model_a and model_b and data) and not problems and not reason and not data_problem
