@@ -6,9 +6,13 @@ from permerge.ui_state import current_run, short
 
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 
+# A shareable link with settings in the address (?tokens=...) opens the run page; otherwise start here.
+settings_link = len(st.query_params) > 0
 pages = {
-    "Align": [st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=True)],
+    "Align": [st.Page("pages/start.py", title="Start here", icon=":material/school:", default=not settings_link),
+              st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=settings_link)],
     "What happened": [
+        st.Page("pages/permutation.py", title="See the permutation", icon=":material/swap_vert:"),
         st.Page("pages/correlations.py", title="Correlations", icon=":material/grid_on:"),
         st.Page("pages/features.py", title="Feature correlation", icon=":material/show_chart:"),
         st.Page("pages/interpolation.py", title="Interpolation", icon=":material/timeline:"),

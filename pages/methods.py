@@ -59,6 +59,6 @@ else:
                                             "function_preserving": "function-preserving"})
             with right:
                 st.plotly_chart(plots.methods_bar(table), width="stretch")
-        st.caption("Standard error is empty with a single pair. Red bars: not function-preserving.")
+        st.caption("Standard error is empty with a single pair. Hatched bars: not function-preserving.")
         with st.expander("Every pair"):
             st.dataframe(bars, width="stretch", hide_index=True)

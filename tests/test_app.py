@@ -48,13 +48,18 @@ def fresh() -> AppTest:
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
 
 
+def run_page() -> AppTest:
+    """The app opened on the run page (the app itself opens on the start page)."""
+    return fresh().run().switch_page("pages/run.py").run()
+
+
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not [e for e in at.error if "fail" in e.value.lower()], [e.value for e in at.error]
 
 
 def test_run_page_without_result():
-    at = fresh().run()
+    at = run_page()
     assert_clean(at)
     assert at.title[0].value == "Pick and run"
     labels = {w.label for w in at.number_input}
@@ -67,14 +72,14 @@ def test_run_page_without_result():
 
 
 def test_non_preserving_choice_is_marked():
-    at = fresh().run()
+    at = run_page()
     [s for s in at.selectbox if s.label == "Attention"][0].set_value("ignore-heads").run()
     assert_clean(at)
     assert any("Not function-preserving" in w.value for w in at.warning)
 
 
 def test_incompatible_pair_reason(tmp_path):
-    at = fresh().run()
+    at = run_page()
     at.radio(key="src_B").set_value("local folder or hub id").run()
     at.text_input(key="path_B").set_value(str(tmp_path / "missing")).run()
     assert_clean(at)
@@ -83,7 +88,7 @@ def test_incompatible_pair_reason(tmp_path):
 
 
 def test_missing_data_file_is_reported(tmp_path):
-    at = fresh().run()
+    at = run_page()
     at.radio[2].set_value("text file").run()
     at.text_input[0].set_value(str(tmp_path / "nope.txt")).run()
     assert_clean(at)
@@ -107,7 +112,7 @@ def _set(at, label, value):
 
 def start_small_run(lambdas: int):
     """The default pair on the CPU with 2048 tokens and 4 evaluation blocks; press Run."""
-    at = fresh().run()
+    at = run_page()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", lambdas)
     _set(at, "MLM evaluation blocks (128 tokens each)", 4)
@@ -135,11 +140,11 @@ def test_run_then_every_page(tmp_path):
 
     at.switch_page("pages/correlations.py").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 5  # before, after, head cost, two head blocks
+    assert len(at.get("plotly_chart")) == 6  # before, after, histogram, head cost, two head blocks
     assert at.dataframe  # parameters the group touches
     at.selectbox[0].set_value("ff.0").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3
 
     at.switch_page("pages/features.py").run()
     assert_clean(at)

@@ -94,8 +94,8 @@ def browser(tmp_path_factory, server):
     drv.set_page_load_timeout(30)
     # warm-up (bounded): the server's first script run imports torch and transformers
     drv.get(server)
-    wait_for(drv, lambda: title_is(drv, "Pick and run"), 60, "the first page")
-    wait_for(drv, lambda: "Run alignment" in drv.find_element(By.TAG_NAME, "body").text, 60, "the first page's end")
+    wait_for(drv, lambda: title_is(drv, "Start here"), 60, "the first page")
+    wait_for(drv, lambda: "Where to look next" in drv.find_element(By.TAG_NAME, "body").text, 60, "the first page's end")
     yield drv
     drv.quit()
 
@@ -219,7 +219,8 @@ def test_dashboard_in_browser(server, browser):
     drv.execute_script("document.querySelector('[data-testid=\"stMain\"]')?.scrollTo(0, 10000)")
     shot(drv, "04-result")
 
-    for i, (page, min_charts) in enumerate((("Correlations", 5), ("Feature correlation", 1), ("Interpolation", 2),
+    for i, (page, min_charts) in enumerate((("Start here", 1), ("See the permutation", 3), ("Correlations", 6),
+                                            ("Feature correlation", 1), ("Interpolation", 2),
                                             ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=5):
         goto(drv, page)
         if min_charts:
