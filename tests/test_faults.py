@@ -515,7 +515,8 @@ def test_dashboard_path_input_refuses_system_files(tmp_path, monkeypatch):
     fifo = tmp_path / "fifo.txt"
     os.mkfifo(fifo)
     try:
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run().switch_page("pages/run.py").run()
+        assert at.title[0].value == "Pick and run"
         at.radio[2].set_value("text file").run()
         for p, why in (("/proc/self/environ", "system folder"), ("/etc/shadow", "system folder"),
                        (str(fifo), "not a regular file or folder")):
