@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
+# Host names (besides 127.0.0.1, localhost and HOST) the browser may use to reach the dashboard
+ALLOWED_HOSTS ?=
 
 .PHONY: setup browser-deps run test bench clean
 
@@ -19,7 +21,8 @@ $(BIN)/.installed: requirements.txt
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(BIN)/python -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false \
+	  $(foreach h,$(sort 127.0.0.1 localhost $(HOST) $(ALLOWED_HOSTS)),--server.allowedHosts $(h))
 
 # The real-browser test needs Debian's chromium and chromium-driver; installed when missing and root.
 browser-deps:

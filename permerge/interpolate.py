@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .errors import StatisticsError
+
 
 def lambda_grid(points: int = 21) -> np.ndarray:
     if points < 2:
@@ -27,7 +29,11 @@ def curve(model, state_a: dict, state_b: dict, lambdas, evaluate_fn, progress=No
     rows = []
     for i, lam in enumerate(lambdas):
         model.load_state_dict(interpolate_state(state_a, state_b, float(lam)))
-        rows.append({"lambda": float(lam), **evaluate_fn(model)})
+        row = {"lambda": float(lam), **evaluate_fn(model)}
+        if not math.isfinite(row["loss"]):  # raised inside the cached computation: nothing is stored
+            raise StatisticsError(f"the loss at lambda {float(lam):.2f}{f' ({label})' if label else ''} is not finite "
+                                  f"({row['loss']}): the interpolated model overflows; nothing was cached")
+        rows.append(row)
         if progress:
             progress("interpolation", i + 1, len(lambdas), method=label)
     return rows

@@ -137,9 +137,8 @@ class Pipeline:
         if D.is_task_folder(job.data):
             train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
             if head == "classifier":
-                nl = self.pair[0].config.num_labels
-                if dev.num_labels > nl or (dev.regression != (nl == 1)):
-                    raise DataError(f"task {dev.name} has {dev.num_labels} label(s); the checkpoints have {nl}")
+                for t in (train, dev):  # file and line of the first label that does not fit
+                    D.check_task_labels(t, self.pair[0].config.num_labels)
             align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
             if job.eval_examples:
                 dev = D.Task(dev.name, dev.texts_a[:job.eval_examples],
