@@ -98,3 +98,17 @@ def head_moves(perm, heads: int) -> list[dict]:
 
 def state_of(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def diagonal_summary(C_after: np.ndarray) -> dict:
+    """How much the matched pairs (the diagonal of the aligned matrix) stand out from the rest:
+    mean diagonal and off-diagonal correlation, the spread of the off-diagonal entries, and the share
+    of A's units whose matched partner is also the best-correlated unit of B in its row."""
+    C = np.asarray(C_after, dtype=float)
+    d = min(C.shape)
+    diag = np.diag(C)[:d]
+    off = C[~np.eye(C.shape[0], C.shape[1], dtype=bool)]
+    row_best = C[:d].argmax(axis=1) == np.arange(d)
+    return {"mean_matched": float(diag.mean()), "mean_other": float(off.mean()), "std_other": float(off.std()),
+            "share_row_best": float(row_best.mean()),
+            "share_other_above_mean_matched": float((off > diag.mean()).mean())}

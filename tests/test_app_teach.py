@@ -348,3 +348,12 @@ def test_permutation_page_on_a_variant_that_breaks_heads(ran):
     at.number_input(key="perm_head_att.0").set_value(broken).run()
     assert_clean(at)
     assert any("breaks heads apart" in w.value for w in at.warning)
+
+
+def test_diagonal_summary():
+    C = np.full((4, 4), 0.1) + np.diag([0.8, 0.8, 0.8, 0.8])
+    C[0, 1] = 0.95  # one row whose best partner is not its match
+    s = views.diagonal_summary(C)
+    assert s["mean_matched"] == pytest.approx(0.9)
+    assert s["share_row_best"] == pytest.approx(0.75)
+    assert s["share_other_above_mean_matched"] == pytest.approx(1 / 12)
