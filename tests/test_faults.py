@@ -93,6 +93,7 @@ def _within_seconds(seconds, fn):
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.slow
 def test_killed_runs_leave_no_lock(tiny_mlm_pair, tmp_path, capsys):
     """A run killed (SIGKILL) or terminated (SIGTERM) during its statistics pass leaves no lock:
     the same command afterwards finishes at once (before: it waited hours on the dead run's lock)."""
@@ -582,7 +583,7 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from permerge import ui_state
+    from dashboard import state as ui_state
     from permerge.align import AlignOptions
     from permerge.outputs import MARKER
     from permerge.pipeline import Job
