@@ -139,6 +139,60 @@ def _check_weight_files(path: Path) -> None:
             raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+# Weights a pretraining checkpoint carries for heads the loaded class does not have (BERT's
+# next-sentence head, the pooler of an MLM, the MLM head under a classifier): ignored when the
+# model has no such module.  Any other unexpected tensor is an error.
+_FOREIGN_HEADS = ("cls.seq_relationship.", "cls.predictions.", "bert.pooler.", "pooler.", "classifier.")
+# Files that hold a tokenizer's vocabulary; without one transformers makes up a special-tokens-only
+# tokenizer, which would turn every word into [UNK].
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+
+
+def _check_loading_info(source: str, model, info: dict) -> None:
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint {source} lacks the tensor {missing[0]}{more}; "
+                              "the weights file is incomplete")
+    names = list(model.state_dict())
+
+    def foreign(key: str) -> bool:  # a head this class does not have
+        return any(key.startswith(h) and not any(n.startswith(h) for n in names) for h in _FOREIGN_HEADS)
+
+    unexpected = sorted(k for k in (info.get("unexpected_keys") or ()) if not foreign(k))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"checkpoint {source} has an unexpected tensor {unexpected[0]}{more} "
+                              f"that the {type(model).__name__} architecture does not have")
+    mismatched = list(info.get("mismatched_keys") or ())
+    if mismatched:
+        raise CheckpointError(f"checkpoint {source}: tensor {mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]} "
+                              "has the wrong shape for its config")
+
+
+def check_finite(source: str, model) -> None:
+    """Non-finite weights anywhere make every loss NaN: refuse them before any compute."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise CheckpointError(f"checkpoint {source} has non-finite weights in {name} ({nan} NaN, {inf} inf)")
+
+
+def _load_tokenizer(target: str, local: bool):
+    import transformers
+
+    if local and not any((Path(target) / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
+    except Exception:
+        return None  # a checkpoint without tokenizer files; data that needs one will say so
+    if len(tok) <= len(set(tok.all_special_tokens)):  # special tokens only: no real vocabulary
+        return None
+    return tok
+
+
 def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     import transformers
 
@@ -150,18 +204,15 @@ def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     if local:
         _check_weight_files(Path(target))
     try:
-        model = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
-                                                             trust_remote_code=False)
+        model, info = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
+                                                                   trust_remote_code=False, output_loading_info=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
+    _check_loading_info(source, model, info)
     model = model.float().eval()
-    tok = None
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
-    except Exception:
-        tok = None  # a checkpoint without tokenizer files; data that needs one will say so
-    return Checkpoint(source, model, tok, arch, state_hash(model))
+    check_finite(source, model)
+    return Checkpoint(source, model, _load_tokenizer(target, local), arch, state_hash(model))
 
 
 def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:

@@ -67,11 +67,15 @@ def _exact_nll(model, b: dict, device, head, chunk: int = 64, keys=None) -> tupl
 
 
 @torch.no_grad()
-def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None) -> dict[str, float]:
+def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
+             keep: list | None = None) -> dict[str, float]:
     """{"loss", "pseudo_perplexity"} for MLM, {"loss", "perplexity"} for a causal LM,
     {"loss", "accuracy"} for classification.
     With ``mlm_head`` (the name of the module mapping encoder states to vocabulary logits) the
-    head runs on the masked positions only, which gives the same loss for a fraction of the cost."""
+    head runs on the masked positions only, which gives the same loss for a fraction of the cost.
+    With ``keep`` (a list), the loss of every scored token or example is appended to it, as CPU
+    float64 tensors in evaluation order (not for the exact pseudo-perplexity mode): the loss is
+    their mean, and their spread gives standard errors."""
     model.eval().to(device)
     head = dict(model.named_modules())[mlm_head] if mlm_head else None
     total, count, correct = 0.0, 0, 0
@@ -83,9 +87,11 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
         inputs = {k: b[k].to(device) for k in evalset.inputs if k in b}
         if evalset.kind == "causal-lm":
             logits = model(**inputs).logits.float()[:, :-1]
-            y, keep = inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:].bool()
-            total += F.cross_entropy(logits[keep], y[keep], reduction="sum").item()
-            count += int(keep.sum())
+            y, scored = inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:].bool()
+            per = F.cross_entropy(logits[scored], y[scored], reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
+            count += int(scored.sum())
             continue
         y = b["labels"].to(device)
         if evalset.kind == "mlm":
@@ -94,15 +100,21 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
                 logits = head(model.base_model(**inputs).last_hidden_state[sel]).float()
             else:
                 logits = model(**inputs).logits.float()[sel]
-            total += F.cross_entropy(logits, y[sel], reduction="sum").item()
+            per = F.cross_entropy(logits, y[sel], reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             count += int(sel.sum())
             continue
         logits = model(**inputs).logits.float()
         if evalset.regression:
-            total += F.mse_loss(logits.squeeze(-1), y.float(), reduction="sum").item()
+            per = F.mse_loss(logits.squeeze(-1), y.float(), reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             count += len(y)
         else:
-            total += F.cross_entropy(logits, y, reduction="sum").item()
+            per = F.cross_entropy(logits, y, reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             correct += int((logits.argmax(-1) == y).sum())
             count += len(y)
     if count == 0:
@@ -114,3 +126,8 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
     if evalset.kind == "causal-lm":
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
     return {"loss": loss, "accuracy": float("nan") if evalset.regression else correct / count}
+
+
+def _keep(keep: list | None, per: torch.Tensor) -> None:
+    if keep is not None:
+        keep.append(per.detach().double().cpu())

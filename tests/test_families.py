@@ -329,14 +329,14 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from permerge import ui_state
+    from dashboard import state
 
     family, a, b, text = saved_pair
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(root)
-    ui_state.registry.clear()
-    at = AppTest.from_file(str(root / "app.py"), default_timeout=90).run()
+    state.registry.clear()
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=90).run().switch_page("pages/run.py").run()
     for side, path in (("A", a), ("B", b)):
         at.radio(key=f"src_{side}").set_value("local folder or hub id").run()
         at.text_input(key=f"path_{side}").set_value(str(path)).run()
@@ -351,21 +351,26 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
     assert any("Compatible" in s.value for s in at.success)
     [x for x in at.button if x.label == "Run alignment"][0].click().run()
     t0 = time.time()
-    while "run" not in at.session_state and time.time() - t0 < 120:
+    while "pending_run" in at.session_state and time.time() - t0 < 120:
         time.sleep(0.5)
         at.run()
-    assert "run" in at.session_state, "the run did not finish in time"
+        assert not at.exception, [e.value for e in at.exception]
+    assert "run" in at.session_state and "pending_run" not in at.session_state, "the run did not finish in time"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("computes B's function" in s.value for s in at.success)
     metric = PAIR_MODELS[family][4].replace("_", "-")
     assert [t.label for t in at.tabs] == ["loss", metric]
-    for page in ("pages/correlations.py", "pages/interpolation.py", "pages/features.py", "pages/data_amount.py",
-                 "pages/export.py"):
+    for page in sorted(str(p.relative_to(root)) for p in (root / "pages").glob("*.py")):
         at.switch_page(page).run()
+        t0 = time.time()  # pages that compute start a background job: let it finish, then redraw
+        while any(h.active for h in list(state.jobs()._jobs.values())) and time.time() - t0 < 60:
+            time.sleep(0.3)
+        at.run()
         assert not at.exception, (page, [e.value for e in at.exception])
-        assert at.get("plotly_chart") or page == "pages/data_amount.py", page  # that one computes on request
-    ui_state.registry.clear()
+        if page in ("pages/correlations.py", "pages/features.py", "pages/interpolation.py"):
+            assert at.get("plotly_chart"), page
+    state.registry.clear()
 
 
 def test_pair_checks_and_summaries_come_from_the_table(saved_pair, tmp_path):
