@@ -272,6 +272,7 @@ def saved_pair(request, tmp_path_factory):
     return family, out[0], out[1], text
 
 
+@pytest.mark.slow
 def test_cli_align_on_other_families(saved_pair, tmp_path):
     import json
 
@@ -298,6 +299,7 @@ def test_cli_align_on_other_families(saved_pair, tmp_path):
     assert ((lb - lp).abs().max() / lb.abs().max()).item() < TOL
 
 
+@pytest.mark.slow
 def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
     import math
 
@@ -321,6 +323,7 @@ def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
     assert al["loss"].iloc[-1] == pytest.approx(van["loss"].iloc[-1], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
     """The run page on a local pair of each family with a text file, then every detail page."""
     import time
