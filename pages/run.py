@@ -181,7 +181,7 @@ for what, path in (("data", data), ("evaluation data", eval_data)):
         data_problem = f"{what} not found: {path}"
 if not data_problem and data and data_kind == "GLUE-format task folder" and not (Path(data).expanduser() / "dev.tsv").is_file():
     data_problem = f"not a GLUE-format task folder (no dev.tsv): {data}"
-elif data:  # regular files and folders only, nothing under /proc, /etc, ...
+elif not data_problem and data:  # regular files and folders only, nothing under /proc, /etc, ...
     from permerge.data import check_data_path
     from permerge.errors import DataError
     try:
