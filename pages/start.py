@@ -27,7 +27,7 @@ def figure_data():
     if h is not None and h.state == "done" and isinstance(h.result, dict):
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
-        label = (f"Measured on this session's run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
+        label = (f"Measured on your current run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
                  f"{run.job.tokens:,} alignment tokens, {run.lambdas} λ points.")
         return curves_frame(results), barriers_frame(results), label, True
     curve = FIGURE_DIR / "default-pair-curve.csv"

@@ -156,7 +156,7 @@ def test_start_page_shows_this_run(ran):
     assert len(figs) == 1
     names = {t.name for t in figs[0].data}
     assert "vanilla" in names and "FF + attn:head-perm" in names
-    assert any("this session's run" in c.value for c in at.caption)
+    assert any("your current run" in c.value for c in at.caption)
     assert any("Your pair" in m.value for m in at.markdown)
 
 
