@@ -48,7 +48,8 @@ def figure_data():
 df, bdf, label, mine = figure_data()
 if df is not None:
     st.plotly_chart(plots.curves(df, "loss", bdf, title="Loss along the straight path from B (λ = 0) to A (λ = 1)",
-                                 y_title="MLM loss (nats)"), width="stretch")
+                                 y_title="dev-set loss (classifier)" if "accuracy" in df.columns else "MLM loss (nats)"),
+                    width="stretch")
     st.caption(label + " Each vertical bar is a barrier: from the dotted endpoint mean up to the top of its curve.")
 
 st.subheader("What alignment changes")
