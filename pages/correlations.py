@@ -3,7 +3,7 @@ import streamlit as st
 
 from permerge import plots, views
 from permerge.align import correlation
-from permerge.ui_state import require_run, short
+from dashboard.state import require_run, short
 
 st.title("Correlations")
 st.markdown(

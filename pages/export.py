@@ -9,10 +9,10 @@ from permerge.cache import default_dir
 from permerge.checkpoints import save_model
 from permerge.errors import PermergeError
 from permerge.outputs import check_out, staged
-from permerge.pipeline import curve_table
-from permerge.study import barriers_frame, curves_frame
-from permerge.ui_state import (default_export_dir, job_key, job_outcome, job_panel, jobs, merged_model,
-                               permutations_bytes, require_run, short)
+from permerge.study import barriers_frame, curve_table, curves_frame
+
+from dashboard.state import (default_export_dir, job_key, job_outcome, job_panel, jobs, merged_model,
+                             permutations_bytes, require_run, short)
 
 st.title("Export")
 st.markdown(

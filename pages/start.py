@@ -7,7 +7,7 @@ import streamlit as st
 
 from permerge import plots
 from permerge.study import barriers_frame, curves_frame
-from permerge.ui_state import current_run, jobs, short
+from dashboard.state import current_run, jobs, short
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -24,7 +24,7 @@ def figure_data():
     """This session's run if it has finished, else the bundled measurement (and a label saying which)."""
     run = current_run()
     h = jobs().get(run.key) if run is not None else None
-    if h is not None and h.state == "done" and isinstance(h.result, dict):
+    if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
         label = (f"Measured on your current run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "

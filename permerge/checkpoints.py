@@ -103,7 +103,8 @@ def config_summary(source: str) -> dict:
             n_params = sum(p.numel() for p in getattr(transformers, arch)(cfg).parameters())
     except Exception:
         n_params = None
-    return {"architecture": arch, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
+    return {"architecture": arch, "head": {"BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"}.get(arch, "base"),
+            "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
             "hidden": cfg.hidden_size, "head width": cfg.hidden_size // max(cfg.num_attention_heads, 1),
             "intermediate": cfg.intermediate_size, "vocab": cfg.vocab_size,
             "labels": cfg.num_labels if arch == "BertForSequenceClassification" else None,

@@ -251,7 +251,7 @@ def cmd_align(args) -> int:
 def cmd_interpolate(args) -> int:
     from .align import VANILLA
     from .outputs import staged
-    from .pipeline import barrier_summary, curve_table
+    from .study import barrier_summary, curve_table
 
     distributed, rank = _distributed()
     _check_inputs(args)

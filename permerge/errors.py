@@ -40,3 +40,7 @@ def warn(message: str) -> None:
 
 
 warnings.simplefilter("always", PermergeWarning)
+
+
+class Cancelled(PermergeError):
+    """Raised by a progress callback to stop a run; nothing is cached for the stopped stage."""

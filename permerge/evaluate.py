@@ -55,10 +55,14 @@ def _exact_nll(model, b: dict, device, head, chunk: int = 64) -> tuple[float, in
 
 
 @torch.no_grad()
-def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None) -> dict[str, float]:
+def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
+             keep: list | None = None) -> dict[str, float]:
     """{"loss", "pseudo_perplexity"} for MLM, {"loss", "accuracy"} for classification.
     With ``mlm_head`` (the name of the module mapping encoder states to vocabulary logits) the
-    head runs on the masked positions only, which gives the same loss for a fraction of the cost."""
+    head runs on the masked positions only, which gives the same loss for a fraction of the cost.
+    With ``keep`` (a list), the loss of every scored token or example is appended to it, as CPU
+    float64 tensors in evaluation order (not for the exact pseudo-perplexity mode): the loss is
+    their mean, and their spread gives standard errors."""
     model.eval().to(device)
     head = dict(model.named_modules())[mlm_head] if mlm_head else None
     total, count, correct = 0.0, 0, 0
@@ -75,15 +79,21 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
                 logits = head(model.base_model(**inputs).last_hidden_state[sel]).float()
             else:
                 logits = model(**inputs).logits.float()[sel]
-            total += F.cross_entropy(logits, y[sel], reduction="sum").item()
+            per = F.cross_entropy(logits, y[sel], reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             count += int(sel.sum())
             continue
         logits = model(**inputs).logits.float()
         if evalset.regression:
-            total += F.mse_loss(logits.squeeze(-1), y.float(), reduction="sum").item()
+            per = F.mse_loss(logits.squeeze(-1), y.float(), reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             count += len(y)
         else:
-            total += F.cross_entropy(logits, y, reduction="sum").item()
+            per = F.cross_entropy(logits, y, reduction="none")
+            _keep(keep, per)
+            total += per.sum().item()
             correct += int((logits.argmax(-1) == y).sum())
             count += len(y)
     if count == 0:
@@ -93,3 +103,8 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None)
         # 2^(-(1/N) sum log2 p) = exp(mean NLL)
         return {"loss": loss, "pseudo_perplexity": math.exp(min(loss, 700.0))}
     return {"loss": loss, "accuracy": float("nan") if evalset.regression else correct / count}
+
+
+def _keep(keep: list | None, per: torch.Tensor) -> None:
+    if keep is not None:
+        keep.append(per.detach().double().cpu())

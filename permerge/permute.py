@@ -50,14 +50,14 @@ def permute_model(model, spec: ArchSpec, perms: dict[str, np.ndarray]):
 
 @torch.no_grad()
 def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
-                perms: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                perms: dict[str, np.ndarray] | None = None, dtype=torch.float32) -> dict[str, float]:
     """Max absolute and max relative (to B's largest output) difference of B' against B.  Heads
     (MLM, classifier) compare logits.  A bare encoder's last hidden state lives in the residual
     basis, so B's is gathered by the last residual permutation (give ``spec`` and ``perms``)."""
     model_b.eval()
     model_bp.eval()
     raw_b = model_b(**batch)
-    out_b, out_p = _logits(raw_b), _logits(model_bp(**batch))
+    out_b, out_p = _logits(raw_b, dtype), _logits(model_bp(**batch), dtype)
     if not hasattr(raw_b, "logits") and spec is not None and perms:
         last = spec.residual_points[-1]
         if last in perms:
@@ -67,7 +67,26 @@ def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpe
     return {"max_abs_logit_error": diff, "max_rel_logit_error": diff / max(scale, 1e-30)}
 
 
-def _logits(out) -> torch.Tensor:
+def _logits(out, dtype=torch.float32) -> torch.Tensor:
     if hasattr(out, "logits"):
-        return out.logits.float()
-    return out.last_hidden_state.float()
+        return out.logits.to(dtype)
+    return out.last_hidden_state.to(dtype)
+
+
+EQUIVALENCE_TOL = 1e-9  # relative, in float64
+
+
+@torch.no_grad()
+def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
+                perms: dict[str, np.ndarray] | None = None, tol: float = EQUIVALENCE_TOL) -> dict:
+    """Does B' compute B's function?  The check runs on float64 copies on the CPU, where rounding
+    is about 1e-16 relative and grows with depth and width to far below ``tol``, so a correct
+    permutation passes for any model size, while a real break (a weight left unpermuted, a wrong
+    axis) gives an error of the order of the logits.  In float32 the same check on a correct
+    permutation reaches 1e-5 relative on realistic models, which is why it is not judged there.
+    Returns ``max_rel_logit_error_float64``, ``equivalence_tolerance`` and ``equivalent``."""
+    b64 = copy.deepcopy(model_b).to("cpu", torch.float64)
+    bp64 = copy.deepcopy(model_bp).to("cpu", torch.float64)
+    err = logit_error(b64, bp64, {k: v.to("cpu") for k, v in batch.items()}, spec, perms, dtype=torch.float64)
+    rel = err["max_rel_logit_error"]
+    return {"max_rel_logit_error_float64": rel, "equivalence_tolerance": tol, "equivalent": bool(rel < tol)}

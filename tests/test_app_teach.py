@@ -17,7 +17,11 @@ from permerge import plots, views, zoo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
-needs_pair = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+_skip_without_pair = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+
+
+def needs_pair(test):  # a real run of the bundled pair: slow (left out by `make test-fast`)
+    return pytest.mark.slow(_skip_without_pair(test))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,7 +30,7 @@ def app_env(tmp_path_factory):
     os.environ["PERMERGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     cwd = os.getcwd()
     os.chdir(ROOT)
-    from permerge import ui_state
+    from dashboard import state as ui_state
 
     ui_state.registry.clear()
     yield
@@ -172,7 +176,7 @@ def test_permutation_page_steps_and_b_prime_computes_b(ran):
     # one unit: the in-projection and out-projection panels, and the permutation matrix
     assert len(at.get("plotly_chart")) == 3
     titles = [title_of(f) for f in figures(at)]
-    from permerge.ui_state import registry
+    from dashboard.state import registry
 
     spec = registry().get(at.session_state["run"].job).spec
     touched = [p for p, ax in spec.params_of("att.0") if p.endswith("weight")]

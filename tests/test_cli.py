@@ -209,6 +209,7 @@ def test_tokens_bound_and_fp16_weights(tmp_path):
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "permerge", "align", str(tmp_path / "x"), str(tmp_path / "y"),
                         "--data", "z", "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,
