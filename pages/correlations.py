@@ -44,7 +44,14 @@ lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 64
           if d > 64 else (0, d))
 max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], value=512,
                               help="Bigger matrices are averaged over blocks down to this size.")
-shown, rows, cols = views.ordered(after, order)
+
+
+@st.cache_data(show_spinner="Clustering the units …", max_entries=8)
+def ordered(matrix, how):
+    return views.ordered(matrix, how)
+
+
+shown, rows, cols = ordered(after, order)
 clustered = order != views.ORDERS[0]
 win = slice(lo, hi)
 dk = d // heads if heads else None
@@ -67,10 +74,16 @@ st.caption(("Clustered: rows and columns are in the same new order, so the diago
            + plots.render_note(hi - lo, max_pixels))
 st.plotly_chart(plots.diagonal_histogram(after, C, f"{group}: matched pairs against all other pairs"),
                 width="stretch")
-st.caption("How the diagonal stands out, even where the picture is too small to show it: after alignment "
-           "(red) the matched pairs' correlations sit well to the right of all other pairs (blue), which "
-           "cluster around 0. Grey is unit i with unit i before alignment: no better than a random pair, "
-           "because the two models learned their features in different orders.")
+ds = views.diagonal_summary(after)
+st.caption(
+    f"How the diagonal stands out, even where the picture cannot show it. Red: the {d} matched pairs after "
+    f"alignment (mean {ds['mean_matched']:.3f}). Blue: every other pair of units (mean {ds['mean_other']:.3f}, "
+    f"spread ± {ds['std_other']:.2f}). Grey: unit i with unit i before alignment, about as good as a random pair, "
+    f"because the two models learned their units in different orders. For {ds['share_row_best']:.0%} of A's units "
+    f"the matched partner is also the single best-correlated unit of B in its row"
+    + (f"; {ds['share_other_above_mean_matched']:.0%} of the other pairs correlate more than the average matched "
+       "pair, which is why the diagonal is hard to see cell by cell here (the matching must be one-to-one, and "
+       "units inside a head tend to vary together)." if ds["share_other_above_mean_matched"] > 0.02 else "."))
 
 if heads:
     st.subheader("Heads")

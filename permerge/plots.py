@@ -228,7 +228,10 @@ def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[lis
                 shape = dict(y0=-0.5, y1=m.shape[0] - 0.5, x0=lo - 0.5, x1=hi - 0.5)
             fig.add_shape(type="rect", line=dict(color="black", width=2), row=1, col=col, **shape)
         fig.update_yaxes(autorange="reversed", row=1, col=col)
-    fig.update_layout(title=title, height=440, margin=dict(l=50, r=20, t=70, b=40))
+    moved, other = ("unit (row)", "input dimension") if axis == 0 else ("unit (column)", "output dimension")
+    fig.update_yaxes(title=moved if axis == 0 else other, row=1, col=1)
+    fig.update_xaxes(title=other if axis == 0 else moved)
+    fig.update_layout(title=title, height=460, margin=dict(l=60, r=20, t=70, b=50))
     return fig
 
 
@@ -355,8 +358,8 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
         elif k == "pooler":
             x = list(g["group"])
         else:
-            g = g.sort_values("layer")
-            x = [f"layer {int(v)}" for v in g["layer"]]
+            g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
+            x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
         for what, color, dash in (("before", VANILLA_COLOR, "dot"), ("after", after_color, "solid")):
             fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
                                      showlegend=col == 1, line=dict(color=color, dash=dash),
@@ -424,8 +427,7 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
 
 def params_table(spec, group: str) -> pd.DataFrame:
     """The weights one permutation group touches, with the axis it gathers along."""
-    rows = [{"parameter": p, "axis": ax, "permuted": "rows" if ax == 0 and not p.endswith(("bias", "LayerNorm.weight"))
-             else ("columns" if ax == 1 else "entries")} for p, ax in spec.params_of(group)]
+    rows = [{"parameter": p, "axis": ax, "permuted": spec.axis_label(p, ax)} for p, ax in spec.params_of(group)]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

@@ -58,6 +58,7 @@ class GroupWeights:
     a: np.ndarray
     b: np.ndarray
     bp: np.ndarray
+    other: np.ndarray | None = None  # the permutation of the other axis (a residual group), if any
 
 
 def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str, np.ndarray],
@@ -70,16 +71,24 @@ def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str,
     permuted = permute_state_dict(sub, spec, perms)
     out = []
     for p, ax in names:
+        g2 = spec.axes[p][1 - ax]
+        other = np.asarray(perms[g2]) if g2 is not None and g2 in perms else None
+        if other is not None and np.array_equal(other, np.arange(len(other))):
+            other = None
         out.append(GroupWeights(p, ax, "in" if ax == 0 else "out", state_a[p].detach().float().cpu().numpy(),
-                                state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy()))
+                                state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy(),
+                                other))
     return out
 
 
 def gather_checks(w: GroupWeights, perm) -> dict:
-    """Whether B''s slice i along the group's axis is bit for bit B's slice perm[i], for every i."""
+    """Whether B''s slice i along the group's axis is bit for bit B's slice perm[i], for every i (with
+    the other axis gathered by its own permutation when the run permutes the residual stream too)."""
     perm = np.asarray(perm)
     bp = np.moveaxis(w.bp, w.axis, 0)
     b = np.moveaxis(w.b, w.axis, 0)
+    if w.other is not None:
+        b = b[:, w.other]
     equal = [bool(np.array_equal(bp[i], b[perm[i]])) for i in range(len(perm))]
     return {"slices": len(perm), "exact": int(sum(equal)), "all_exact": all(equal)}
 
@@ -98,3 +107,17 @@ def head_moves(perm, heads: int) -> list[dict]:
 
 def state_of(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def diagonal_summary(C_after: np.ndarray) -> dict:
+    """How much the matched pairs (the diagonal of the aligned matrix) stand out from the rest:
+    mean diagonal and off-diagonal correlation, the spread of the off-diagonal entries, and the share
+    of A's units whose matched partner is also the best-correlated unit of B in its row."""
+    C = np.asarray(C_after, dtype=float)
+    d = min(C.shape)
+    diag = np.diag(C)[:d]
+    off = C[~np.eye(C.shape[0], C.shape[1], dtype=bool)]
+    row_best = C[:d].argmax(axis=1) == np.arange(d)
+    return {"mean_matched": float(diag.mean()), "mean_other": float(off.mean()), "std_other": float(off.std()),
+            "share_row_best": float(row_best.mean()),
+            "share_other_above_mean_matched": float((off > diag.mean()).mean())}

@@ -506,6 +506,31 @@ def test_dashboard_jobs_refuse_system_paths_as_data(tiny_mlm_pair):
                 Pipeline(Job(str(a), str(b), p, device="cpu")).prepared
 
 
+def test_dashboard_path_input_refuses_system_files(tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
+    real_main = sys.modules["__main__"]
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    try:
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run().switch_page("pages/run.py").run()
+        assert at.title[0].value == "Pick and run"
+        at.radio[2].set_value("text file").run()
+        for p, why in (("/proc/self/environ", "system folder"), ("/etc/shadow", "system folder"),
+                       (str(fifo), "not a regular file or folder")):
+            if not os.path.exists(p):
+                continue
+            at.text_input[0].set_value(p).run()
+            assert not at.exception, [e.value for e in at.exception]
+            assert any(why in e.value for e in at.error), (p, [e.value for e in at.error])
+            assert [b for b in at.button if b.label == "Run alignment"][0].disabled
+    finally:
+        sys.modules["__main__"] = real_main
+
+
 # --- 10. the dashboard refuses foreign Host headers ---------------------------------------------------------
 
 def _free_port() -> int:
