@@ -44,7 +44,14 @@ lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 64
           if d > 64 else (0, d))
 max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], value=512,
                               help="Bigger matrices are averaged over blocks down to this size.")
-shown, rows, cols = views.ordered(after, order)
+
+
+@st.cache_data(show_spinner="Clustering the units …", max_entries=8)
+def ordered(matrix, how):
+    return views.ordered(matrix, how)
+
+
+shown, rows, cols = ordered(after, order)
 clustered = order != views.ORDERS[0]
 win = slice(lo, hi)
 dk = d // heads if heads else None

@@ -89,10 +89,13 @@ st.caption("Outlined: the current step in A, where it sits in B, and where it la
 if step == "one unit" and ins:
     w = ins[0]
     n = min(8, w.b.shape[1])
-    st.dataframe(pd.DataFrame({f"A row {i}": w.a[i, :n], f"B row {i}": w.b[i, :n], f"B row {p}": w.b[p, :n],
+    b_row = w.b[p] if w.other is None else w.b[p][w.other]
+    st.dataframe(pd.DataFrame({f"A row {i}": w.a[i, :n], f"B row {i}": w.b[i, :n],
+                               f"B row {p}" + ("" if w.other is None else " (entries in B′'s residual order)"): b_row[:n],
                                f"B′ row {i}": w.bp[i, :n]}).T.rename(columns=lambda c: f"entry {c}"),
                  width="stretch")
-    st.caption(f"The first {n} entries of {w.name}: B′'s row {i} is B's row {p}, digit for digit.")
+    st.caption(f"The first {n} entries of {w.name}: B′'s row {i} is B's row {p}, digit for digit"
+               + ("." if w.other is None else ", once its entries are put in the residual stream's new order."))
 
 left, right = st.columns([3, 2])
 with left:

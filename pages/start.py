@@ -27,7 +27,7 @@ def figure_data():
     if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
-        label = (f"Measured on this session's run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
+        label = (f"Measured on your current run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
                  f"{run.job.tokens:,} alignment tokens, {run.lambdas} λ points.")
         return curves_frame(results), barriers_frame(results), label, True
     curve = FIGURE_DIR / "default-pair-curve.csv"
@@ -48,7 +48,8 @@ def figure_data():
 df, bdf, label, mine = figure_data()
 if df is not None:
     st.plotly_chart(plots.curves(df, "loss", bdf, title="Loss along the straight path from B (λ = 0) to A (λ = 1)",
-                                 y_title="MLM loss (nats)"), width="stretch")
+                                 y_title="dev-set loss (classifier)" if "accuracy" in df.columns else "MLM loss (nats)"),
+                    width="stretch")
     st.caption(label + " Each vertical bar is a barrier: from the dotted endpoint mean up to the top of its curve.")
 
 st.subheader("What alignment changes")

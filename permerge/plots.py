@@ -228,7 +228,10 @@ def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[lis
                 shape = dict(y0=-0.5, y1=m.shape[0] - 0.5, x0=lo - 0.5, x1=hi - 0.5)
             fig.add_shape(type="rect", line=dict(color="black", width=2), row=1, col=col, **shape)
         fig.update_yaxes(autorange="reversed", row=1, col=col)
-    fig.update_layout(title=title, height=440, margin=dict(l=50, r=20, t=70, b=40))
+    moved, other = ("unit (row)", "input dimension") if axis == 0 else ("unit (column)", "output dimension")
+    fig.update_yaxes(title=moved if axis == 0 else other, row=1, col=1)
+    fig.update_xaxes(title=other if axis == 0 else moved)
+    fig.update_layout(title=title, height=460, margin=dict(l=60, r=20, t=70, b=50))
     return fig
 
 

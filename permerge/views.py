@@ -58,6 +58,7 @@ class GroupWeights:
     a: np.ndarray
     b: np.ndarray
     bp: np.ndarray
+    other: np.ndarray | None = None  # the permutation of the other axis (a residual group), if any
 
 
 def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str, np.ndarray],
@@ -70,16 +71,24 @@ def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str,
     permuted = permute_state_dict(sub, spec, perms)
     out = []
     for p, ax in names:
+        g2 = spec.axes[p][1 - ax]
+        other = np.asarray(perms[g2]) if g2 is not None and g2 in perms else None
+        if other is not None and np.array_equal(other, np.arange(len(other))):
+            other = None
         out.append(GroupWeights(p, ax, "in" if ax == 0 else "out", state_a[p].detach().float().cpu().numpy(),
-                                state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy()))
+                                state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy(),
+                                other))
     return out
 
 
 def gather_checks(w: GroupWeights, perm) -> dict:
-    """Whether B''s slice i along the group's axis is bit for bit B's slice perm[i], for every i."""
+    """Whether B''s slice i along the group's axis is bit for bit B's slice perm[i], for every i (with
+    the other axis gathered by its own permutation when the run permutes the residual stream too)."""
     perm = np.asarray(perm)
     bp = np.moveaxis(w.bp, w.axis, 0)
     b = np.moveaxis(w.b, w.axis, 0)
+    if w.other is not None:
+        b = b[:, w.other]
     equal = [bool(np.array_equal(bp[i], b[perm[i]])) for i in range(len(perm))]
     return {"slices": len(perm), "exact": int(sum(equal)), "all_exact": all(equal)}
 

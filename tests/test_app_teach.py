@@ -160,7 +160,7 @@ def test_start_page_shows_this_run(ran):
     assert len(figs) == 1
     names = {t.name for t in figs[0].data}
     assert "vanilla" in names and "FF + attn:head-perm" in names
-    assert any("this session's run" in c.value for c in at.caption)
+    assert any("your current run" in c.value for c in at.caption)
     assert any("Your pair" in m.value for m in at.markdown)
 
 
@@ -316,23 +316,34 @@ def test_group_weights_and_gather_checks_follow_the_table():
         for w in ws:
             assert np.array_equal(w.bp, dict(bp.named_parameters())[w.name].detach().numpy())
             assert views.gather_checks(w, perms[g])["all_exact"]
+    # with the residual stream permuted too, the other axis moves as well and the checks account for it
+    res = rng.permutation(24)
+    perms_r = {**perms, **{g: res for g in spec.residual_points}}
+    bp_r = permute_model(b, spec, perms_r)
+    for g in ("ff.0", "att.0"):
+        for w in views.group_weights(spec, views.state_of(a), views.state_of(b), perms_r, g):
+            assert w.other is not None
+            assert np.array_equal(w.bp, dict(bp_r.named_parameters())[w.name].detach().numpy())
+            assert views.gather_checks(w, perms_r[g])["all_exact"]
+    broken = views.group_weights(spec, views.state_of(a), views.state_of(b), perms_r, "ff.0")[0]
+    broken.bp[0, 0] += 1.0
+    assert not views.gather_checks(broken, perms_r["ff.0"])["all_exact"]
     assert all(r["whole block"] for r in views.head_moves(perms["att.0"], 3))
     scattered = np.arange(24)
     scattered[[0, 23]] = scattered[[23, 0]]
     assert not all(r["whole block"] for r in views.head_moves(scattered, 3))
 
 
-@needs_pair
-def test_permutation_page_on_a_variant_that_breaks_heads(ran):
-    """Ignore-Heads (same statistics as the run above, from the cache): units leave their heads, the page
-    says so and does not claim that B' computes B."""
+def run_with(**choices) -> AppTest:
+    """A fresh session that runs the default pair with the small settings and the given selectbox choices."""
     at = fresh().run()
     at.switch_page("pages/run.py").run()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", 3)
     _set(at, "MLM evaluation blocks (128 tokens each)", 4)
     [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
-    [s for s in at.selectbox if s.label == "Attention"][0].set_value("ignore-heads")
+    for label, value in choices.items():
+        [s for s in at.selectbox if s.label == label][0].set_value(value)
     at.run()
     [b for b in at.button if b.label == "Run alignment"][0].click().run()
     t0 = time.time()
@@ -340,6 +351,14 @@ def test_permutation_page_on_a_variant_that_breaks_heads(ran):
         time.sleep(1.0)
         at.run()
     assert "run" in at.session_state
+    return at
+
+
+@needs_pair
+def test_permutation_page_on_a_variant_that_breaks_heads(ran):
+    """Ignore-Heads (same statistics as the run above, from the cache): units leave their heads, the page
+    says so and does not claim that B' computes B."""
+    at = run_with(Attention="ignore-heads")
     at.switch_page("pages/permutation.py").run()
     assert_clean(at)
     moves = [d.value for d in at.dataframe if "whole block" in d.value.columns][0]
@@ -361,3 +380,14 @@ def test_diagonal_summary():
     assert s["mean_matched"] == pytest.approx(0.9)
     assert s["share_row_best"] == pytest.approx(0.75)
     assert s["share_other_above_mean_matched"] == pytest.approx(1 / 12)
+
+
+@needs_pair
+def test_permutation_page_with_the_residual_stream_permuted(ran):
+    """Residual 'last': the weights' other axis moves too; the checks still hold and B' computes B."""
+    at = run_with(**{"Residual stream": "last"})
+    at.switch_page("pages/permutation.py").run()
+    assert_clean(at)
+    ok = [s.value for s in at.success]
+    assert any("B′ computes B" in s for s in ok) and any("bit for bit" in s for s in ok), ok
+    assert any("which this run permutes too" in c.value for c in at.caption)
