@@ -44,8 +44,9 @@ def residual_labels(facts: dict | None) -> dict:
     else:  # pre-LN: the raw sum, read where it enters a norm or leaves a block
         first, last = "embedding sum", "final block's output"
         every = f"{n} points: embedding sum, input of each {facts['mid_point']}, block outputs"
-    if facts["projected"]:
+    if facts["projected"]:  # a narrower embedding mapped into the stream: the first point is the map's output
         first = "embedding projection"
+        every = f"{n} points: embedding projection, then LayerNorm outputs"
     return {**RESIDUAL_LABELS, "first": f"first ({first})", "last": f"last ({last})", "all": f"all (pooled over {every})"}
 
 

@@ -140,3 +140,14 @@ def test_pooler_checkbox_only_where_the_table_has_a_pooler(tmp_path, monkeypatch
     note = [c.value for c in at.caption if "have no pooler" in c.value]
     assert note == ([] if enabled else [f"{model_type} classifiers have no pooler: their head reads the last "
                                         "residual point, which the residual options align."])
+
+
+def test_residual_labels_name_a_projected_embedding(tmp_path):
+    """ELECTRA with embedding_size != hidden_size: its first residual point is the projection's output."""
+    pytest.importorskip("streamlit")
+    from dashboard.state import pair_facts, residual_labels
+
+    a = config_only(tmp_path / "a", "electra", "ElectraForMaskedLM")
+    labels = residual_labels(pair_facts(str(a)))
+    assert labels["first"] == "first (embedding projection)"
+    assert labels["all"] == "all (pooled over 5 points: embedding projection, then LayerNorm outputs)"
