@@ -294,6 +294,7 @@ def test_tiny_acceptance_report(tiny_build):
     assert not crit["style: classifiers from >= 3 base seeds"]["passed"]
     md = (out / "acceptance.md").read_text()
     assert "| FF + Head-Perm + residual All | yes |" in md and "FAIL" in md
+    assert "| style | style-seed1 vs style-seed2 | Vanilla |" in md  # one cell per pair
 
 
 def _good_inputs():
@@ -371,6 +372,8 @@ def test_parameter_count_and_size_budget():
     (["--stages", "pretrain,nope"], "unknown stage"),
     (["--tasks", "style,nope"], "unknown task"),
     (["--seeds", "1,x"], "--seeds"),
+    (["--sampling", "random"], "--sampling"),
+    (["--steps", "many"], "--steps"),
 ])
 def test_build_bad_flags(tmp_path, capsys, flags, msg):
     from permerge import cli

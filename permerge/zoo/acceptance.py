@@ -255,7 +255,7 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|"]
         for c in report["classifier_curves"]:
             a0, a1 = c["accuracy_endpoints"]
-            lines.append(f"| {c['task']} | {c['pair']} | {c['variant']} | {_f(c['barrier'])} | "
+            lines.append(f"| {c['task']} | {c['pair'].replace(' | ', ' vs ')} | {c['variant']} | {_f(c['barrier'])} | "
                          f"{a0:.3f} / {a1:.3f} | {c['accuracy_min']:.3f} | {'yes' if c['m_shape'] else 'no'} |")
     lines += ["", "| criterion | value | limit | |", "|---|---|---|---|"]
     lines += [f"| {c['criterion']} | {c['value']} | {c['limit']} | {'PASS' if c['passed'] else 'FAIL'} |"

@@ -20,10 +20,10 @@ SEQ_LEN = 128  # [CLS] + 126 tokens + [SEP]
 BODY = SEQ_LEN - 2
 
 
-
 @dataclass(frozen=True)
 class Recipe:
-    """Every knob of the MLM family's pre-training; the defaults are the bundled recipe.
+    """Every knob of the MLM family's pre-training; the defaults are the next family's recipe
+    (permerge/zoo/README.md).
 
     ``sampling``: ``window`` draws a fresh random 126-token window of the token stream for every
     example (plus [CLS] and [SEP]); ``blocks`` shuffles fixed packed blocks once per epoch.
