@@ -423,7 +423,7 @@ train.train_tokenizer(Path(sys.argv[1]), Path(sys.argv[2]), vocab_size=1200, log
 def test_tokenizer_training_is_reproducible(tmp_path):
     """Two processes (the trainer's hash maps are seeded per process) give byte-identical files."""
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text(zoo.align_text().read_text(encoding="utf-8")[:300_000], encoding="utf-8")
+    corpus.write_text(zoo.align_text().read_text(encoding="utf-8")[:100_000], encoding="utf-8")
     outs = []
     for i in range(2):
         out = tmp_path / f"tok{i}"
