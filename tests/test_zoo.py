@@ -455,9 +455,10 @@ _CORPUS = REPO / "build" / "zoo" / "corpus" / "train.txt"
 
 @pytest.mark.skipif(not _CORPUS.exists(), reason="needs the full corpus: python -m permerge zoo build --stages corpus")
 def test_full_tokenizer_matches_committed(tmp_path):
-    """Slow (~30 s): the tokenizer stage on the full corpus against the committed tokenizer.  A
-    family built by this code carries it byte for byte; the family bundled before the ids were
-    made deterministic carries the same pieces and settings in one random order of ids."""
+    """Slow (~1 min): the tokenizer stage on the full corpus against the committed tokenizer.  A
+    family built by this code carries it byte for byte.  The family bundled before training was
+    made deterministic carries one random draw of the trainer's tie-breaking: the same settings,
+    and the same pieces but for a handful decided by ties (6 of 8192 when this was written)."""
     from permerge.zoo.train import canonical_vocab, train_tokenizer
 
     train_tokenizer(_CORPUS, tmp_path / "tok", log=lambda *a: None)
@@ -467,6 +468,8 @@ def test_full_tokenizer_matches_committed(tmp_path):
     if canonical_vocab(committed["model"]["vocab"]) == committed["model"]["vocab"]:
         assert built == committed_path.read_bytes()
     else:
-        committed["model"]["vocab"] = canonical_vocab(committed["model"]["vocab"])
+        new = json.loads(built)
+        a, b = set(new["model"].pop("vocab")), set(committed["model"].pop("vocab"))
         committed["normalizer"]["strip_accents"] = None
-        assert json.loads(built) == committed
+        assert new == committed
+        assert len(a) == len(b) and len(a - b) <= 12, sorted(a ^ b)

@@ -107,16 +107,14 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: 
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
-    special = SPECIAL_TOKENS
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # strip_accents=None: BERT's rule (strip accents when lowercasing), and what transformers
-    # writes back when a BertTokenizerFast is saved, so the saved file is stable under load/save
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=None, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
-                                        continuing_subword_prefix="##", show_progress=False)
+    def setup(tok):
+        # strip_accents=None: BERT's rule (strip accents when lowercasing), and what transformers
+        # writes back when a BertTokenizerFast is saved, so the saved file is stable under load/save
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        return tok
 
     def lines():
         n = 0
@@ -127,9 +125,23 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: 
                     return
                 yield line
 
+    tok = setup(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    # The trainer numbers the "##x" continuation characters in the order of a hash map seeded per
+    # process and breaks ties between equally frequent merges by those numbers, which changes the
+    # merges (and so the pieces) from run to run.  Registering every continuation character up
+    # front, in code-point order, fixes all their numbers; they are in the vocabulary anyway.
+    cont: set[str] = set()
+    for line in lines():
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+            cont.update(word[1:])
+    fixed = SPECIAL_TOKENS + ["##" + c for c in sorted(cont)]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=fixed,
+                                        continuing_subword_prefix="##", show_progress=False)
     tok.train_from_iterator(lines(), trainer=trainer)
-    tok.model = models.WordPiece(vocab=canonical_vocab(tok.get_vocab()), unk_token="[UNK]",
-                                 continuing_subword_prefix="##", max_input_chars_per_word=100)
+    # a fresh tokenizer with the trained pieces, canonical ids and only the real special tokens
+    tok = setup(Tokenizer(models.WordPiece(vocab=canonical_vocab(tok.get_vocab()), unk_token="[UNK]",
+                                           continuing_subword_prefix="##", max_input_chars_per_word=100)))
+    tok.add_special_tokens(SPECIAL_TOKENS)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
