@@ -244,6 +244,7 @@ def tiny_build(tmp_path_factory):
     return rc, out
 
 
+@pytest.mark.slow
 def test_tiny_build_records_recipe(tiny_build):
     rc, out = tiny_build
     assert rc == 1  # the acceptance stage ran and (rightly) failed these 3-step models
@@ -268,7 +269,8 @@ def test_tiny_build_records_recipe(tiny_build):
             assert meta["head_init_seed"] == meta["finetune_recipe"]["head_init_seed"]
 
 
-def test_tiny_build_seeds_differ_and_heads_match(tiny_build):
+@pytest.mark.slow
+def test_tiny_build_seeds_differ(tiny_build):
     import torch
     from safetensors.torch import load_file
 
@@ -278,6 +280,7 @@ def test_tiny_build_seeds_differ_and_heads_match(tiny_build):
     assert not torch.equal(a["bert.embeddings.word_embeddings.weight"], b["bert.embeddings.word_embeddings.weight"])
 
 
+@pytest.mark.slow
 def test_tiny_acceptance_report(tiny_build):
     _, out = tiny_build
     rep = json.loads((out / "acceptance.json").read_text())
@@ -453,6 +456,7 @@ def test_committed_tokenizer_is_stable_under_load_save(tmp_path):
 _CORPUS = REPO / "build" / "zoo" / "corpus" / "train.txt"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _CORPUS.exists(), reason="needs the full corpus: python -m permerge zoo build --stages corpus")
 def test_full_tokenizer_matches_committed(tmp_path):
     """Slow (~1 min): the tokenizer stage on the full corpus against the committed tokenizer.  A
