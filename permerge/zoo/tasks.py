@@ -8,6 +8,8 @@ Rows never come from a chapter or synset held out in ``eval.txt`` / ``align.txt`
                   modern World English Bible (0)?  Archaic vs modern English.
 - ``paraphrase``  (pair, 2 labels): WEB verse + KJV verse; 1 = the same verse (a paraphrase),
                   0 = a different verse of the same chapter (same topic and names).
+- ``testament``   (single, 2 labels): is this Bible verse (WEB or KJV, drawn at random) from the
+                  Old (0) or the New Testament (1)?  Topic, names and register.
 - ``supersense``  (single, 4 labels): WordNet noun definition -> lexicographer file
                   0 noun.animal, 1 noun.artifact, 2 noun.person, 3 noun.plant.
 
@@ -24,8 +26,12 @@ from pathlib import Path
 from . import corpus
 
 SUPERSENSES = {5: "noun.animal", 6: "noun.artifact", 18: "noun.person", 20: "noun.plant"}
+NEW_TESTAMENT = ("Matt", "Mark", "Luke", "John", "Acts", "Rom", "1Cor", "2Cor", "Gal", "Eph", "Phil", "Col",
+                 "1Thess", "2Thess", "1Tim", "2Tim", "Titus", "Phlm", "Heb", "Jas", "1Pet", "2Pet", "1John",
+                 "2John", "3John", "Jude", "Rev")  # OSIS book ids
 TASK_INFO = {
     "style": {"type": "single", "labels": ["modern (WEB)", "archaic (KJV)"]},
+    "testament": {"type": "single", "labels": ["Old Testament", "New Testament"]},
     "paraphrase": {"type": "pair", "labels": ["different verse", "same verse"]},
     "supersense": {"type": "single", "labels": [SUPERSENSES[k] for k in sorted(SUPERSENSES)]},
 }
@@ -104,6 +110,16 @@ def build_tasks(build: Path, tasks_dir: Path, n_train: int = 4000, n_dev: int = 
         write_tsv(tasks_dir / "paraphrase" / f"{split}.tsv", ["sentence1", "sentence2", "label"], para)
         info.setdefault("style", {})[split] = len(style)
         info.setdefault("paraphrase", {})[split] = len(para)
+        # testament: further verses of the same shuffled pool, balanced, with its own generator so
+        # that adding it left the style and paraphrase files unchanged
+        trng = random.Random(seed + 2 + (split == "dev"))
+        rest = verses[2 * n:]
+        nt = [x for x in rest if x[0][0] in NEW_TESTAMENT][: n // 2]
+        ot = [x for x in rest if x[0][0] not in NEW_TESTAMENT][: n - len(nt)]
+        test = [(trng.choice((x[2], x[3])), int(x[0][0] in NEW_TESTAMENT)) for x in ot + nt]
+        trng.shuffle(test)
+        write_tsv(tasks_dir / "testament" / f"{split}.tsv", ["sentence", "label"], test)
+        info.setdefault("testament", {})[split] = len(test)
 
     # ---- supersense from WordNet noun definitions (own generator)
     rng = random.Random(seed + 1)

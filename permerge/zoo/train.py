@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,37 +19,102 @@ import torch
 SEQ_LEN = 128  # [CLS] + 126 tokens + [SEP]
 BODY = SEQ_LEN - 2
 
-# model family config (chosen after measuring CPU throughput; see README.md)
-MODEL_CONFIG = dict(
-    hidden_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=512,
-    max_position_embeddings=SEQ_LEN,
-    type_vocab_size=2,
-    hidden_act="gelu",
-    hidden_dropout_prob=0.0,  # no dropout for a short, under-fitting CPU pre-training run
-    attention_probs_dropout_prob=0.0,
-    layer_norm_eps=1e-12,
-    initializer_range=0.02,
-    tie_word_embeddings=True,
-)
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of the MLM family's pre-training; the defaults are the next family's recipe
+    (permerge/zoo/README.md).
+
+    ``sampling``: ``window`` draws a fresh random 126-token window of the token stream for every
+    example (plus [CLS] and [SEP]); ``blocks`` shuffles fixed packed blocks once per epoch.
+    """
+    layers: int = 4
+    hidden: int = 256
+    heads: int = 4
+    ffn: int = 1024
+    dropout: float = 0.1
+    steps: int = 3000
+    batch: int = 256
+    lr: float = 1e-3
+    warmup: int = 200
+    sampling: str = "window"
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for a recipe that cannot be built."""
+        for k in ("layers", "hidden", "heads", "ffn", "steps", "batch"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k} must be at least 1 (got {getattr(self, k)})")
+        if self.hidden % self.heads:
+            raise ValueError(f"--hidden {self.hidden} is not a multiple of --heads {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive (got {self.lr})")
+        if not 0 <= self.warmup < self.steps:
+            raise ValueError(f"--warmup must be in [0, --steps) (got {self.warmup} of {self.steps})")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"--sampling must be one of {', '.join(SAMPLINGS)} (got {self.sampling!r})")
+
+    def model_config(self) -> dict:
+        """BertConfig keyword arguments (BERT's dropout on hidden states and attention probs)."""
+        return dict(hidden_size=self.hidden, num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                    intermediate_size=self.ffn, max_position_embeddings=SEQ_LEN, type_vocab_size=2,
+                    hidden_act="gelu", hidden_dropout_prob=self.dropout,
+                    attention_probs_dropout_prob=self.dropout, layer_norm_eps=1e-12,
+                    initializer_range=0.02, tie_word_embeddings=True)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SAMPLINGS = ("window", "blocks")
+
+
+def parameter_count(recipe: Recipe, vocab: int = 8192, num_labels: int | None = None) -> int:
+    """Parameters of a BertForMaskedLM (tied decoder), or of a BertForSequenceClassification
+    with ``num_labels`` outputs, as transformers builds them (checked against it in the tests)."""
+    h, f, L = recipe.hidden, recipe.ffn, recipe.layers
+    emb = vocab * h + SEQ_LEN * h + 2 * h + 2 * h  # word, position, token type, LayerNorm
+    layer = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h
+    if num_labels is None:
+        head = h * h + h + 2 * h + vocab  # transform dense + LayerNorm + decoder bias (weight tied)
+    else:
+        head = h * h + h + h * num_labels + num_labels  # pooler + classifier
+    return emb + L * layer + head
 
 
 # ----------------------------------------------------------------------------- tokenizer
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def canonical_vocab(vocab: dict[str, int]) -> dict[str, int]:
+    """Deterministic ids for a WordPiece vocabulary: the special tokens first (in SPECIAL_TOKENS
+    order), then word-initial pieces, then ``##`` continuations, each sorted by code point.
+
+    The ``tokenizers`` WordPiece trainer numbers its alphabet in the iteration order of a
+    hash map whose seed changes with every process, and breaks ties between merges of equal count
+    by those ids, so the *set* of pieces is reproducible but their ids are not (two runs on the
+    same corpus differed in 123-160 ids).  WordPiece tokenisation is greedy longest-match over
+    the set, so renumbering changes no segmentation.
+    """
+    rest = [t for t in vocab if t not in SPECIAL_TOKENS]
+    rest.sort(key=lambda t: (t.startswith("##"), t))
+    return {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}
+
+
 def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: int = 25_000_000,
                     log=print) -> dict:
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
-                                        continuing_subword_prefix="##", show_progress=False)
+    def setup(tok):
+        # strip_accents=None: BERT's rule (strip accents when lowercasing), and what transformers
+        # writes back when a BertTokenizerFast is saved, so the saved file is stable under load/save
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None, lowercase=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##")
+        return tok
 
     def lines():
         n = 0
@@ -59,7 +125,23 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: 
                     return
                 yield line
 
+    tok = setup(Tokenizer(models.WordPiece(unk_token="[UNK]")))
+    # The trainer numbers the "##x" continuation characters in the order of a hash map seeded per
+    # process and breaks ties between equally frequent merges by those numbers, which changes the
+    # merges (and so the pieces) from run to run.  Registering every continuation character up
+    # front, in code-point order, fixes all their numbers; they are in the vocabulary anyway.
+    cont: set[str] = set()
+    for line in lines():
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
+            cont.update(word[1:])
+    fixed = SPECIAL_TOKENS + ["##" + c for c in sorted(cont)]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=fixed,
+                                        continuing_subword_prefix="##", show_progress=False)
     tok.train_from_iterator(lines(), trainer=trainer)
+    # a fresh tokenizer with the trained pieces, canonical ids and only the real special tokens
+    tok = setup(Tokenizer(models.WordPiece(vocab=canonical_vocab(tok.get_vocab()), unk_token="[UNK]",
+                                           continuing_subword_prefix="##", max_input_chars_per_word=100)))
+    tok.add_special_tokens(SPECIAL_TOKENS)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -70,6 +152,9 @@ def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     fast.save_pretrained(tmp)
+    # save once more through a load, as every checkpoint does, so that the tokenizer files here
+    # are byte for byte the ones the checkpoints carry
+    load_tokenizer(tmp).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     log(f"  tokenizer: {tok.get_vocab_size()} entries -> {out}")
@@ -82,18 +167,20 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def encode_blocks(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarray:
-    """Pack lines (separated by [SEP]) into [CLS] + 126 + [SEP] blocks -> int32 [n, 128]."""
-    sep, cls = tokenizer.sep_token_id, tokenizer.cls_token_id
+def encode_stream(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarray:
+    """Token ids of the non-empty lines, each followed by [SEP] -> uint16 array (vocab < 65536)."""
+    sep = tokenizer.sep_token_id
     tokenizer.model_max_length = 10 ** 9  # lines are packed, not truncated: silence the length warning
-    stream: list[int] = []
+    parts: list[np.ndarray] = []
+    n = 0
     batch: list[str] = []
 
     def flush():
+        nonlocal n
         enc = tokenizer(batch, add_special_tokens=False)["input_ids"]
         for ids in enc:
-            stream.extend(ids)
-            stream.append(sep)
+            parts.append(np.asarray(ids + [sep], dtype=np.uint16))
+            n += len(ids) + 1
         batch.clear()
 
     for line in lines:
@@ -103,19 +190,56 @@ def encode_blocks(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarr
         batch.append(line)
         if len(batch) >= 2000:
             flush()
-            if limit_tokens and len(stream) >= limit_tokens:
+            if limit_tokens and n >= limit_tokens:
                 break
     if batch:
         flush()
+    stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+    return stream[:limit_tokens] if limit_tokens else stream
+
+
+def blocks_from_stream(stream: np.ndarray, cls: int, sep: int) -> np.ndarray:
+    """Pack a token stream into [CLS] + 126 + [SEP] blocks -> int32 [n, 128]."""
     n = len(stream) // BODY
-    if limit_tokens:
-        n = min(n, max(1, limit_tokens // BODY))
-    body = np.asarray(stream[: n * BODY], dtype=np.int32).reshape(n, BODY)
     out = np.empty((n, SEQ_LEN), dtype=np.int32)
     out[:, 0] = cls
-    out[:, 1:-1] = body
+    out[:, 1:-1] = stream[: n * BODY].reshape(n, BODY)
     out[:, -1] = sep
     return out
+
+
+def encode_blocks(tokenizer, lines, limit_tokens: int | None = None) -> np.ndarray:
+    """Pack lines (separated by [SEP]) into [CLS] + 126 + [SEP] blocks -> int32 [n, 128]."""
+    stream = encode_stream(tokenizer, lines, limit_tokens)
+    return blocks_from_stream(stream, tokenizer.cls_token_id, tokenizer.sep_token_id)
+
+
+class BatchSampler:
+    """Seed-specific training batches of [CLS] + 126 tokens + [SEP] from a token stream."""
+
+    def __init__(self, stream: np.ndarray, sampling: str, batch: int, gen: torch.Generator, cls: int, sep: int):
+        if len(stream) < BODY + 1:
+            raise ValueError(f"the training stream has {len(stream)} tokens; need more than {BODY}")
+        self.stream, self.sampling, self.batch, self.gen = stream, sampling, batch, gen
+        self.cls, self.sep = cls, sep
+        if sampling == "blocks":
+            self.blocks = blocks_from_stream(stream, cls, sep)
+            self.order, self.pos = torch.randperm(len(self.blocks), generator=gen), 0
+        self._offsets = np.arange(BODY)
+
+    def next(self) -> torch.Tensor:
+        if self.sampling == "window":
+            starts = torch.randint(0, len(self.stream) - BODY + 1, (self.batch,), generator=self.gen).numpy()
+            ids = np.empty((self.batch, SEQ_LEN), dtype=np.int64)
+            ids[:, 0] = self.cls
+            ids[:, 1:-1] = self.stream[starts[:, None] + self._offsets]
+            ids[:, -1] = self.sep
+            return torch.from_numpy(ids)
+        if self.pos + self.batch > len(self.order):
+            self.order, self.pos = torch.randperm(len(self.blocks), generator=self.gen), 0
+        idx = self.order[self.pos:self.pos + self.batch]
+        self.pos += self.batch
+        return torch.from_numpy(self.blocks[idx.numpy()]).long()
 
 
 # ----------------------------------------------------------------------------- masking
@@ -147,9 +271,10 @@ def mlm_loss(model, inp, chosen, labels):
 
 
 def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """auto -> cuda when present; PermergeError (one line, exit 2) for cuda without a GPU."""
+    from ..pipeline import resolve_device as _resolve
+
+    return _resolve(device)
 
 
 def device_name(device: str) -> str:
@@ -204,83 +329,95 @@ def save_checkpoint(model, tokenizer, out: Path, meta: dict, card: str):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def pretrain(seed: int, tok_dir: Path, train_blocks: np.ndarray, eval_blocks: np.ndarray, out: Path,
-             steps: int, batch: int, lr: float = 1e-3, warmup_frac: float = 0.1, device: str = "cpu",
-             time_budget_s: float | None = None, log=print) -> dict:
+def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarray, out: Path,
+             recipe: Recipe = Recipe(), device: str = "cpu", time_budget_s: float | None = None,
+             log=print) -> dict:
+    """Pre-train one MLM of the family (seed: initialisation and data order) and save it."""
     from transformers import BertConfig, BertForMaskedLM
 
     tokenizer = load_tokenizer(tok_dir)
     torch.manual_seed(seed)
     random.seed(seed)
-    cfg = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **MODEL_CONFIG)
+    cfg = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **recipe.model_config())
     model = BertForMaskedLM(cfg).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    warmup = max(1, int(warmup_frac * steps))
-    # linear warm-up over the first warmup_frac of training, then linear decay to 0; progress is
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    steps = recipe.steps
+    warmup_frac = recipe.warmup / steps
+    # linear warm-up over the first `warmup` steps, then linear decay to 0 at `steps`; progress is
     # max(step progress, wall-clock progress) so a --time-budget run still completes its schedule
-    gen = torch.Generator().manual_seed(1000 + seed)
-    order = torch.randperm(len(train_blocks), generator=gen)  # seed-specific data order
-    use_amp = device == "cuda"
+    gen = torch.Generator().manual_seed(1000 + seed)  # seed-specific data order and masks
+    sampler = BatchSampler(stream, recipe.sampling, recipe.batch, gen, tokenizer.cls_token_id,
+                           tokenizer.sep_token_id)
+    use_amp = device.startswith("cuda")
+    log_every = max(1, min(250, steps // 12))
     t0 = time.time()
-    losses = []
-    step = 0
-    pos = 0
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
+    recent: list[float] = []
+    done = 0
     for step in range(steps):
         progress = step / steps
         if time_budget_s:
             progress = max(progress, (time.time() - t0) / time_budget_s)
-        if progress >= 1.0:
-            step -= 1
-            break
+            if progress >= 1.0:
+                break
         if progress < warmup_frac:
-            factor = max((step + 1) / steps, progress) / warmup_frac
+            factor = (step + 1) / recipe.warmup if not time_budget_s else max((step + 1) / steps, progress) / warmup_frac
         else:
             factor = (1.0 - progress) / (1.0 - warmup_frac)
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, factor)
-        if pos + batch > len(order):
-            order = torch.randperm(len(train_blocks), generator=gen)
-            pos = 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        ids = torch.from_numpy(train_blocks[idx.numpy()]).long()
+            group["lr"] = recipe.lr * min(1.0, factor)
+        ids = sampler.next()
         inp, chosen, labels = mask_batch(ids, tokenizer, gen)
-        inp, chosen, labels = inp.to(device), chosen.to(device), labels.to(device)
+        inp, chosen, labels = (inp.to(device, non_blocking=True), chosen.to(device, non_blocking=True),
+                               labels.to(device, non_blocking=True))
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
             loss = mlm_loss(model, inp, chosen, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
-        if step % 20 == 0 or step == steps - 1:
+        loss_sum += loss.detach()
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            k = done % log_every or log_every
+            recent.append(loss_sum.item() / k)
+            loss_sum.zero_()
             el = time.time() - t0
-            log(f"    seed {seed} step {step:5d}/{steps} loss {np.mean(losses[-20:]):.3f} "
-                f"lr {opt.param_groups[0]['lr']:.2e} {(step + 1) * batch * SEQ_LEN / el:,.0f} tok/s "
-                f"{el:.0f}s")
+            log(f"    seed {seed} step {done:5d}/{steps} loss {recent[-1]:.3f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} {done * recipe.batch * SEQ_LEN / el:,.0f} tok/s {el:.0f}s")
+    if done % log_every and done != steps:  # stopped by the time budget between two log lines
+        recent.append(loss_sum.item() / (done % log_every))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     wall = time.time() - t0
-    done = step + 1
     metrics = eval_mlm(model, tokenizer, eval_blocks, device)
     log(f"  mlm-seed{seed}: eval MLM loss {metrics['mlm_loss']:.3f} acc {metrics['mlm_accuracy']:.3f} "
         f"({done} steps, {wall:.0f}s)")
+    mc = recipe.model_config()
     meta = {
         "kind": "mlm", "task": "mlm", "seed": seed,
         "architecture": "BertForMaskedLM (post-LN, tied decoder)",
-        "config": {k: MODEL_CONFIG[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                 "intermediate_size", "max_position_embeddings")}
+        "config": {k: mc[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                      "intermediate_size", "max_position_embeddings", "hidden_dropout_prob",
+                                      "attention_probs_dropout_prob")}
         | {"vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters())},
+        "recipe": recipe.to_dict(),
         "data": "permerge zoo corpus (WEB, KJV, MHCC, Treasury of David, WordNet glosses, GCIDE); "
                 "eval.txt/align.txt held out",
-        "steps": done, "planned_steps": steps, "batch": batch, "seq_len": SEQ_LEN, "lr": lr,
-        "warmup_steps": warmup, "train_tokens": done * batch * SEQ_LEN,
-        "final_train_loss": float(np.mean(losses[-20:])),
+        "train_stream_tokens": int(len(stream)),
+        "sampling": recipe.sampling,
+        "steps": done, "planned_steps": steps, "batch": recipe.batch, "seq_len": SEQ_LEN, "lr": recipe.lr,
+        "warmup_steps": recipe.warmup, "schedule": "AdamW (0.9, 0.98, eps 1e-6, wd 0.01), linear warm-up, "
+                                                   "linear decay to 0, grad clip 1.0",
+        "train_tokens": done * recipe.batch * SEQ_LEN,
+        "final_train_loss": float(recent[-1]) if recent else float("nan"),
         "time_budget_s": time_budget_s,
         "metrics": {"eval_mlm_loss": metrics["mlm_loss"], "eval_mlm_accuracy": metrics["mlm_accuracy"],
                     "eval_masked_tokens": metrics["masked_tokens"]},
         "eval": "data/eval.txt, fixed masks (seed 0, 15%, 80/10/10)",
-        "device": device_name(device), "wall_time_s": round(wall, 1),
-        "dtype_saved": "float16",
+        "device": device_name(device), "autocast": "bf16" if use_amp else None,
+        "wall_time_s": round(wall, 1), "dtype_saved": "float16",
     }
     card = _mlm_card(f"mlm-seed{seed}", meta)
     save_checkpoint(model, tokenizer, out, meta, card)
@@ -294,6 +431,15 @@ def _cfg_line(meta):
             f"{c['parameters'] / 1e6:.2f} M parameters")
 
 
+def _recipe_line(meta):
+    r = meta.get("recipe")
+    if not r:  # checkpoints built before the recipe was recorded
+        return f"lr {meta['lr']}, {meta['warmup_steps']} warm-up steps (no recipe record)"
+    return (f"layers {r['layers']}, hidden {r['hidden']}, heads {r['heads']}, FFN {r['ffn']}, dropout {r['dropout']}, "
+            f"{r['steps']} steps x batch {r['batch']}, AdamW lr {r['lr']}, {r['warmup']} warm-up steps then "
+            f"linear decay, sampling `{r['sampling']}`")
+
+
 def _mlm_card(name, meta):
     m = meta["metrics"]
     return f"""# {name}
@@ -303,6 +449,7 @@ Small post-LN BERT (`BertForMaskedLM`, tied decoder) from the permerge offline z
 
 - Trained {meta['steps']} steps x batch {meta['batch']} x {meta['seq_len']} tokens
   ({meta['train_tokens'] / 1e6:.1f} M tokens) on {meta['device']} in {meta['wall_time_s']:.0f} s.
+- Recipe: {_recipe_line(meta)}.
 - Final train MLM loss {meta['final_train_loss']:.3f}; eval MLM loss {m['eval_mlm_loss']:.3f},
   masked-token accuracy {m['eval_mlm_accuracy']:.3f} ({meta['eval']}).
 - Data: {meta['data']}.
@@ -412,6 +559,9 @@ def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs
         "base": base.name, "num_labels": num_labels, "columns": header,
         "head_init_seed": HEAD_SEED,
         "config": base_meta["config"],
+        "base_recipe": base_meta.get("recipe"),
+        "finetune_recipe": {"epochs": epochs, "batch": batch, "lr": lr, "dropout": 0.1,
+                            "warmup": "10% of the steps, then linear decay", "head_init_seed": HEAD_SEED},
         "data": f"data/tasks/{task}/train.tsv ({len(train_rows)} rows); dev.tsv ({len(dev_rows)} rows)",
         "steps": steps, "epochs": epochs, "batch": batch, "lr": lr, "max_len": L,
         "train_tokens": int(enc["attention_mask"].sum().item() * epochs),
