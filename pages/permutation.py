@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry,
+                             require_run, run_result)
 from permerge import plots, views
-from dashboard.state import job_key, job_outcome, job_panel, jobs, registry, require_run, short
 
 st.title("See the permutation")
 st.markdown(
@@ -14,32 +15,41 @@ st.markdown(
     "its column together, nothing else: no value changes, so B′ computes exactly what B computes, only with "
     "its units listed in A's order. Step through one unit, one attention head, then the whole group.")
 run = require_run("the permutation")
-pipe = run.pipe
-with st.spinner("Loading the models and the permutations (from the cache) …"):
-    spec = pipe.spec
-    al = pipe.alignment(run.options)
-    model_a, model_b = pipe.pair[0].model, pipe.pair[1].model
-
+st.caption("Pair: " + pair_title(run.job))
 kinds = {"ff": "feed-forward", "att": "attention", "pooler": "pooler"}
-groups = [g for g in al.groups if spec.groups[g].kind in kinds]
-aligned = [g for g in groups if al.groups[g].aligned]
-default = next((g for g in aligned if g.startswith("att.")), aligned[0] if aligned else groups[0])
+known = st.session_state.get("perm_groups", {}).get(run.key)  # (groups, labels, default) once known
 c1, c2 = st.columns([2, 3])
-group = c1.selectbox("Permutation group", groups, index=groups.index(default), key="perm_group",
-                     format_func=lambda g: f"{g}  ({kinds[spec.groups[g].kind]}, {spec.groups[g].size} units)"
-                                           + ("" if al.groups[g].aligned else ", left alone by this run"))
-grp, res = spec.groups[group], al.groups[group]
-perm = np.asarray(res.perm)
+wanted = None
+if known:
+    groups, labels, default = known
+    wanted = c1.selectbox("Permutation group", groups, index=groups.index(default), key="perm_group",
+                          format_func=labels.get)
+key = job_key("permutation", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
+previous = st.session_state.get("perm_job")
+if previous not in (None, key):
+    jobs().forget(previous)  # one group's weights at a time
+st.session_state["perm_job"] = key
+views.settle(jobs().submit(key, views.permutation_work(registry(), run.job, run.options, wanted), "permutation"))
+job_panel(key, "Loading the models and the permutations")
+out = job_outcome(key)
+if out is None:
+    st.stop()
+if not known:
+    labels = {g: f"{g}  ({kinds[g.split('.')[0]]}, {out['sizes'][g]} units"
+              + (")" if g in out["aligned"] else ", left alone by this run)") for g in out["groups"]}
+    st.session_state.setdefault("perm_groups", {})[run.key] = (out["groups"], labels, out["default"])
+    st.rerun()  # now with the group picker
+group, grp, perm = out["group"], out["spec_group"], out["perm"]
 d = grp.size
 heads = grp.heads if grp.kind == "att" else None
 dk = d // heads if heads else None
 steps = ["one unit"] + (["one head"] if heads else []) + ["the whole group"]
 step = c2.radio("Step", steps, horizontal=True, key="perm_step")
-if not res.aligned:
+if not out["group_aligned"]:
     st.info(f"This run's options ({run.options.label()}) leave {group} alone: its permutation is the identity, "
             "so nothing moves. Pick another group, or a run that aligns this one.")
 
-weights = views.group_weights(spec, views.state_of(model_a), views.state_of(model_b), al.perms, group)
+weights = out["weights"]
 ins = [w for w in weights if w.axis == 0]
 outs = [w for w in weights if w.axis == 1]
 
@@ -109,8 +119,7 @@ with right:
 
 # --- the checks ----------------------------------------------------------------------------------------
 st.subheader("Checks")
-checks = pd.DataFrame([{"weight": x.name, "moves": "rows" if x.axis == 0 else "columns",
-                        **views.gather_checks(x, perm)} for x in weights])
+checks = pd.DataFrame(out["checks"])
 exact = bool(checks["all_exact"].all())
 st.dataframe(checks.rename(columns={"slices": "units", "exact": "equal bit for bit", "all_exact": "all equal"}),
              width="stretch", hide_index=True)
@@ -118,14 +127,8 @@ st.dataframe(checks.rename(columns={"slices": "units", "exact": "equal bit for b
     f"Every row / column of B′ touched by {group} is the matching row / column of B, bit for bit."
     if exact else "Some moved rows or columns differ from B's: please report this.")
 
-h = jobs().get(run.key)
-check = h.result.get("check") if h is not None and h.state == "done" and isinstance(h.result, dict) else None
-if check is None:  # e.g. after a server restart: measure it again in the background
-    key = job_key("function_check", job=run.job.to_dict(), options=run.options.to_dict())
-    if jobs().get(key) is None:
-        jobs().submit(key, lambda progress: registry().get(run.job).function_check(run.options), "B′ vs B check")
-    job_panel(key, "Comparing B′ with B")
-    check = job_outcome(key)
+result = run_result(run)  # the run's own check (recomputed from the cache after a restart)
+check = result.get("check") if isinstance(result, dict) else None
 if check is not None:
     rel = check["max_rel_logit_error"]
     st.metric("Largest logit difference of B′ vs B, relative to B's largest logit", f"{rel:.1e}",
@@ -140,4 +143,4 @@ if check is not None:
         st.warning(f"{run.options.label()} is not function-preserving: it moves units between heads or gives "
                    "residual points different orders, so B′ is a different function and a large difference "
                    "is expected.")
-st.caption(f"Run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), {run.options.label()}.")
+about_caption(out["about"])

@@ -425,10 +425,12 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
-def params_table(spec, group: str) -> pd.DataFrame:
-    """The weights one permutation group touches, with the axis it gathers along."""
+def params_table(spec, group: str | None = None) -> pd.DataFrame:
+    """The weights one permutation group touches, with the axis it gathers along: from
+    ``spec.params_of(group)``, or given directly as its (parameter, axis) pairs."""
+    pairs = spec.params_of(group) if group is not None else list(spec)
     rows = [{"parameter": p, "axis": ax, "permuted": "rows" if ax == 0 and not p.endswith(("bias", "LayerNorm.weight"))
-             else ("columns" if ax == 1 else "entries")} for p, ax in spec.params_of(group)]
+             else ("columns" if ax == 1 else "entries")} for p, ax in pairs]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

@@ -121,3 +121,63 @@ def diagonal_summary(C_after: np.ndarray) -> dict:
     return {"mean_matched": float(diag.mean()), "mean_other": float(off.mean()), "std_other": float(off.std()),
             "share_row_best": float(row_best.mean()),
             "share_other_above_mean_matched": float((off > diag.mean()).mean())}
+
+
+# --- background work for the teaching pages (``fn(progress)`` for ``jobs.JobManager.submit``) ----------
+
+def correlation_work(registry, job, options, group: str):
+    """One group's correlation matrix before and after alignment, its matching result and the weights it
+    touches (from the architecture table)."""
+    from .align import correlation
+    from .work import about
+
+    def work(progress):
+        pipe = registry.get(job)
+        stats = pipe.stats(progress)
+        al = pipe.alignment(options, progress=progress)
+        spec = pipe.spec
+        groups = [g for g in spec.groups if g in stats.points]
+        g = group if group in groups else next((x for x in groups if x.startswith("att.")), groups[0])
+        C = correlation(stats.points, spec, g)
+        res = al.groups[g]
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups}, "group": g,
+                "spec_group": spec.groups[g], "C": C,
+                "after": np.asarray(C)[:, np.asarray(res.perm)], "result": res,
+                "params": spec.params_of(g), "about": about(job, options, group=g)}
+    return work
+
+
+def permutation_work(registry, job, options, group: str | None):
+    """What one group's permutation does to the weights: the group list, the group's permutation and
+    heads, every matrix it moves in A, B and B', and the gather checks."""
+    from .work import about
+
+    def work(progress):
+        pipe = registry.get(job)
+        al = pipe.alignment(options, progress=progress)
+        spec = pipe.spec
+        kinds = ("ff", "att", "pooler")
+        groups = [g for g in al.groups if spec.groups[g].kind in kinds]
+        aligned = [g for g in groups if al.groups[g].aligned]
+        default = next((g for g in aligned if g.startswith("att.")), aligned[0] if aligned else groups[0])
+        g = group if group in groups else default
+        model_a, model_b = pipe.pair[0].model, pipe.pair[1].model
+        weights = group_weights(spec, state_of(model_a), state_of(model_b), al.perms, g)
+        perm = np.asarray(al.groups[g].perm)
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups}, "aligned": aligned,
+                "default": default, "group": g,
+                "spec_group": spec.groups[g], "perm": perm, "group_aligned": al.groups[g].aligned,
+                "weights": weights, "checks": [{"weight": w.name, "moves": "rows" if w.axis == 0 else "columns",
+                                                **gather_checks(w, perm)} for w in weights],
+                "about": about(job, options, group=g)}
+    return work
+
+
+def settle(handle, seconds: float = 3.0) -> None:
+    """Wait up to ``seconds`` for a job to finish, so that a result served from the cache shows in the
+    same page run; longer work stays in the background (the page then shows its progress)."""
+    import time
+
+    t0 = time.time()
+    while handle.active and time.time() - t0 < seconds:
+        time.sleep(0.05)

@@ -391,3 +391,12 @@ def test_permutation_page_with_the_residual_stream_permuted(ran):
     ok = [s.value for s in at.success]
     assert any("B′ computes B" in s for s in ok) and any("bit for bit" in s for s in ok), ok
     assert any("which this run permutes too" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("page", ["pages/start.py", "pages/permutation.py", "pages/correlations.py"])
+def test_teaching_pages_are_thin_views(page):
+    """Their work goes through the job manager (``permerge.views``' work functions); no pipeline call on
+    the script thread, no model class, no spelled-out weight name."""
+    src = (ROOT / page).read_text()
+    for bad in ("BertFor", "run.pipe", ".curve(", ".alignment(", ".stats(", "function_check", "bert.", ".weight\""):
+        assert bad not in src, (page, bad)
