@@ -14,7 +14,7 @@ pages use (permerge.work), on the bundled default pair with the dashboard's defa
 The floor printed beside them is two forward passes over the alignment data, measured in the same
 run, so that a reader can tell a slow (or busy) machine from a slow program.
 
-    python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 64] [--no-idle]
+    python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 64] [--no-idle | --idle-only]
 """
 from __future__ import annotations
 
@@ -58,12 +58,14 @@ def wait(h, poll=0.02, first_points=None):
     return time.perf_counter() - t0, t_first
 
 
-def idle_cpu(seconds: float = 20.0) -> float:
-    """Percent of one core used by an idle `streamlit run app.py` (project config) over ``seconds``."""
+def idle_cpu(seconds: float = 20.0, watcher: str | None = None) -> float:
+    """Percent of one core used by an idle `streamlit run app.py` (project config) over ``seconds``;
+    ``watcher`` overrides the config's fileWatcherType (e.g. "auto", Streamlit's default)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+    extra = ["--server.fileWatcherType", watcher] if watcher else []
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *extra],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         t0 = time.time()
@@ -95,7 +97,13 @@ def main(argv=None):
     ap.add_argument("--eval-blocks", type=int, default=64)  # the dashboard's and the CLI's default
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-server measurement")
+    ap.add_argument("--idle-only", action="store_true",
+                    help="only the idle server, with the project's config and with file watching on")
     args = ap.parse_args(argv)
+    if args.idle_only:
+        print(f"idle server, % of one core over 20 s: {idle_cpu():.1f} % (fileWatcherType none), "
+              f"{idle_cpu(watcher='auto'):.1f} % (fileWatcherType auto); load average {os.getloadavg()[0]:.1f}")
+        return
     a, b = zoo.default_pair()
     job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
               eval_blocks=args.eval_blocks, device=args.device)

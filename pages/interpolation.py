@@ -17,7 +17,7 @@ run = require_run("the interpolation curves")
 
 
 def value_views(df):
-    return ["loss"] + [c for c in ("pseudo_perplexity", "accuracy") if c in df.columns and df[c].notna().any()]
+    return ["loss"] + [c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df.columns and df[c].notna().any()]
 
 
 def show_curves(results, title, key):
@@ -26,7 +26,7 @@ def show_curves(results, title, key):
     for tab, v in zip(tabs, value_views(df)):
         with tab:
             st.plotly_chart(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
-                                         log_y=v == "pseudo_perplexity"), width="stretch", key=f"{key}_{v}")
+                                         log_y=v.endswith("perplexity")), width="stretch", key=f"{key}_{v}")
     st.dataframe(bars[["method", "barrier", "barrier_se", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]],
                  width="stretch", hide_index=True,
                  column_config={"barrier_se": st.column_config.NumberColumn("± s.e.", format="%.4f")})
@@ -77,7 +77,7 @@ if pairs:
     resf = section_result("family", run, "Curves over pairs")
     if resf is not None:
         curves_df, bars_df = resf["curves"], resf["bars"]
-        views = [v for v in ("loss", "pseudo_perplexity", "accuracy") if v in curves_df and curves_df[v].notna().any()]
+        views = [v for v in ("loss", "pseudo_perplexity", "perplexity", "accuracy") if v in curves_df and curves_df[v].notna().any()]
         tabs = st.tabs([v.replace("_", "-") for v in views])
         for tab, v in zip(tabs, views):
             with tab:

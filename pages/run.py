@@ -258,13 +258,13 @@ if run is not None:
         if van is not None:
             results = [van, al] if al is not van else [van]
             df, bars = curves_frame(results), barriers_frame(results)
-            value_col = "pseudo_perplexity" if "pseudo_perplexity" in df else "accuracy"
+            value_col = next(c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df)
             t1, t2 = st.tabs(["loss", value_col.replace("_", "-")])
             with t1:
                 st.plotly_chart(plots.curves(df, "loss", bars, title="Loss along λ"), width="stretch")
             with t2:
                 st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
-                                             log_y=value_col == "pseudo_perplexity"), width="stretch")
+                                             log_y=value_col.endswith("perplexity")), width="stretch")
         st.caption(f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences) on {res['device']}. "
                    "λ = 0 is B′ (B permuted), λ = 1 is A. Dashed lines are not function-preserving. "
                    "Other pages show this run in detail.")

@@ -17,11 +17,8 @@ import torch
 from .arch import SUPPORTED_MODEL_TYPES
 from .errors import CheckpointError, IncompatibleModels
 
-SUPPORTED_CLASSES = ("BertForMaskedLM", "BertForSequenceClassification", "BertModel")
-# Config fields that must agree for two checkpoints to be aligned, in the order they are checked.
-PAIR_FIELDS = ("model_type", "architecture", "vocab_size", "hidden_size", "num_hidden_layers",
-               "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size",
-               "hidden_act", "num_labels", "tie_word_embeddings")
+# Supported classes, sizes and the config fields a pair must share come from the family tables
+# (permerge/arch/): ``SUPPORTED_MODEL_TYPES[model_type]``.
 
 
 @dataclass
@@ -38,10 +35,12 @@ class Checkpoint:
 
     def summary(self) -> dict:
         c = self.config
-        return {"source": self.source, "architecture": self.architecture, "layers": c.num_hidden_layers,
-                "heads": c.num_attention_heads, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+        fam = SUPPORTED_MODEL_TYPES[c.model_type]
+        s, head = fam.sizes(c), fam.head_of(self.architecture)
+        return {"source": self.source, "architecture": self.architecture, "family": fam.name, "head": head,
+                "layers": s["layers"], "heads": s["heads"], "hidden": s["hidden"], "intermediate": s["intermediate"],
                 "vocab": c.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
-                "labels": c.num_labels if self.architecture == "BertForSequenceClassification" else None,
+                "labels": c.num_labels if head == "classifier" else None,
                 "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
 
 
@@ -75,19 +74,21 @@ def read_config(source: str):
 def _architecture(cfg) -> str:
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(f"unsupported model type {cfg.model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})")
-    archs = [a for a in (cfg.architectures or []) if a in SUPPORTED_CLASSES]
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    archs = [a for a in (cfg.architectures or []) if a in fam.classes]
     if cfg.architectures and not archs:
-        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(SUPPORTED_CLASSES)})")
-    return archs[0] if archs else "BertModel"
+        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(fam.classes)})")
+    return archs[0] if archs else fam.default_class()
 
 
 def _config_field(cfg, arch: str, field: str):
+    head = SUPPORTED_MODEL_TYPES[cfg.model_type].head_of(arch)
     if field == "architecture":
         return arch
     if field == "num_labels":
-        return cfg.num_labels if arch == "BertForSequenceClassification" else None
+        return cfg.num_labels if head == "classifier" else None
     if field == "tie_word_embeddings":
-        return bool(getattr(cfg, "tie_word_embeddings", True)) if arch == "BertForMaskedLM" else None
+        return bool(getattr(cfg, "tie_word_embeddings", True)) if head in ("mlm", "causal-lm") else None
     return getattr(cfg, field, None)
 
 
@@ -103,18 +104,22 @@ def config_summary(source: str) -> dict:
             n_params = sum(p.numel() for p in getattr(transformers, arch)(cfg).parameters())
     except Exception:
         n_params = None
-    return {"architecture": arch, "head": {"BertForMaskedLM": "mlm", "BertForSequenceClassification": "classifier"}.get(arch, "base"),
-            "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
-            "hidden": cfg.hidden_size, "head width": cfg.hidden_size // max(cfg.num_attention_heads, 1),
-            "intermediate": cfg.intermediate_size, "vocab": cfg.vocab_size,
-            "labels": cfg.num_labels if arch == "BertForSequenceClassification" else None,
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    s, head = fam.sizes(cfg), fam.head_of(arch)
+    return {"architecture": arch, "family": fam.name, "head": head, "layers": s["layers"], "heads": s["heads"],
+            "hidden": s["hidden"], "head width": s["hidden"] // max(s["heads"], 1),
+            "intermediate": s["intermediate"], "vocab": cfg.vocab_size,
+            "labels": cfg.num_labels if head == "classifier" else None,
             "parameters": n_params}
 
 
 def validate_pair(cfg_a, cfg_b) -> None:
     """Raise IncompatibleModels naming the first differing field (before any weights load)."""
     arch_a, arch_b = _architecture(cfg_a), _architecture(cfg_b)
-    for f in PAIR_FIELDS:
+    fields = SUPPORTED_MODEL_TYPES[cfg_a.model_type].pair_fields
+    if cfg_a.model_type != cfg_b.model_type:
+        fields = ("model_type",)
+    for f in fields:
         va, vb = _config_field(cfg_a, arch_a, f), _config_field(cfg_b, arch_b, f)
         if va != vb:
             raise IncompatibleModels(f"the checkpoints differ in {f}: {va!r} (A) vs {vb!r} (B)")

@@ -64,8 +64,9 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def text_blocks(tokenizer, text: str, block: int = BLOCK) -> torch.Tensor:
-    """Concatenate the text's tokens and cut them into [CLS] + (block-2) tokens + [SEP] rows."""
+def text_blocks(tokenizer, text: str, block: int = BLOCK, specials: bool = True) -> torch.Tensor:
+    """Concatenate the text's tokens and cut them into [CLS] + (block-2) tokens + [SEP] rows, or
+    into plain runs of ``block`` tokens without ``specials`` (a decoder's blocks)."""
     _need_tokenizer(tokenizer)
     ids: list[int] = []
     for line in text.splitlines():
@@ -77,11 +78,13 @@ def text_blocks(tokenizer, text: str, block: int = BLOCK) -> torch.Tensor:
         if frac >= UNK_WARN:
             warn(f"{100 * frac:.1f}% of the data's tokens are {tokenizer.unk_token} (unknown to the tokenizer); "
                  "is this the right data for these checkpoints?")
-    body = block - 2
+    body = block - 2 if specials else block
     n = len(ids) // body
     if n == 0:
         raise DataError(f"the data has {len(ids)} tokens, fewer than one {block}-token block")
     t = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
+    if not specials:
+        return t
     cls = torch.full((n, 1), tokenizer.cls_token_id, dtype=torch.long)
     sep = torch.full((n, 1), tokenizer.sep_token_id, dtype=torch.long)
     return torch.cat([cls, t, sep], dim=1)

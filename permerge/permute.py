@@ -11,27 +11,32 @@ import numpy as np
 import torch
 
 from .arch import ArchSpec
+from .arch.spec import tiled_index
 
 
 def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
                        perms: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Return a new state dict with every axis named in ``spec.axes`` gathered by its group's
-    permutation.  Parameters not in the spec, and groups without a permutation, are unchanged.
-    Tied weights are stored once in ``spec.axes``; their aliases are rebuilt by ``load_state_dict``."""
+    permutation.  An axis entry ``(group, k)`` is the permutation tiled k times with offsets (a fused
+    weight holding k blocks side by side).  Parameters not in the spec, and groups without a
+    permutation, are unchanged.  Tied weights are stored once in ``spec.axes``; their aliases are
+    rebuilt by ``load_state_dict``."""
     out = dict(state)
-    idx_cache: dict[str, torch.Tensor] = {}
+    idx_cache: dict[object, torch.Tensor] = {}
     for name, axes in spec.axes.items():
         if name not in state:
             continue
         w = state[name]
-        for axis, g in enumerate(axes):
+        for axis, entry in enumerate(axes):
+            g, tiles = (entry if isinstance(entry, tuple) else (entry, 1))
             if g is None or g not in perms:
                 continue
-            if g not in idx_cache:
-                idx_cache[g] = torch.as_tensor(np.asarray(perms[g]), dtype=torch.long)
-            idx = idx_cache[g].to(w.device)
+            if (g, tiles) not in idx_cache:
+                idx_cache[g, tiles] = torch.as_tensor(tiled_index(perms[g], tiles), dtype=torch.long)
+            idx = idx_cache[g, tiles].to(w.device)
             if idx.numel() != w.shape[axis]:
-                raise ValueError(f"permutation {g} has {idx.numel()} entries, {name} axis {axis} has {w.shape[axis]}")
+                raise ValueError(f"permutation {g} (x{tiles}) has {idx.numel()} entries, {name} axis {axis} "
+                                 f"has {w.shape[axis]}")
             w = w.index_select(axis, idx)
         out[name] = w
     return out

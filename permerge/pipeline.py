@@ -24,7 +24,7 @@ from .arch import spec_for
 from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
-from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
+from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
                           lambda_grid)
 from .permute import equivalence, logit_error, permute_model
@@ -74,7 +74,7 @@ class Prepared:
 class CurveResult:
     method: str
     options: dict
-    rows: list[dict]  # lambda, loss, and pseudo_perplexity or accuracy
+    rows: list[dict]  # lambda, loss, and pseudo_perplexity, perplexity or accuracy
     barrier: float
     barrier_lambda: float
     loss_a: float
@@ -124,7 +124,7 @@ class Pipeline:
     @property
     def block(self) -> int:
         """128-token blocks, or the model's maximum length when that is shorter."""
-        return min(D.BLOCK, self.pair[0].config.max_position_embeddings)
+        return min(D.BLOCK, self.spec.table.longest_input(self.pair[0].config))
 
     @cached_property
     def device(self) -> str:
@@ -141,6 +141,8 @@ class Pipeline:
         job, tok = self.job, self.tokenizer
         head = self.spec.head
         special = tuple(tok.all_special_ids) if tok is not None else ()
+        if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
+            raise DataError("a causal-LM pair takes plain text as --data, not a task folder")
         if D.is_task_folder(job.data):
             train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
             if head == "classifier":  # file and line of the first label that does not fit (dev: below)
@@ -156,25 +158,28 @@ class Pipeline:
                 ev = self._mlm_eval(D.text_blocks(tok, text, self.block)[: job.eval_blocks])
             task = dev.name
         else:  # plain text: no labels are needed to align, only to evaluate a classifier
-            blocks = D.text_blocks(tok, D.read_text(job.data), self.block)
+            specials = self.spec.table.block_specials
+            blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
             if head == "classifier":
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
                 if not align:
                     raise DataError("no alignment data")
                 ev = self._classifier_eval(job.eval_data)
+                ev.inputs = self.spec.inputs  # the keys this family's models take
                 return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), None)
             if job.eval_data:
-                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block)[: job.eval_blocks]
+                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
             else:  # hold out the tail of the data for evaluation
                 k = min(job.eval_blocks, len(blocks) // 2)
                 if k == 0:
                     raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
                 blocks, eval_blocks = blocks[:-k], blocks[-k:]
             align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-            ev = self._mlm_eval(eval_blocks) if head == "mlm" else EvalSet("none", [])
+            ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
             task = None
         if not align:
             raise DataError("no alignment data")
+        ev.inputs = self.spec.inputs  # the keys this family's models take
         return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
 
     def _classifier_eval(self, folder: str | None) -> EvalSet:
@@ -255,7 +260,7 @@ class Pipeline:
 
     def probe_batch(self) -> dict:
         b = self.prepared.align_batches[0]
-        return {k: b[k][:8] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {k: b[k][:8] for k in self.spec.inputs if k in b}
 
     def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
         """B' against B on a probe batch of the alignment data: the float32 errors on the run's
@@ -284,14 +289,14 @@ class Pipeline:
                         fraction=None if vanilla else fraction, lam=float(lam), device_kind=self.device.split(":")[0])
 
     def curve(self, options: AlignOptions, lambdas: int = 21, fraction: float = 1.0, progress=None) -> CurveResult:
-        """Loss (and pseudo-perplexity or accuracy) along lambda between A and B'.
+        """Loss (and pseudo-perplexity, perplexity or accuracy) along lambda between A and B'.
 
         Points are evaluated coarse grid first (1, 0, 1/2, 1/4, 3/4, ...) and cached one by one, so
         that grids share their common points and a caller sees the curve take shape: after every
         point, ``progress("interpolation", done, total, method=..., rows=[rows so far])``."""
         if self.prepared.evalset.kind == "none":
             raise DataError("no evaluation data with labels for this pair: give a task folder (dev.tsv) to "
-                            "evaluate a classifier, or use an MLM; the alignment itself needs no labels")
+                            "evaluate a classifier, or use an MLM or a causal LM; the alignment itself needs no labels")
         cb = self._cb(progress)
         vanilla = options == VANILLA
         a, b = self.pair

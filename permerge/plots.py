@@ -358,8 +358,8 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
         elif k == "pooler":
             x = list(g["group"])
         else:
-            g = g.sort_values("layer")
-            x = [f"layer {int(v)}" for v in g["layer"]]
+            g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
+            x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
         for what, color, dash in (("before", VANILLA_COLOR, "dot"), ("after", after_color, "solid")):
             fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
                                      showlegend=col == 1, line=dict(color=color, dash=dash),
@@ -427,10 +427,9 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
 
 def params_table(spec, group: str | None = None) -> pd.DataFrame:
     """The weights one permutation group touches, with the axis it gathers along: from
-    ``spec.params_of(group)``, or given directly as its (parameter, axis) pairs."""
-    pairs = spec.params_of(group) if group is not None else list(spec)
-    rows = [{"parameter": p, "axis": ax, "permuted": "rows" if ax == 0 and not p.endswith(("bias", "LayerNorm.weight"))
-             else ("columns" if ax == 1 else "entries")} for p, ax in pairs]
+    ``spec.params_of(group)``, or given directly as (parameter, axis, label) triples."""
+    triples = [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(group)] if group is not None else spec
+    rows = [{"parameter": p, "axis": ax, "permuted": label} for p, ax, label in triples]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

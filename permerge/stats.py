@@ -252,7 +252,7 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
     try:
         for i, batch in enumerate(batches):
             if i % world == rank:
-                b = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                b = {k: v.to(device) for k, v in batch.items() if k in spec.inputs}
                 mask = b["attention_mask"].bool()
                 if exclude_special and "special_tokens_mask" in batch:
                     mask &= ~batch["special_tokens_mask"].to(device).bool()

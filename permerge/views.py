@@ -143,7 +143,8 @@ def correlation_work(registry, job, options, group: str):
         return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups}, "group": g,
                 "spec_group": spec.groups[g], "C": C,
                 "after": np.asarray(C)[:, np.asarray(res.perm)], "result": res,
-                "params": spec.params_of(g), "about": about(job, options, group=g)}
+                "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
+                "about": about(job, options, group=g)}
     return work
 
 

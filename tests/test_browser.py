@@ -214,7 +214,7 @@ def test_dashboard_in_browser(server, browser):
     wait_for(drv, lambda: "Aligning" in drv.find_element(By.TAG_NAME, "body").text
              or "Barrier, vanilla" in drv.find_element(By.TAG_NAME, "body").text, 20, "progress")
     shot(drv, "03-progress", wait=False)
-    wait_for(drv, lambda: "Barrier, vanilla averaging" in drv.find_element(By.TAG_NAME, "body").text, 90, "the result")
+    wait_for(drv, lambda: "Barrier, vanilla averaging" in drv.find_element(By.TAG_NAME, "body").text, 240, "the result")
     wait_for(drv, lambda: plotly_count(drv) >= 1, 20, "the curves chart")
     body = drv.find_element(By.TAG_NAME, "body").text
     assert "computes B's function" in body
@@ -245,7 +245,8 @@ def pick_option(drv, label: str, option: str):
     wait_for(drv, lambda: [o for o in drv.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text.strip() == option],
              10, f"option {option}")
     [o for o in drv.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text.strip() == option][0].click()
-    wait_for(drv, lambda: option in boxes[0].text, 10, f"{label} = {option}")
+    wait_for(drv, lambda: any(option == (i.get_attribute("value") or "").strip() or option in i.text
+                              for i in boxes[0].find_elements(By.CSS_SELECTOR, "input, div")), 10, f"{label} = {option}")
     idle(drv)
 
 
@@ -265,7 +266,7 @@ def test_second_pair_replaces_the_first_everywhere(server, browser):
     goto(drv, "Interpolation")
     click_text(drv, "button", "Compute the Fig. 4 variants")
     wait_for(drv, lambda: plotly_count(drv) >= 4, 120, "the Fig. 4 charts")
-    shot(drv, "11-fig4-first-pair")
+    shot(drv, "21-fig4-first-pair")
     first_pair_texts = ("zoo:mlm-seed2", "mlm-seed2 (B)")
 
     goto(drv, "Pick and run")
@@ -278,9 +279,9 @@ def test_second_pair_replaces_the_first_everywhere(server, browser):
     click_text(drv, "button", "Run alignment")
     wait_for(drv, lambda: "zoo:mlm-seed3 (B)" in body(drv) and "Barrier, vanilla averaging" in body(drv)
              and "Aligning" not in body(drv), 150, "the second result")
-    shot(drv, "12-second-pair")
+    shot(drv, "22-second-pair")
     for i, (page, charts) in enumerate((("Correlations", 5), ("Feature correlation", 1), ("Interpolation", 2),
-                                        ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=13):
+                                        ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=23):
         goto(drv, page)
         if charts:
             wait_for(drv, lambda: plotly_count(drv) >= charts, 60, f"{charts} charts on {page}")
