@@ -50,8 +50,9 @@ if not out["group_aligned"]:
             "so nothing moves. Pick another group, or a run that aligns this one.")
 
 weights = out["weights"]
-ins = [w for w in weights if w.axis == 0]
-outs = [w for w in weights if w.axis == 1]
+WORD = {0: "rows", 1: "columns"}
+ins = [w for w in weights if w.role == "in"]
+outs = [w for w in weights if w.role == "out"]
 
 # --- the current step: which rows / columns to outline --------------------------------------------
 if step == "one unit":
@@ -59,9 +60,11 @@ if step == "one unit":
     i = int(st.number_input("Unit of B′", 0, d - 1, int(moved[0]) if len(moved) else 0, key=f"perm_unit_{group}"))
     p = int(perm[i])
     boxes_a, boxes_b, boxes_bp, rows_hl = [(i, i + 1)], [(p, p + 1)], [(i, i + 1)], [(i, i + 1)]
-    st.markdown(f"**Unit {i} of B′ is unit {p} of B.** Row {p} of B's in-projection becomes row {i} of B′'s; "
-                f"column {p} of B's out-projection becomes column {i} of B′'s. A's unit {i} is the one it was "
-                "matched to.")
+    w_in = WORD[ins[0].axis][:-1] if ins else "row"
+    w_out = WORD[outs[0].axis][:-1] if outs else "column"
+    st.markdown(f"**Unit {i} of B′ is unit {p} of B.** {w_in.capitalize()} {p} of B's in-projection becomes "
+                f"{w_in} {i} of B′'s; {w_out} {p} of B's out-projection becomes {w_out} {i} of B′'s. A's unit {i} "
+                "is the one it was matched to.")
 elif step == "one head":
     j = int(st.number_input("Head of B′", 0, heads - 1, 0, key=f"perm_head_{group}"))
     src = sorted(set(int(u) // dk for u in perm[j * dk:(j + 1) * dk]))
@@ -80,31 +83,39 @@ else:
                 "the out-projection, by the same permutation.")
 
 # --- the weights -----------------------------------------------------------------------------------
+
+
+def panels(w, title):
+    """A, B and B' side by side, the current step outlined (in every tile of a fused matrix)."""
+    boxes = [views.tile_ranges(bx, d, w.tiles) for bx in (boxes_a, boxes_b, boxes_bp)]
+    rest = WORD[1 - w.axis]
+    tiles = f", {w.tiles} tiles side by side" if w.tiles > 1 else ""
+    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
+                                        f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
+                                        f"(first 96 {rest} shown)"), width="stretch")
+
+
 if ins:
-    pick = st.selectbox("In-projection (computes the units: rows move)", [w.name for w in ins], key=f"perm_in_{group}")
-    w = next(x for x in ins if x.name == pick)
-    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], 0,
-                                        [boxes_a, boxes_b, boxes_bp],
-                                        f"{w.name}: rows = units of {group} (first 96 columns shown)"),
-                    width="stretch")
+    pick = st.selectbox("In-projection (computes the units)", [w.name for w in ins], key=f"perm_in_{group}")
+    panels(next(x for x in ins if x.name == pick), "in")
 for w in outs:
-    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], 1,
-                                        [boxes_a, boxes_b, boxes_bp],
-                                        f"{w.name}: columns = units of {group} (first 96 rows shown)"),
-                    width="stretch")
+    panels(w, "out")
 st.caption("Outlined: the current step in A, where it sits in B, and where it lands in B′. The other axis "
            "belongs to the residual stream" + (", which this run permutes too, so those entries move as well."
                                               if run.options.residual != "identity" else
                                               ", which this run leaves in place."))
 if step == "one unit" and ins:
     w = ins[0]
-    n = min(8, w.b.shape[1])
-    b_row = w.b[p] if w.other is None else w.b[p][w.other]
-    st.dataframe(pd.DataFrame({f"A row {i}": w.a[i, :n], f"B row {i}": w.b[i, :n],
-                               f"B row {p}" + ("" if w.other is None else " (entries in B′'s residual order)"): b_row[:n],
-                               f"B′ row {i}": w.bp[i, :n]}).T.rename(columns=lambda c: f"entry {c}"),
+    word = WORD[w.axis][:-1]
+    row = lambda m, k: views.slice_of(m, w.axis, k)  # noqa: E731
+    n = min(8, w.b.shape[1 - w.axis])
+    b_row = row(w.b, p) if w.other is None else row(w.b, p)[w.other]
+    st.dataframe(pd.DataFrame({f"A {word} {i}": row(w.a, i)[:n], f"B {word} {i}": row(w.b, i)[:n],
+                               f"B {word} {p}" + ("" if w.other is None else " (entries in B′'s residual order)"):
+                                   b_row[:n],
+                               f"B′ {word} {i}": row(w.bp, i)[:n]}).T.rename(columns=lambda c: f"entry {c}"),
                  width="stretch")
-    st.caption(f"The first {n} entries of {w.name}: B′'s row {i} is B's row {p}, digit for digit"
+    st.caption(f"The first {n} entries of {w.name}: B′'s {word} {i} is B's {word} {p}, digit for digit"
                + ("." if w.other is None else ", once its entries are put in the residual stream's new order."))
 
 left, right = st.columns([3, 2])
