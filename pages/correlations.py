@@ -15,10 +15,10 @@ st.caption("Pair: " + pair_title(run.job))
 kinds = {"ff": "feed-forward", "att": "attention", "res": "residual", "pooler": "pooler"}
 known = st.session_state.get("corr_groups", {}).get(run.key)  # the group list, once the first result is in
 if known:
-    groups, sizes = known
+    groups, sizes, gkinds = known
     wanted = st.selectbox("Permutation group", groups,
                           index=next((i for i, g in enumerate(groups) if g.startswith("att.")), 0), key="corr_group",
-                          format_func=lambda g: f"{g}  ({kinds[g.split('.')[0]]}, {sizes[g]} units)")
+                          format_func=lambda g: f"{g}  ({kinds.get(gkinds[g], gkinds[g])}, {sizes[g]} units)")
 else:
     wanted = None
 key = job_key("correlations", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
@@ -32,7 +32,7 @@ out = job_outcome(key)
 if out is None:
     st.stop()
 if not known:
-    st.session_state.setdefault("corr_groups", {})[run.key] = (out["groups"], out["sizes"])
+    st.session_state.setdefault("corr_groups", {})[run.key] = (out["groups"], out["sizes"], out["kinds"])
     st.rerun()  # now with the group picker
 group, grp, res, C, after = out["group"], out["spec_group"], out["result"], out["C"], out["after"]
 heads = grp.heads if grp.kind == "att" else None

@@ -35,7 +35,7 @@ out = job_outcome(key)
 if out is None:
     st.stop()
 if not known:
-    labels = {g: f"{g}  ({kinds[g.split('.')[0]]}, {out['sizes'][g]} units"
+    labels = {g: f"{g}  ({kinds.get(out['kinds'][g], out['kinds'][g])}, {out['sizes'][g]} units"
               + (")" if g in out["aligned"] else ", left alone by this run)") for g in out["groups"]}
     st.session_state.setdefault("perm_groups", {})[run.key] = (out["groups"], labels, out["default"])
     st.rerun()  # now with the group picker

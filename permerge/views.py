@@ -165,7 +165,8 @@ def correlation_work(registry, job, options, group: str):
         g = group if group in groups else next((x for x in groups if x.startswith("att.")), groups[0])
         C = correlation(stats.points, spec, g)
         res = al.groups[g]
-        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups}, "group": g,
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups},
+                "kinds": {x: spec.groups[x].kind for x in groups}, "group": g,
                 "spec_group": spec.groups[g], "C": C,
                 "after": np.asarray(C)[:, np.asarray(res.perm)], "result": res,
                 "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
@@ -190,7 +191,8 @@ def permutation_work(registry, job, options, group: str | None):
         model_a, model_b = pipe.pair[0].model, pipe.pair[1].model
         weights = group_weights(spec, state_of(model_a), state_of(model_b), al.perms, g)
         perm = np.asarray(al.groups[g].perm)
-        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups}, "aligned": aligned,
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups},
+                "kinds": {x: spec.groups[x].kind for x in groups}, "aligned": aligned,
                 "default": default, "group": g,
                 "spec_group": spec.groups[g], "perm": perm, "group_aligned": al.groups[g].aligned,
                 "weights": weights, "checks": [{"weight": w.name, "moves": spec.axis_label(w.name, w.axis),
