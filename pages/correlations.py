@@ -1,9 +1,8 @@
 """Correlation matrices of one permutation group, before and after alignment."""
 import streamlit as st
 
+from dashboard.state import about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry, require_run
 from permerge import plots, views
-from permerge.align import correlation
-from dashboard.state import require_run, short
 
 st.title("Correlations")
 st.markdown(
@@ -12,20 +11,31 @@ st.markdown(
     "its row. **After**: column *i* is B′'s unit *i*, the unit of B matched to A's unit *i*, so the matched "
     "pairs run down the **diagonal**. Black lines mark attention-head boundaries.")
 run = require_run("the correlation matrices")
-pipe = run.pipe
-with st.spinner("Loading statistics and permutations (from the cache) …"):
-    stats, spec = pipe.stats(), pipe.spec
-    al = pipe.alignment(run.options)
-
-groups = [g for g in spec.groups if g in stats.points]
+st.caption("Pair: " + pair_title(run.job))
 kinds = {"ff": "feed-forward", "att": "attention", "res": "residual", "pooler": "pooler"}
-default = next((i for i, g in enumerate(groups) if g.startswith("att.")), 0)
-group = st.selectbox("Permutation group", groups, index=default,
-                     format_func=lambda g: f"{g}  ({kinds[spec.groups[g].kind]}, {spec.groups[g].size} units)")
-grp, res = spec.groups[group], al.groups[group]
+known = st.session_state.get("corr_groups", {}).get(run.key)  # the group list, once the first result is in
+if known:
+    groups, sizes, gkinds = known
+    wanted = st.selectbox("Permutation group", groups,
+                          index=next((i for i, g in enumerate(groups) if g.startswith("att.")), 0), key="corr_group",
+                          format_func=lambda g: f"{g}  ({kinds.get(gkinds[g], gkinds[g])}, {sizes[g]} units)")
+else:
+    wanted = None
+key = job_key("correlations", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
+previous = st.session_state.get("corr_job")
+if previous not in (None, key):
+    jobs().forget(previous)  # one group's matrices at a time: they can be large
+st.session_state["corr_job"] = key
+views.settle(jobs().submit(key, views.correlation_work(registry(), run.job, run.options, wanted), "correlations"))
+job_panel(key, "Loading statistics and permutations")
+out = job_outcome(key)
+if out is None:
+    st.stop()
+if not known:
+    st.session_state.setdefault("corr_groups", {})[run.key] = (out["groups"], out["sizes"], out["kinds"])
+    st.rerun()  # now with the group picker
+group, grp, res, C, after = out["group"], out["spec_group"], out["result"], out["C"], out["after"]
 heads = grp.heads if grp.kind == "att" else None
-C = correlation(stats.points, spec, group)
-after = plots.reorder_columns(C, res.perm)
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Mean matched correlation before", f"{res.corr_before:.3f}", help="mean of diag(C): unit i with unit i")
@@ -116,6 +126,6 @@ if heads:
 st.subheader("Which weights this permutation touches")
 st.markdown(f"Permuting **{group}** gathers these parameters of B along the given axis "
             "(from the architecture table `spec.params_of`).")
-st.dataframe(plots.params_table(spec, group), width="stretch", hide_index=True)
+st.dataframe(plots.params_table(out["params"]), width="stretch", hide_index=True)
 st.page_link("pages/permutation.py", label="See how the permutation moves these weights", icon=":material/swap_vert:")
-st.caption(f"Run: {short(run.job.model_a)} vs {short(run.job.model_b)}, {run.options.label()}.")
+about_caption(out["about"])

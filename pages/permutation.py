@@ -3,8 +3,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry,
+                             require_run, run_result)
 from permerge import plots, views
-from dashboard.state import job_key, job_outcome, job_panel, jobs, registry, require_run, short
 
 st.title("See the permutation")
 st.markdown(
@@ -14,34 +15,44 @@ st.markdown(
     "its column together, nothing else: no value changes, so B′ computes exactly what B computes, only with "
     "its units listed in A's order. Step through one unit, one attention head, then the whole group.")
 run = require_run("the permutation")
-pipe = run.pipe
-with st.spinner("Loading the models and the permutations (from the cache) …"):
-    spec = pipe.spec
-    al = pipe.alignment(run.options)
-    model_a, model_b = pipe.pair[0].model, pipe.pair[1].model
-
+st.caption("Pair: " + pair_title(run.job))
 kinds = {"ff": "feed-forward", "att": "attention", "pooler": "pooler"}
-groups = [g for g in al.groups if spec.groups[g].kind in kinds]
-aligned = [g for g in groups if al.groups[g].aligned]
-default = next((g for g in aligned if g.startswith("att.")), aligned[0] if aligned else groups[0])
+known = st.session_state.get("perm_groups", {}).get(run.key)  # (groups, labels, default) once known
 c1, c2 = st.columns([2, 3])
-group = c1.selectbox("Permutation group", groups, index=groups.index(default), key="perm_group",
-                     format_func=lambda g: f"{g}  ({kinds[spec.groups[g].kind]}, {spec.groups[g].size} units)"
-                                           + ("" if al.groups[g].aligned else ", left alone by this run"))
-grp, res = spec.groups[group], al.groups[group]
-perm = np.asarray(res.perm)
+wanted = None
+if known:
+    groups, labels, default = known
+    wanted = c1.selectbox("Permutation group", groups, index=groups.index(default), key="perm_group",
+                          format_func=labels.get)
+key = job_key("permutation", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
+previous = st.session_state.get("perm_job")
+if previous not in (None, key):
+    jobs().forget(previous)  # one group's weights at a time
+st.session_state["perm_job"] = key
+views.settle(jobs().submit(key, views.permutation_work(registry(), run.job, run.options, wanted), "permutation"))
+job_panel(key, "Loading the models and the permutations")
+out = job_outcome(key)
+if out is None:
+    st.stop()
+if not known:
+    labels = {g: f"{g}  ({kinds.get(out['kinds'][g], out['kinds'][g])}, {out['sizes'][g]} units"
+              + (")" if g in out["aligned"] else ", left alone by this run)") for g in out["groups"]}
+    st.session_state.setdefault("perm_groups", {})[run.key] = (out["groups"], labels, out["default"])
+    st.rerun()  # now with the group picker
+group, grp, perm = out["group"], out["spec_group"], out["perm"]
 d = grp.size
 heads = grp.heads if grp.kind == "att" else None
 dk = d // heads if heads else None
 steps = ["one unit"] + (["one head"] if heads else []) + ["the whole group"]
 step = c2.radio("Step", steps, horizontal=True, key="perm_step")
-if not res.aligned:
+if not out["group_aligned"]:
     st.info(f"This run's options ({run.options.label()}) leave {group} alone: its permutation is the identity, "
             "so nothing moves. Pick another group, or a run that aligns this one.")
 
-weights = views.group_weights(spec, views.state_of(model_a), views.state_of(model_b), al.perms, group)
-ins = [w for w in weights if w.axis == 0]
-outs = [w for w in weights if w.axis == 1]
+weights = out["weights"]
+WORD = {0: "rows", 1: "columns"}
+ins = [w for w in weights if w.role == "in"]
+outs = [w for w in weights if w.role == "out"]
 
 # --- the current step: which rows / columns to outline --------------------------------------------
 if step == "one unit":
@@ -49,9 +60,11 @@ if step == "one unit":
     i = int(st.number_input("Unit of B′", 0, d - 1, int(moved[0]) if len(moved) else 0, key=f"perm_unit_{group}"))
     p = int(perm[i])
     boxes_a, boxes_b, boxes_bp, rows_hl = [(i, i + 1)], [(p, p + 1)], [(i, i + 1)], [(i, i + 1)]
-    st.markdown(f"**Unit {i} of B′ is unit {p} of B.** Row {p} of B's in-projection becomes row {i} of B′'s; "
-                f"column {p} of B's out-projection becomes column {i} of B′'s. A's unit {i} is the one it was "
-                "matched to.")
+    w_in = WORD[ins[0].axis][:-1] if ins else "row"
+    w_out = WORD[outs[0].axis][:-1] if outs else "column"
+    st.markdown(f"**Unit {i} of B′ is unit {p} of B.** {w_in.capitalize()} {p} of B's in-projection becomes "
+                f"{w_in} {i} of B′'s; {w_out} {p} of B's out-projection becomes {w_out} {i} of B′'s. A's unit {i} "
+                "is the one it was matched to.")
 elif step == "one head":
     j = int(st.number_input("Head of B′", 0, heads - 1, 0, key=f"perm_head_{group}"))
     src = sorted(set(int(u) // dk for u in perm[j * dk:(j + 1) * dk]))
@@ -70,31 +83,39 @@ else:
                 "the out-projection, by the same permutation.")
 
 # --- the weights -----------------------------------------------------------------------------------
+
+
+def panels(w, title):
+    """A, B and B' side by side, the current step outlined (in every tile of a fused matrix)."""
+    boxes = [views.tile_ranges(bx, d, w.tiles) for bx in (boxes_a, boxes_b, boxes_bp)]
+    rest = WORD[1 - w.axis]
+    tiles = f", {w.tiles} tiles side by side" if w.tiles > 1 else ""
+    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
+                                        f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
+                                        f"(first 96 {rest} shown)"), width="stretch")
+
+
 if ins:
-    pick = st.selectbox("In-projection (computes the units: rows move)", [w.name for w in ins], key=f"perm_in_{group}")
-    w = next(x for x in ins if x.name == pick)
-    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], 0,
-                                        [boxes_a, boxes_b, boxes_bp],
-                                        f"{w.name}: rows = units of {group} (first 96 columns shown)"),
-                    width="stretch")
+    pick = st.selectbox("In-projection (computes the units)", [w.name for w in ins], key=f"perm_in_{group}")
+    panels(next(x for x in ins if x.name == pick), "in")
 for w in outs:
-    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], 1,
-                                        [boxes_a, boxes_b, boxes_bp],
-                                        f"{w.name}: columns = units of {group} (first 96 rows shown)"),
-                    width="stretch")
+    panels(w, "out")
 st.caption("Outlined: the current step in A, where it sits in B, and where it lands in B′. The other axis "
            "belongs to the residual stream" + (", which this run permutes too, so those entries move as well."
                                               if run.options.residual != "identity" else
                                               ", which this run leaves in place."))
 if step == "one unit" and ins:
     w = ins[0]
-    n = min(8, w.b.shape[1])
-    b_row = w.b[p] if w.other is None else w.b[p][w.other]
-    st.dataframe(pd.DataFrame({f"A row {i}": w.a[i, :n], f"B row {i}": w.b[i, :n],
-                               f"B row {p}" + ("" if w.other is None else " (entries in B′'s residual order)"): b_row[:n],
-                               f"B′ row {i}": w.bp[i, :n]}).T.rename(columns=lambda c: f"entry {c}"),
+    word = WORD[w.axis][:-1]
+    row = lambda m, k: views.slice_of(m, w.axis, k)  # noqa: E731
+    n = min(8, w.b.shape[1 - w.axis])
+    b_row = row(w.b, p) if w.other is None else row(w.b, p)[w.other]
+    st.dataframe(pd.DataFrame({f"A {word} {i}": row(w.a, i)[:n], f"B {word} {i}": row(w.b, i)[:n],
+                               f"B {word} {p}" + ("" if w.other is None else " (entries in B′'s residual order)"):
+                                   b_row[:n],
+                               f"B′ {word} {i}": row(w.bp, i)[:n]}).T.rename(columns=lambda c: f"entry {c}"),
                  width="stretch")
-    st.caption(f"The first {n} entries of {w.name}: B′'s row {i} is B's row {p}, digit for digit"
+    st.caption(f"The first {n} entries of {w.name}: B′'s {word} {i} is B's {word} {p}, digit for digit"
                + ("." if w.other is None else ", once its entries are put in the residual stream's new order."))
 
 left, right = st.columns([3, 2])
@@ -109,8 +130,7 @@ with right:
 
 # --- the checks ----------------------------------------------------------------------------------------
 st.subheader("Checks")
-checks = pd.DataFrame([{"weight": x.name, "moves": "rows" if x.axis == 0 else "columns",
-                        **views.gather_checks(x, perm)} for x in weights])
+checks = pd.DataFrame(out["checks"])
 exact = bool(checks["all_exact"].all())
 st.dataframe(checks.rename(columns={"slices": "units", "exact": "equal bit for bit", "all_exact": "all equal"}),
              width="stretch", hide_index=True)
@@ -118,14 +138,8 @@ st.dataframe(checks.rename(columns={"slices": "units", "exact": "equal bit for b
     f"Every row / column of B′ touched by {group} is the matching row / column of B, bit for bit."
     if exact else "Some moved rows or columns differ from B's: please report this.")
 
-h = jobs().get(run.key)
-check = h.result.get("check") if h is not None and h.state == "done" and isinstance(h.result, dict) else None
-if check is None:  # e.g. after a server restart: measure it again in the background
-    key = job_key("function_check", job=run.job.to_dict(), options=run.options.to_dict())
-    if jobs().get(key) is None:
-        jobs().submit(key, lambda progress: registry().get(run.job).function_check(run.options), "B′ vs B check")
-    job_panel(key, "Comparing B′ with B")
-    check = job_outcome(key)
+result = run_result(run)  # the run's own check (recomputed from the cache after a restart)
+check = result.get("check") if isinstance(result, dict) else None
 if check is not None:
     rel = check["max_rel_logit_error"]
     st.metric("Largest logit difference of B′ vs B, relative to B's largest logit", f"{rel:.1e}",
@@ -140,4 +154,4 @@ if check is not None:
         st.warning(f"{run.options.label()} is not function-preserving: it moves units between heads or gives "
                    "residual points different orders, so B′ is a different function and a large difference "
                    "is expected.")
-st.caption(f"Run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), {run.options.label()}.")
+about_caption(out["about"])

@@ -7,7 +7,7 @@ import streamlit as st
 
 from permerge import plots
 from permerge.study import barriers_frame, curves_frame
-from dashboard.state import current_run, jobs, short
+from dashboard.state import current_run, jobs, pair_title
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -21,14 +21,14 @@ st.markdown(
 
 
 def figure_data():
-    """This session's run if it has finished, else the bundled measurement (and a label saying which)."""
+    """The current run if it has finished, else the bundled measurement (and a label saying which)."""
     run = current_run()
     h = jobs().get(run.key) if run is not None else None
     if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
-        label = (f"Measured on your current run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
-                 f"{run.job.tokens:,} alignment tokens, {run.lambdas} λ points.")
+        tokens = f"{run.job.tokens:,} alignment tokens" if run.job.tokens else "all the alignment data"
+        label = f"Measured on your current run: {pair_title(run.job)}, {tokens}, {run.lambdas} λ points."
         return curves_frame(results), barriers_frame(results), label, True
     curve = FIGURE_DIR / "default-pair-curve.csv"
     bars = FIGURE_DIR / "default-pair-barrier.json"

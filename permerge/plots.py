@@ -425,9 +425,11 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
-def params_table(spec, group: str) -> pd.DataFrame:
-    """The weights one permutation group touches, with the axis it gathers along."""
-    rows = [{"parameter": p, "axis": ax, "permuted": spec.axis_label(p, ax)} for p, ax in spec.params_of(group)]
+def params_table(spec, group: str | None = None) -> pd.DataFrame:
+    """The weights one permutation group touches, with the axis it gathers along: from
+    ``spec.params_of(group)``, or given directly as (parameter, axis, label) triples."""
+    triples = [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(group)] if group is not None else spec
+    rows = [{"parameter": p, "axis": ax, "permuted": label} for p, ax, label in triples]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

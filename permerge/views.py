@@ -51,46 +51,71 @@ def ordered(C_after: np.ndarray, order: str) -> tuple[np.ndarray, np.ndarray, np
 
 @dataclass
 class GroupWeights:
-    """One permuted parameter of a group in A, B and B' (numpy, float32 as stored)."""
+    """One permuted matrix of a group in A, B and B' (numpy, float32 as stored)."""
     name: str
-    axis: int  # the axis this group gathers
-    role: str  # "in" (the group's units are its rows: it computes them) or "out" (it reads them)
+    axis: int  # the stored tensor's axis this group gathers
+    role: str  # "in": the group's units are its outputs (it computes them); "out": it reads them
     a: np.ndarray
     b: np.ndarray
     bp: np.ndarray
-    other: np.ndarray | None = None  # the permutation of the other axis (a residual group), if any
+    index: np.ndarray  # the gather along ``axis`` (the permutation, tiled when the axis holds copies)
+    tiles: int = 1  # e.g. 3 for a fused query-key-value matrix
+    other: np.ndarray | None = None  # the gather of the other axis (a residual group), if it moves
+
+
+def _gather(spec: ArchSpec, perms: dict, entry) -> np.ndarray | None:
+    from .arch.spec import axis_group, tiled_index
+
+    g = axis_group(entry)
+    if g is None or g not in perms:
+        return None
+    tiles = entry[1] if isinstance(entry, tuple) else 1
+    return tiled_index(perms[g], tiles)
 
 
 def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str, np.ndarray],
                   group: str) -> list[GroupWeights]:
-    """Every matrix (2-D weight) that the group permutes, A's, B's and B''s, with the group's axis.
-    B' is computed by ``permute_state_dict`` with all of the run's permutations, exactly as the
-    aligned model is built."""
+    """Every matrix (2-D weight) that the group permutes, A's, B's and B''s, with the group's axis,
+    read through the architecture table (layouts: a ``conv1d`` weight is stored [in, out]; fused
+    matrices hold the group ``tiles`` times).  B' is computed by ``permute_state_dict`` with all of
+    the run's permutations, exactly as the aligned model is built."""
     names = [(p, ax) for p, ax in spec.params_of(group) if p in state_b and state_b[p].dim() == 2]
-    sub = {p: state_b[p] for p, _ in names}
-    permuted = permute_state_dict(sub, spec, perms)
+    permuted = permute_state_dict({p: state_b[p] for p, _ in names}, spec, perms)
     out = []
     for p, ax in names:
-        g2 = spec.axes[p][1 - ax]
-        other = np.asarray(perms[g2]) if g2 is not None and g2 in perms else None
+        entries = spec.axes[p]
+        out_axis = 1 if spec.layouts.get(p) == "conv1d" else 0
+        idx = _gather(spec, perms, entries[ax])
+        other = _gather(spec, perms, entries[1 - ax])
         if other is not None and np.array_equal(other, np.arange(len(other))):
             other = None
-        out.append(GroupWeights(p, ax, "in" if ax == 0 else "out", state_a[p].detach().float().cpu().numpy(),
+        tiles = entries[ax][1] if isinstance(entries[ax], tuple) else 1
+        out.append(GroupWeights(p, ax, "in" if ax == out_axis else "out", state_a[p].detach().float().cpu().numpy(),
                                 state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy(),
-                                other))
+                                idx, tiles, other))
     return out
 
 
-def gather_checks(w: GroupWeights, perm) -> dict:
-    """Whether B''s slice i along the group's axis is bit for bit B's slice perm[i], for every i (with
+def tile_ranges(ranges: list[tuple[int, int]], size: int, tiles: int) -> list[tuple[int, int]]:
+    """Index ranges of units, repeated in every tile of a fused axis."""
+    return [(lo + k * size, hi + k * size) for k in range(tiles) for lo, hi in ranges]
+
+
+def slice_of(m: np.ndarray, axis: int, i: int) -> np.ndarray:
+    """Row ``i`` (axis 0) or column ``i`` (axis 1) of a matrix."""
+    return np.take(m, i, axis=axis)
+
+
+def gather_checks(w: GroupWeights, perm=None) -> dict:
+    """Whether B''s slice i along the group's axis is bit for bit B's slice index[i], for every i (with
     the other axis gathered by its own permutation when the run permutes the residual stream too)."""
-    perm = np.asarray(perm)
+    idx = w.index if perm is None or w.tiles > 1 else np.asarray(perm)
     bp = np.moveaxis(w.bp, w.axis, 0)
     b = np.moveaxis(w.b, w.axis, 0)
     if w.other is not None:
         b = b[:, w.other]
-    equal = [bool(np.array_equal(bp[i], b[perm[i]])) for i in range(len(perm))]
-    return {"slices": len(perm), "exact": int(sum(equal)), "all_exact": all(equal)}
+    equal = [bool(np.array_equal(bp[i], b[idx[i]])) for i in range(len(idx))]
+    return {"slices": len(idx), "exact": int(sum(equal)), "all_exact": all(equal)}
 
 
 def head_moves(perm, heads: int) -> list[dict]:
@@ -121,3 +146,66 @@ def diagonal_summary(C_after: np.ndarray) -> dict:
     return {"mean_matched": float(diag.mean()), "mean_other": float(off.mean()), "std_other": float(off.std()),
             "share_row_best": float(row_best.mean()),
             "share_other_above_mean_matched": float((off > diag.mean()).mean())}
+
+
+# --- background work for the teaching pages (``fn(progress)`` for ``jobs.JobManager.submit``) ----------
+
+def correlation_work(registry, job, options, group: str):
+    """One group's correlation matrix before and after alignment, its matching result and the weights it
+    touches (from the architecture table)."""
+    from .align import correlation
+    from .work import about
+
+    def work(progress):
+        pipe = registry.get(job)
+        stats = pipe.stats(progress)
+        al = pipe.alignment(options, progress=progress)
+        spec = pipe.spec
+        groups = [g for g in spec.groups if g in stats.points]
+        g = group if group in groups else next((x for x in groups if x.startswith("att.")), groups[0])
+        C = correlation(stats.points, spec, g)
+        res = al.groups[g]
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups},
+                "kinds": {x: spec.groups[x].kind for x in groups}, "group": g,
+                "spec_group": spec.groups[g], "C": C,
+                "after": np.asarray(C)[:, np.asarray(res.perm)], "result": res,
+                "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
+                "about": about(job, options, group=g)}
+    return work
+
+
+def permutation_work(registry, job, options, group: str | None):
+    """What one group's permutation does to the weights: the group list, the group's permutation and
+    heads, every matrix it moves in A, B and B', and the gather checks."""
+    from .work import about
+
+    def work(progress):
+        pipe = registry.get(job)
+        al = pipe.alignment(options, progress=progress)
+        spec = pipe.spec
+        kinds = ("ff", "att", "pooler")
+        groups = [g for g in al.groups if spec.groups[g].kind in kinds]
+        aligned = [g for g in groups if al.groups[g].aligned]
+        default = next((g for g in aligned if g.startswith("att.")), aligned[0] if aligned else groups[0])
+        g = group if group in groups else default
+        model_a, model_b = pipe.pair[0].model, pipe.pair[1].model
+        weights = group_weights(spec, state_of(model_a), state_of(model_b), al.perms, g)
+        perm = np.asarray(al.groups[g].perm)
+        return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups},
+                "kinds": {x: spec.groups[x].kind for x in groups}, "aligned": aligned,
+                "default": default, "group": g,
+                "spec_group": spec.groups[g], "perm": perm, "group_aligned": al.groups[g].aligned,
+                "weights": weights, "checks": [{"weight": w.name, "moves": spec.axis_label(w.name, w.axis),
+                                                **gather_checks(w, perm)} for w in weights],
+                "about": about(job, options, group=g)}
+    return work
+
+
+def settle(handle, seconds: float = 3.0) -> None:
+    """Wait up to ``seconds`` for a job to finish, so that a result served from the cache shows in the
+    same page run; longer work stays in the background (the page then shows its progress)."""
+    import time
+
+    t0 = time.time()
+    while handle.active and time.time() - t0 < seconds:
+        time.sleep(0.05)

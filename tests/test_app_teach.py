@@ -391,3 +391,46 @@ def test_permutation_page_with_the_residual_stream_permuted(ran):
     ok = [s.value for s in at.success]
     assert any("B′ computes B" in s for s in ok) and any("bit for bit" in s for s in ok), ok
     assert any("which this run permutes too" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("page", ["pages/start.py", "pages/permutation.py", "pages/correlations.py"])
+def test_teaching_pages_are_thin_views(page):
+    """Their work goes through the job manager (``permerge.views``' work functions); no pipeline call on
+    the script thread, no model class, no spelled-out weight name."""
+    src = (ROOT / page).read_text()
+    for bad in ("BertFor", "run.pipe", ".curve(", ".alignment(", ".stats(", "function_check", "bert.", ".weight\""):
+        assert bad not in src, (page, bad)
+
+
+def test_group_weights_on_a_fused_transposed_layout():
+    """GPT-2: Conv1D weights are stored [in, out] and c_attn holds Q, K and V side by side (3 tiles):
+    the views read both from the table, and the checks hold."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from permerge.arch import spec_for
+    from permerge.match import match_attention
+    from permerge.permute import permute_model
+
+    def make(seed):
+        import torch
+
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=12, n_head=3, n_inner=20,
+                                          n_layer=1)).eval()
+
+    a, b = make(1), make(2)
+    spec = spec_for(a)
+    rng = np.random.default_rng(0)
+    perms = {"ff.0": rng.permutation(20), "att.0": match_attention(rng.normal(size=(12, 12)), 3, "head-perm").perm}
+    bp = dict(permute_model(b, spec, perms).named_parameters())
+    for g in ("ff.0", "att.0"):
+        ws = views.group_weights(spec, views.state_of(a), views.state_of(b), perms, g)
+        assert {w.role for w in ws} == {"in", "out"}
+        for w in ws:
+            assert np.array_equal(w.bp, bp[w.name].detach().numpy())
+            assert views.gather_checks(w, perms[g])["all_exact"]
+            if spec.layouts.get(w.name) == "conv1d":
+                assert w.axis == (1 if w.role == "in" else 0)
+    fused = [w for w in views.group_weights(spec, views.state_of(a), views.state_of(b), perms, "att.0") if w.tiles > 1]
+    assert fused and fused[0].tiles == 3 and len(fused[0].index) == 36
+    assert views.tile_ranges([(0, 4)], 12, 3) == [(0, 4), (12, 16), (24, 28)]
