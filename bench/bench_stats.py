@@ -24,7 +24,7 @@ from permerge import data as D  # noqa: E402
 from permerge.align import AlignOptions, compute_alignment  # noqa: E402
 from permerge.arch import spec_for  # noqa: E402
 from permerge.pipeline import resolve_device  # noqa: E402
-from permerge.stats import collect_stats  # noqa: E402
+from permerge.stats import _autocast, collect_stats, resolve_precision  # noqa: E402
 
 SIZES = {"bert-base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12),
          "small": dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_hidden_layers=4)}
@@ -55,15 +55,16 @@ def sync(device):
 
 
 @torch.no_grad()
-def forward_floor(a, b, batches, device):
+def forward_floor(a, b, batches, device, precision="fp32"):
     sync(device)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for x in batches:
         x = {k: v.to(device) for k, v in x.items() if k != "special_tokens_mask"}
-        a.base_model(**x)  # the encoders alone: the statistics pass needs no head either
-        b.base_model(**x)
+        with _autocast(torch.device(device).type, precision):
+            a.base_model(**x)  # the encoders alone: the statistics pass needs no head either
+            b.base_model(**x)
     sync(device)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main(argv=None):
@@ -76,8 +77,14 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="statistics-pass precision; the floor runs the forwards in the same precision")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
 
     if args.random or not args.model_a:
         if not args.random:
@@ -105,24 +112,27 @@ def main(argv=None):
     spec = spec_for(a)
     tokens = sum(int(x["attention_mask"].sum()) for x in batches)
 
-    forward_floor(a, b, batches[:1], device)  # warm-up
+    forward_floor(a, b, batches[:1], device, precision)  # warm-up
     floors, passes = [], []
     for _ in range(args.repeats):  # interleave so drift hits both alike
-        floors.append(forward_floor(a, b, batches, device))
+        floors.append(forward_floor(a, b, batches, device, precision))
         sync(device)
-        t = time.perf_counter()
-        res = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,))
+        t, c = time.perf_counter(), time.process_time()
+        res = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,), precision=precision)
         sync(device)
-        passes.append(time.perf_counter() - t)
-    floor, stat = min(floors), min(passes)
+        passes.append((time.perf_counter() - t, time.process_time() - c))
+    floor, stat = min(w for w, _ in floors), min(w for w, _ in passes)
+    floor_cpu, stat_cpu = min(c for _, c in floors), min(c for _, c in passes)
 
     print(f"# statistics pass vs two forward passes ({what}; {tokens} tokens; device {device}; "
           f"torch {torch.__version__}; {platform.processor() or platform.machine()}; "
-          f"threads {torch.get_num_threads()}; best of {args.repeats})")
-    print("| measure | seconds | tokens/s | ratio to floor |")
-    print("| --- | --- | --- | --- |")
-    print(f"| two forward passes (floor) | {floor:.3f} | {tokens / floor:,.0f} | 1.00 |")
-    print(f"| statistics pass ({len(spec.groups)} capture points) | {stat:.3f} | {tokens / stat:,.0f} | {stat / floor:.2f} |")
+          f"threads {torch.get_num_threads()}; precision {precision}; best of {args.repeats})")
+    # process CPU time: on a CPU run with one thread it is the work done, whatever else shares the cores
+    print("| measure | seconds | tokens/s | ratio to floor | CPU seconds | CPU-time ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| two forward passes (floor) | {floor:.3f} | {tokens / floor:,.0f} | 1.00 | {floor_cpu:.3f} | 1.00 |")
+    print(f"| statistics pass ({len(spec.groups)} capture points) | {stat:.3f} | {tokens / stat:,.0f} | "
+          f"{stat / floor:.2f} | {stat_cpu:.3f} | {stat_cpu / floor_cpu:.2f} |")
 
     print("\n# assignment time per group (Head-Perm attention, All residual)")
     print("| group | width | seconds |")
