@@ -40,6 +40,26 @@ def stored_features(model, spec, batches, group):
     return torch.cat(rows).double().numpy()
 
 
+def all_stored_features(model, spec, batches):
+    """Every token-level group's activations from one float32 forward per batch, as float64."""
+    mods = dict(model.named_modules())
+    rows = {g: [] for g in spec.groups}
+    for batch in batches:
+        keep = batch["attention_mask"].bool()
+        hooks = []
+        for g, grp in spec.groups.items():
+            def put(x, g=g):
+                rows[g].append(x[keep].double())
+            m = mods[grp.capture]
+            hooks.append(m.register_forward_pre_hook(lambda mod, args, put=put: put(args[0])) if grp.capture_io == "input"
+                         else m.register_forward_hook(lambda mod, args, out, put=put: put(out)))
+        with torch.no_grad():
+            model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+        for h in hooks:
+            h.remove()
+    return {g: torch.cat(r).numpy() for g, r in rows.items()}
+
+
 @pytest.mark.parametrize("name", ["mlm-untied-h3-dk12", "cls3-h7-dk4"])
 def test_statistics_match_float64_reference(name):
     kw = CONFIGS[name]
@@ -140,7 +160,7 @@ def test_exclude_special_tokens_drops_rows():
     assert excl.points["ff.0"].n == full.points["ff.0"].n - batches[0]["input_ids"].shape[0]
 
 
-def _bundled_pair_batches(n_batches=2):
+def _bundled_pair_batches(n_batches=1):
     from permerge import data as D
     from permerge import zoo
     from permerge.checkpoints import load_pair
@@ -167,8 +187,9 @@ def test_half_precision_forwards_against_float64_reference_on_the_bundled_pair()
     spec = spec_for(a)
     res = {p: collect_stats(a, b, spec, batches, fractions=(1.0,), precision=p) for p in ("fp32", "fp16", "bf16")}
     err = {p: 0.0 for p in res}
+    all_a, all_b = all_stored_features(a, spec, batches), all_stored_features(b, spec, batches)
     for g in spec.groups:
-        fa, fb = stored_features(a, spec, batches, g), stored_features(b, spec, batches, g)
+        fa, fb = all_a[g], all_b[g]
         ref = reference_corr(fa, fb)
         for p, r in res.items():
             assert r.points[g].n == len(fa)
