@@ -94,22 +94,27 @@ class PairStats:
 
     def correlation(self) -> np.ndarray:
         """Pearson correlation C[i, j] = cov(a_i, b_j) / (sigma_a_i sigma_b_j), population
-        statistics, float64.  A unit with (numerically) zero variance correlates 0 with all."""
+        statistics, float64.  A unit with (numerically) zero variance correlates 0 with all.
+        Computed with numpy (single-threaded, releases the GIL) so that several run at once."""
         if self.n == 0:
             raise StatisticsError("no tokens were seen: the statistics are empty")
         n = self.n
-        ma, mb = self.sum_a / n, self.sum_b / n
-        var_a = (self.sumsq_a / n - ma * ma).clamp_min(0)
-        var_b = (self.sumsq_b / n - mb * mb).clamp_min(0)
-        cov = self.cross / n - torch.outer(ma, mb)
-        sd_a, sd_b = var_a.sqrt(), var_b.sqrt()
+        f = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+        sum_a, sum_b, sumsq_a, sumsq_b = f(self.sum_a), f(self.sum_b), f(self.sumsq_a), f(self.sumsq_b)
+        ma, mb = sum_a / n, sum_b / n
+        var_a = np.maximum(sumsq_a / n - ma * ma, 0.0)
+        var_b = np.maximum(sumsq_b / n - mb * mb, 0.0)
+        sd_a, sd_b = np.sqrt(var_a), np.sqrt(var_b)
         # zero variance, relative to the feature's magnitude, means a dead/constant unit
-        dead_a = var_a <= 1e-12 * (1.0 + self.mean_a() ** 2)
-        dead_b = var_b <= 1e-12 * (1.0 + self.mean_b() ** 2)
-        corr = cov / torch.outer(torch.where(dead_a, 1.0, sd_a), torch.where(dead_b, 1.0, sd_b))
+        dead_a = var_a <= 1e-12 * (1.0 + (f(self.shift_a) + ma) ** 2)
+        dead_b = var_b <= 1e-12 * (1.0 + (f(self.shift_b) + mb) ** 2)
+        corr = f(self.cross) / n  # a new array: the statistics are left untouched
+        corr -= np.outer(ma, mb)
+        corr /= np.where(dead_a, 1.0, sd_a)[:, None]
+        corr /= np.where(dead_b, 1.0, sd_b)[None, :]
         corr[dead_a, :] = 0.0
         corr[:, dead_b] = 0.0
-        return corr.clamp(-1.0, 1.0).cpu().numpy()
+        return np.clip(corr, -1.0, 1.0, out=corr)
 
     # --- serialisation (for the cache and for torch.distributed) ---------------------------
     def to_numpy(self) -> dict:
