@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 ATTENTION_VARIANTS = ("vanilla", "monotonic", "ignore-heads", "head-perm")
 RESIDUAL_VARIANTS = ("identity", "first", "last", "all", "separate")
@@ -20,6 +19,8 @@ def assign(C: np.ndarray, absolute: bool = False) -> np.ndarray:
 
     SciPy's solver releases the GIL, so independent solves run concurrently in threads (see
     align.compute_alignment)."""
+    from scipy.optimize import linear_sum_assignment  # imported on first use: scipy.optimize is slow to import
+
     C = np.asarray(C, dtype=np.float64)
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"assignment needs a square matrix, got {C.shape}")

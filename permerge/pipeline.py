@@ -24,7 +24,7 @@ from .errors import DataError, IncompatibleModels, PermergeError
 from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
 from .interpolate import barrier, clone_state, curve, interpolate_state, lambda_grid
 from .permute import logit_error, permute_model
-from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
+from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision
 
 
 class Cancelled(PermergeError):
@@ -56,6 +56,7 @@ class Job:
     exclude_special: bool = False
     mask_seed: int = 0
     exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
+    precision: str = "auto"  # statistics-pass forwards: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,7 +182,8 @@ class Pipeline:
     def stats_key(self) -> str:
         a, b = self.pair
         return make_key("stats", a=a.content_hash, b=b.content_hash, data=self.prepared.data_hash,
-                        fractions=list(self.job.fractions), exclude_special=self.job.exclude_special)
+                        fractions=list(self.job.fractions), exclude_special=self.job.exclude_special,
+                        precision=resolve_precision(self.job.precision, self.device))
 
     def stats(self) -> StatsResult:
         def compute():
@@ -189,7 +191,7 @@ class Pipeline:
             a, b = self.pair
             res = collect_stats(a.model, b.model, self.spec, self.prepared.align_batches, device=self.device,
                                 fractions=self.job.fractions, exclude_special=self.job.exclude_special,
-                                progress=self.progress, distributed=self.distributed)
+                                progress=self.progress, distributed=self.distributed, precision=self.job.precision)
             self.timings["statistics_s"] = time.perf_counter() - t
             return res.to_numpy()
 

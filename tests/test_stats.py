@@ -251,3 +251,17 @@ def test_unknown_precision_is_refused():
     a, b = make_model(1, **kw), make_model(2, **kw)
     with pytest.raises(StatisticsError, match="unknown precision"):
         collect_stats(a, b, spec_for(a), random_batches(1), fractions=(1.0,), precision="fp8")
+
+
+def test_precision_flag_reaches_the_job_and_the_statistics_key(tmp_path):
+    from permerge import zoo
+    from permerge.cli import build_parser
+    from permerge.pipeline import Job, Pipeline
+
+    a, b = map(str, zoo.default_pair())
+    args = build_parser().parse_args(["align", a, b, "--data", str(zoo.align_text()), "--out", str(tmp_path / "o"),
+                                      "--precision", "bf16"])
+    assert args.precision == "bf16"
+    keys = {p: Pipeline(Job(a, b, str(zoo.align_text()), tokens=512, device="cpu", precision=p)).stats_key
+            for p in ("auto", "fp32", "bf16")}
+    assert keys["auto"] == keys["fp32"] != keys["bf16"]  # auto is fp32 on a CPU
