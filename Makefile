@@ -5,8 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8501
+# Host names (besides 127.0.0.1, localhost and HOST) the browser may use to reach the dashboard
+ALLOWED_HOSTS ?=
 
-.PHONY: setup browser-deps run test bench clean
+.PHONY: setup browser-deps run test test-fast bench clean
 
 $(BIN)/.installed: requirements.txt
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
@@ -19,7 +21,8 @@ $(BIN)/.installed: requirements.txt
 setup: $(BIN)/.installed
 
 run: setup
-	$(BIN)/python -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false
+	$(BIN)/python -m streamlit run app.py --server.address $(HOST) --server.port $(PORT) --server.headless true --browser.gatherUsageStats false \
+	  $(foreach h,$(sort 127.0.0.1 localhost $(HOST) $(ALLOWED_HOSTS)),--server.allowedHosts $(h))
 
 # The real-browser test needs Debian's chromium and chromium-driver; installed when missing and root.
 browser-deps:
@@ -32,6 +35,10 @@ browser-deps:
 
 test: setup browser-deps
 	$(BIN)/python -m pytest -q tests
+
+# The quick loop while editing: everything but the slow and the browser tests (under a minute on 2 cores).
+test-fast: setup
+	$(BIN)/python -m pytest -q tests -m "not slow and not browser"
 
 bench: setup
 	$(BIN)/python bench/bench_stats.py

@@ -2,13 +2,18 @@
 and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
-from permerge.ui_state import current_run, short
+from dashboard.state import current_run, name_md
 
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 
-pages = {
-    "Align": [st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=True)],
+# Sections of the navigation; a new page is one more st.Page in one of these lists.
+# A shareable link with settings in the address (?tokens=...) opens the run page; otherwise start here.
+settings_link = len(st.query_params) > 0
+PAGES = {
+    "Align": [st.Page("pages/start.py", title="Start here", icon=":material/school:", default=not settings_link),
+              st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=settings_link)],
     "What happened": [
+        st.Page("pages/permutation.py", title="See the permutation", icon=":material/swap_vert:"),
         st.Page("pages/correlations.py", title="Correlations", icon=":material/grid_on:"),
         st.Page("pages/features.py", title="Feature correlation", icon=":material/show_chart:"),
         st.Page("pages/interpolation.py", title="Interpolation", icon=":material/timeline:"),
@@ -17,15 +22,15 @@ pages = {
     ],
     "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],
 }
-page = st.navigation(pages)
+page = st.navigation(PAGES)
 
 with st.sidebar:
     run = current_run()
     if run is None:
         st.caption("No alignment in this session yet.")
     else:
-        st.caption(f"**Current run**  \nA: `{short(run.job.model_a)}`  \nB: `{short(run.job.model_b)}`  \n"
-                   f"{run.options.label()}, {run.lambdas} λ points")
+        st.caption(f"**Current run**  \nA: {name_md(run.job.model_a)}  \nB: {name_md(run.job.model_b)}  \n"
+                   f"{run.options.label()}, {run.lambdas} λ points", unsafe_allow_html=True)
         if not run.options.function_preserving:
             st.caption("⚠ not function-preserving")
 

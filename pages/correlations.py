@@ -1,16 +1,16 @@
 """Correlation matrices of one permutation group, before and after alignment."""
 import streamlit as st
 
-from permerge import plots
+from permerge import plots, views
 from permerge.align import correlation
-from permerge.ui_state import require_run, short
+from dashboard.state import require_run, short
 
 st.title("Correlations")
 st.markdown(
     "Each cell is the correlation of unit *i* of A with unit *j* of B over the alignment tokens (red = +1, "
-    "blue = −1). **Before**: B's units in their own order, so a good match is scattered. **After**: B's "
-    "columns reordered by the permutation (column *i* is B′'s unit *i*), so matched units line up on the "
-    "diagonal. Black lines mark attention-head boundaries.")
+    "blue = −1, white = 0). **Before**: B's units in their own order, so a good partner sits anywhere in "
+    "its row. **After**: column *i* is B′'s unit *i*, the unit of B matched to A's unit *i*, so the matched "
+    "pairs run down the **diagonal**. Black lines mark attention-head boundaries.")
 run = require_run("the correlation matrices")
 pipe = run.pipe
 with st.spinner("Loading statistics and permutations (from the cache) …"):
@@ -34,16 +34,56 @@ c3.metric("aligned by these options", "yes" if res.aligned else "no (identity)")
 if not res.aligned:
     st.info(f"The options of this run ({run.options.label()}) leave {group} alone, so before and after are the same.")
 
-max_pixels = st.select_slider("Image resolution limit (pixels per side)", [256, 512, 1024, 2048], value=512,
+d = grp.size
+o1, o2, o3 = st.columns([2, 2, 1])
+order = o1.radio("Order of the units", views.ORDERS, key="corr_order",
+                 help="Clustering puts A's units with similar correlation patterns next to each other and moves "
+                      "each unit's matched partner of B with it, so the diagonal stays the matched pairs.")
+lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 64)), key=f"corr_window_{group}",
+                    help="A window of the matrix: fewer units, bigger cells, a clearer diagonal.")
+          if d > 64 else (0, d))
+max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], value=512,
                               help="Bigger matrices are averaged over blocks down to this size.")
+
+
+@st.cache_data(show_spinner="Clustering the units …", max_entries=8)
+def ordered(matrix, how):
+    return views.ordered(matrix, how)
+
+
+shown, rows, cols = ordered(after, order)
+clustered = order != views.ORDERS[0]
+win = slice(lo, hi)
+dk = d // heads if heads else None
+grid = (hi - lo) // dk if heads and not clustered and lo % dk == 0 and hi % dk == 0 else None
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(plots.heatmap(C, heads, f"{group}: before (B in its own order)", max_pixels,
-                                  x_title="unit of B"), width="stretch")
+    st.plotly_chart(plots.heatmap(C[win, win], grid, f"{group}: before (B in its own order)", max_pixels,
+                                  x_title="unit of B", offset=(lo, lo)), width="stretch")
 with right:
-    st.plotly_chart(plots.heatmap(after, heads, f"{group}: after (B′ = B permuted)", max_pixels,
-                                  x_title="unit of B′"), width="stretch")
-st.caption(plots.render_note(grp.size, max_pixels))
+    st.plotly_chart(plots.heatmap(shown[win, win], grid,
+                                  f"{group}: after" + (", A's units clustered" if clustered else " (B′ = B permuted)"),
+                                  max_pixels, x_title="matched unit of B′" + (" (clustered order)" if clustered else ""),
+                                  y_title="unit of A" + (" (clustered order)" if clustered else ""), offset=(lo, lo),
+                                  row_ids=rows[win] if clustered else None, col_ids=rows[win] if clustered else None),
+                    width="stretch")
+st.caption(("Clustered: rows and columns are in the same new order, so the diagonal is still unit i of A "
+            "with its matched partner; blocks of red show groups of units that behave alike in both models. "
+            if clustered else "")
+           + ("" if (lo, hi) == (0, d) else f"Showing positions {lo}–{hi - 1} of {d}. ")
+           + plots.render_note(hi - lo, max_pixels))
+st.plotly_chart(plots.diagonal_histogram(after, C, f"{group}: matched pairs against all other pairs"),
+                width="stretch")
+ds = views.diagonal_summary(after)
+st.caption(
+    f"How the diagonal stands out, even where the picture cannot show it. Red: the {d} matched pairs after "
+    f"alignment (mean {ds['mean_matched']:.3f}). Blue: every other pair of units (mean {ds['mean_other']:.3f}, "
+    f"spread ± {ds['std_other']:.2f}). Grey: unit i with unit i before alignment, about as good as a random pair, "
+    f"because the two models learned their units in different orders. For {ds['share_row_best']:.0%} of A's units "
+    f"the matched partner is also the single best-correlated unit of B in its row"
+    + (f"; {ds['share_other_above_mean_matched']:.0%} of the other pairs correlate more than the average matched "
+       "pair, which is why the diagonal is hard to see cell by cell here (the matching must be one-to-one, and "
+       "units inside a head tend to vary together)." if ds["share_other_above_mean_matched"] > 0.02 else "."))
 
 if heads:
     st.subheader("Heads")
@@ -77,4 +117,5 @@ st.subheader("Which weights this permutation touches")
 st.markdown(f"Permuting **{group}** gathers these parameters of B along the given axis "
             "(from the architecture table `spec.params_of`).")
 st.dataframe(plots.params_table(spec, group), width="stretch", hide_index=True)
+st.page_link("pages/permutation.py", label="See how the permutation moves these weights", icon=":material/swap_vert:")
 st.caption(f"Run: {short(run.job.model_a)} vs {short(run.job.model_b)}, {run.options.label()}.")

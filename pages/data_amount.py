@@ -1,31 +1,37 @@
 """Barrier against the amount of alignment data (paper Fig. 7)."""
 import streamlit as st
 
-from permerge import plots
-from permerge.ui_state import data_amount_work, job_key, job_outcome, job_panel, jobs, require_run, short
+from dashboard.state import about_caption, job_key, pair_title, registry, require_run, section_result, start
+from permerge import plots, work
+from permerge.pipeline import Job
+from permerge.study import snapshot_batch_size
 
 st.title("Amount of data")
 st.markdown(
     "How much alignment data does matching need? The statistics pass keeps snapshots after the first 1%, 3%, "
     "10%, 30% of its batches; each snapshot gives its own permutations and its own barrier. The barrier is "
     "plotted against the tokens seen, with vanilla averaging (no alignment) as the dashed reference "
-    "(paper Fig. 7). No second pass over the data is needed.")
+    "(paper Fig. 7). No second pass over the data is needed beyond the one for the amount chosen here.")
 run = require_run("the data-amount study")
-lambdas = st.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)
-key = job_key("data_amount", job=run.job.to_dict(), options=run.options.to_dict(), lambdas=int(lambdas))
+st.caption("Pair: " + pair_title(run.job) + f"; {run.options.label()}.")
+c1, c2 = st.columns(2)
+tokens = c1.number_input("Alignment tokens (the whole pass)", 2048, 10_000_000, int(run.job.tokens or 16384), step=8192,
+                         help="The snapshots are fractions of this pass, cut in batches small enough that the "
+                              "first snapshots differ (at least 64 batches).")
+lambdas = c2.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)
+job = Job(**{**run.job.to_dict(), "tokens": int(tokens), "batch_size": snapshot_batch_size(int(tokens))})
+key = job_key("data_amount", job=job.to_dict(), options=run.options.to_dict(), lambdas=int(lambdas))
 if st.button("Compute", type="primary"):
-    jobs().submit(key, data_amount_work(run.job, run.options, int(lambdas)), "amount of data")
-    st.session_state["amount_key"] = key
-skey = st.session_state.get("amount_key")
-if skey is None:
-    st.info(f"Press **Compute** to evaluate {run.options.label()} at every data snapshot of this run "
-            f"({short(run.job.model_a)} vs {short(run.job.model_b)}).")
+    start("amount", run, key, work.data_amount_work(registry(), job, run.options, int(lambdas)), "amount of data")
+res = section_result("amount", run, "Amount of data")
+if res is None:
+    st.info(f"Press **Compute** to evaluate {run.options.label()} at every data snapshot of a statistics pass over "
+            f"up to {int(tokens):,} tokens of this run's data ({pair_title(run.job)}).")
 else:
-    job_panel(skey, "Amount of data")
-    df = job_outcome(skey)
-    if df is not None:
-        st.plotly_chart(plots.data_amount(df, f"Barrier vs alignment tokens: {df['method'].iloc[0]}"), width="stretch")
-        if df["tokens"].nunique() < len(df):
-            st.caption("Some snapshots have the same number of tokens: with few alignment tokens, the first "
-                       "fractions fall inside one batch. Raise the alignment tokens on the run page for a wider range.")
-        st.dataframe(df, width="stretch", hide_index=True)
+    df = res["frame"]
+    st.plotly_chart(plots.data_amount(df, f"Barrier vs alignment tokens: {df['method'].iloc[0]}"), width="stretch")
+    if df["tokens"].nunique() < len(df):
+        st.caption("Some snapshots have the same number of tokens: with few alignment tokens, the first "
+                   "fractions fall inside one batch. Raise the alignment tokens above for a wider range.")
+    about_caption(res["about"])
+    st.dataframe(df, width="stretch", hide_index=True)

@@ -5,11 +5,14 @@ import streamlit as st
 
 from permerge import plots
 from permerge.align import VANILLA
+from permerge.cache import default_dir
 from permerge.checkpoints import save_model
 from permerge.errors import PermergeError
-from permerge.pipeline import curve_table
-from permerge.study import barriers_frame, curves_frame
-from permerge.ui_state import default_export_dir, merged_model, permutations_bytes, require_run, short
+from permerge.outputs import check_out, staged
+from permerge.study import barriers_frame, curve_table, curves_frame
+
+from dashboard.state import (default_export_dir, job_key, job_outcome, job_panel, jobs, merged_model,
+                             permutations_bytes, require_run, short)
 
 st.title("Export")
 st.markdown(
@@ -22,23 +25,61 @@ name = f"{short(run.job.model_a)}__{short(run.job.model_b)}"
 
 st.subheader("Merged model")
 lam = st.slider("λ (0 = B′, 1 = A)", 0.0, 1.0, 0.5, 0.05)
-out = st.text_input("Folder to write", value=default_export_dir(run, lam),
-                    help="Written with save_pretrained (safetensors) plus the tokenizer; the folder must not exist yet.")
+default_out = default_export_dir(run, lam)
+exports_root = Path(default_out).parent
+out = st.text_input("Folder to write", value=default_out,
+                    help=f"A new folder (a relative path is taken under {exports_root}); written with "
+                         "save_pretrained (safetensors) plus the tokenizer, atomically. The same rules as the "
+                         "command line's --out: never a folder holding the checkpoints, the data or the cache.")
+replace = st.checkbox("Replace an earlier export in that folder", value=False,
+                      help="Only a folder that permerge itself wrote (it holds a .permerge-output file) is replaced.")
 if not run.options.function_preserving:
     st.warning("This run's options are not function-preserving: B′ is not B, so the merge mixes A with a "
                "different model.")
+
+
+def _check(target: Path, overwrite: bool) -> Path:
+    """The command line's --out rules (permerge.outputs.check_out), with this run's inputs."""
+    job = run.job
+    inputs = {"checkpoint A": job.model_a, "checkpoint B": job.model_b, "the data": job.data,
+              "the evaluation data": job.eval_data}
+    return check_out(target, overwrite, inputs=inputs, cache_dir=default_dir(), what="the export folder",
+                     replace_hint="the Replace box")
+
+
+def _export_work(run, lam: float, target: Path, overwrite: bool):
+    def work(progress):
+        progress("interpolating the merged model", 0, 2)
+        model, tok = merged_model(run, lam)
+        progress("saving the merged model", 1, 2)
+        _check(target, overwrite)  # again: the folder may have appeared meanwhile
+        with staged(target) as tmp:
+            save_model(model, tok, tmp)
+        progress("saved", 2, 2)
+        return str(target)
+    return work
+
+
 if st.button("Save merged model", type="primary"):
-    target = Path(out).expanduser()
-    if target.exists() and any(target.iterdir()):
-        st.error(f"{target} exists and is not empty; choose another folder.")
+    typed = Path(out.strip()).expanduser() if out.strip() else Path(default_out)
+    target = typed if typed.is_absolute() else exports_root / typed
+    try:  # the same checks as --out, before any work
+        target = _check(target, replace)
+    except PermergeError as e:
+        st.error(f"Cannot export there: {e}")
     else:
-        try:
-            with st.spinner("Interpolating and saving …"):
-                model, tok = merged_model(run, lam)
-                save_model(model, tok, target)
-            st.success(f"Saved to {target}")
-        except (PermergeError, OSError) as e:
-            st.error(f"Could not save: {e}")
+        key = job_key("export", run=run.key, lam=lam, target=str(target), replace=replace)
+        h = jobs().get(key)
+        if h is not None and not h.active:
+            jobs().forget(key)  # a new click is a new export
+        jobs().submit(key, _export_work(run, lam, target, replace), label="export")
+        st.session_state["export_key"] = key
+export_key = st.session_state.get("export_key")
+if export_key:
+    job_panel(export_key, "Exporting")
+    saved = job_outcome(export_key)
+    if saved:
+        st.success(f"Saved to {saved}")
 
 st.subheader("Permutations and curves")
 c1, c2 = st.columns(2)

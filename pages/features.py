@@ -1,10 +1,9 @@
 """Mean feature correlation per layer, before vs after alignment (paper Fig. 5)."""
 import streamlit as st
 
-from permerge import plots
+from dashboard.state import about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry, require_run
+from permerge import plots, work
 from permerge.align import AlignOptions
-from permerge.study import layer_correlations
-from permerge.ui_state import require_run, short
 
 st.title("Feature correlation")
 st.markdown(
@@ -14,19 +13,22 @@ st.markdown(
     "(paper Fig. 5). Residual points run from the embeddings (`res.emb`) through every attention (`.att`) "
     "and feed-forward (`.ff`) sub-layer output.")
 run = require_run("the per-layer feature correlations")
-pipe = run.pipe
+st.caption("Pair: " + pair_title(run.job))
 which = st.radio("Alignment shown", ["this run's options", "every group aligned"], horizontal=True,
                  help="'every group aligned' uses FF + Head-Perm + residual Separate (one assignment per "
                       "residual point: the best each point can reach; not function-preserving as a model).")
 options = run.options if which == "this run's options" else AlignOptions(
     ff=True, attention="head-perm", residual="separate", pooler=run.options.pooler)
-with st.spinner("Solving / loading the alignment (statistics come from the cache) …"):
-    al = pipe.alignment(options)
-    df = layer_correlations(al, pipe.spec)
-st.plotly_chart(plots.layer_corr(df), width="stretch")
-if not df["aligned"].all():
-    st.caption("Groups that this run's options leave alone (identity) have equal before and after: "
-               + ", ".join(df.loc[~df["aligned"], "group"]) + ".")
-with st.expander("Table"):
-    st.dataframe(df, width="stretch", hide_index=True)
-st.caption(f"Run: {short(run.job.model_a)} vs {short(run.job.model_b)}, {options.label()}.")
+key = job_key("features", job=run.job.to_dict(), options=options.to_dict())
+jobs().submit(key, work.alignment_work(registry(), run.job, options), "feature correlations")
+job_panel(key, "Solving / loading the alignment")
+res = job_outcome(key)
+if res is not None:
+    df = res["frame"]
+    st.plotly_chart(plots.layer_corr(df), width="stretch")
+    if not df["aligned"].all():
+        st.caption("Groups that these options leave alone (identity) have equal before and after: "
+                   + ", ".join(df.loc[~df["aligned"], "group"]) + ".")
+    with st.expander("Table"):
+        st.dataframe(df, width="stretch", hide_index=True)
+    about_caption(res["about"])

@@ -1,64 +1,60 @@
-"""Tables 1 and 2 of the paper: barrier per attention and residual variant over the family's pairs."""
+"""Tables 1 and 2 of the paper: barrier per attention and residual variant, on this run's pair or over pairs."""
+import pandas as pd
 import streamlit as st
 
-from permerge import plots, zoo
-from permerge.pipeline import Job
-from permerge.study import TABLE1, TABLE2, family_pairs, methods_table
-from permerge.ui_state import family_work, job_key, job_outcome, job_panel, jobs, require_run, short
+from dashboard.state import (about_caption, job_key, name, pick_pairs, registry, require_run, section_result, start,
+                             study_base)
+from permerge import plots, work
+from permerge.study import TABLE1, TABLE2, methods_table
 
 st.title("Methods")
 st.markdown(
-    "Loss barrier (lower is better) of each alignment method, as the **mean ± standard error over pairs** of "
-    "the bundled MLM family. **Table 1** compares the attention variants, with the feed-forward layers aligned "
-    "too; **Table 2** aligns the residual stream only. Rows marked *NO* are not function-preserving: their B′ "
-    "is not B, so their barrier is not a fair comparison (the paper reports them for their extra freedom).")
+    "Loss barrier (lower is better) of each alignment method. With one pair, the barrier is shown ± its "
+    "standard error over the scored tokens; over several pairs, as the **mean ± standard error over pairs**. "
+    "**Table 1** compares the attention variants, with the feed-forward layers aligned too; **Table 2** aligns "
+    "the residual stream only. Rows marked *NO* are not function-preserving: their B′ is not B, so their "
+    "barrier is not a fair comparison (the paper reports them for their extra freedom).")
 run = require_run("the methods tables")
 
-mlms = zoo.list_checkpoints(kind="mlm")
-pairs = family_pairs([e["path"] for e in mlms])
+pairs = pick_pairs(run, "methods", max_default=3)
 if not pairs:
-    st.info("The tables need at least two bundled MLMs; more are being built.")
     st.stop()
-c1, c2, c3 = st.columns(3)
-n_pairs = c1.number_input("Pairs", 1, len(pairs), min(3, len(pairs)),
-                          help=f"{len(mlms)} bundled MLM(s) give {len(pairs)} pair(s); about a minute per new pair on CPU.")
-lambdas = c2.number_input("λ points", 3, 41, 11, step=2)
-which = c3.multiselect("Tables", ["Table 1", "Table 2"], default=["Table 1", "Table 2"])
-chosen = pairs[: int(n_pairs)]
-st.caption("Pairs: " + "; ".join(f"{short(a)} | {short(b)}" for a, b in chosen)
-           + f". Data: bundled alignment text, {run.job.tokens:,} tokens (from this session's run), device "
-             f"{run.job.device}.")
+c1, c2 = st.columns(2)
+lambdas = c1.number_input("λ points", 3, 41, 11, step=2)
+which = c2.multiselect("Tables", ["Table 1", "Table 2"], default=["Table 1", "Table 2"])
+st.caption("Pairs: " + "; ".join(f"{name(a)} | {name(b)}" for a, b in pairs))
 options = (TABLE1 if "Table 1" in which else []) + (TABLE2 if "Table 2" in which else [])
-base = Job(model_a="", model_b="", data=str(zoo.align_text()), eval_data=str(zoo.eval_text()),
-           tokens=run.job.tokens, device=run.job.device, eval_blocks=run.job.eval_blocks)
-key = job_key("methods", base=base.to_dict(), pairs=chosen, options=[o.label() for o in options], lambdas=int(lambdas))
+base = study_base(run)
+key = job_key("methods", base=base.to_dict(), pairs=pairs, options=[o.label() for o in options], lambdas=int(lambdas))
 if st.button("Compute the tables", type="primary", disabled=not options):
-    jobs().submit(key, family_work(base, chosen, options, int(lambdas)), "methods tables")
-    st.session_state["methods_key"] = (key, which)
+    start("methods", run, key, work.family_work(registry(), base, pairs, options, int(lambdas)), "methods tables")
 
-started = st.session_state.get("methods_key")
-if started is None:
+res = section_result("methods", run, "Methods tables")
+if res is None:
     st.info("Press **Compute the tables** to run every method on the chosen pairs in the background.")
 else:
-    skey, swhich = started
-    job_panel(skey, "Methods tables")
-    res = job_outcome(skey)
-    if res is not None:
-        _, bars = res
-        for name, opts in (("Table 1: attention variants (FF aligned too)", TABLE1),
-                           ("Table 2: residual variants (residual only)", TABLE2)):
-            if name.split(":")[0] not in swhich:
-                continue
-            st.subheader(name)
-            table = methods_table(bars, opts)
-            left, right = st.columns([3, 2])
-            with left:
-                st.dataframe(table, width="stretch", hide_index=True,
-                             column_config={"barrier": st.column_config.NumberColumn("barrier (mean)", format="%.4f"),
-                                            "std_err": st.column_config.NumberColumn("standard error", format="%.4f"),
-                                            "function_preserving": "function-preserving"})
-            with right:
-                st.plotly_chart(plots.methods_bar(table), width="stretch")
-        st.caption("Standard error is empty with a single pair. Red bars: not function-preserving.")
-        with st.expander("Every pair"):
-            st.dataframe(bars, width="stretch", hide_index=True)
+    bars = res["bars"]
+    n_pairs = bars["pair"].nunique()
+    for title, opts in (("Table 1: attention variants (FF aligned too)", TABLE1),
+                        ("Table 2: residual variants (residual only)", TABLE2)):
+        if not set(o.label() for o in opts) <= set(bars["method"]):
+            continue
+        st.subheader(title)
+        table = methods_table(bars, opts)
+        shown = table.assign(std_err=[("-" if v is None or pd.isna(v) else f"{v:.4f}") for v in table["std_err"]])
+        left, right = st.columns([3, 2])
+        with left:
+            st.dataframe(shown, width="stretch", hide_index=True,
+                         column_config={"barrier": st.column_config.NumberColumn("barrier" + (" (mean)" if n_pairs > 1 else ""),
+                                                                                 format="%.4f"),
+                                        "std_err": "standard error", "function_preserving": "function-preserving"})
+        with right:
+            st.plotly_chart(plots.methods_bar(table), width="stretch")
+    if n_pairs == 1:
+        st.caption("One pair: the standard error is over the scored tokens of that pair (how much the barrier "
+                   "would move with other evaluation text), not over pairs; '-' where it cannot be computed.")
+    else:
+        st.caption(f"Mean and standard error over {n_pairs} pairs. Hatched bars: not function-preserving.")
+    about_caption(res["about"])
+    with st.expander("Every pair"):
+        st.dataframe(bars, width="stretch", hide_index=True)

@@ -4,12 +4,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from permerge import plots, zoo
+from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RESIDUAL_LABELS, RUN_STATE, Run,
+                             about_caption, config_summary, job_key, job_outcome, job_panel, jobs, name, name_md,
+                             pair_check, pair_title, registry)
+from permerge import plots, work, zoo
 from permerge.align import AlignOptions
 from permerge.pipeline import Job
 from permerge.study import barriers_frame, curves_frame
-from permerge.ui_state import (ATTENTION_LABELS, PENDING_STATE, RESIDUAL_LABELS, RUN_STATE, Run, config_summary,
-                               job_key, job_outcome, job_panel, jobs, pair_check, pair_work, short)
 
 st.title("Pick and run")
 st.markdown(
@@ -17,17 +18,24 @@ st.markdown(
     "data their activations are compared on, and which parts to align. The run collects correlation "
     "statistics, solves the permutations, and evaluates the merged model θ(λ) = λ·A + (1−λ)·B′ along λ. "
     "The **loss barrier** is the highest loss on that path above the mean of the two endpoints: lower is better.")
+top = st.container()  # the progress of a running job shows here, where the reader is looking
 
-# Defaults can come from the address (e.g. ?tokens=2048&lambdas=5&eval_blocks=8&device=cpu): shareable links.
-qp = st.query_params
+ss = st.session_state
+qp = st.query_params  # defaults can come from the address (?tokens=2048&lambdas=5&eval_blocks=8&device=cpu)
 
 
-def q_int(name: str, default: int, lo: int, hi: int) -> int:
+def q_int(key: str, default: int, lo: int, hi: int) -> int:
     try:
-        return min(max(int(qp.get(name, default)), lo), hi)
+        return min(max(int(qp.get(key, default)), lo), hi)
     except ValueError:
         return default
 
+
+# The form's widgets have keys; their values are kept in FORM_STATE while other pages are shown, so
+# that coming back shows the settings of the current run (not the defaults).
+for k, v in ss.get(FORM_STATE, {}).items():
+    if k not in ss:
+        ss[k] = v
 
 bundled = zoo.list_checkpoints()
 names = [e["name"] for e in bundled]
@@ -35,15 +43,15 @@ by_name = {e["name"]: e for e in bundled}
 
 
 def pick_model(side: str, default: str) -> str | None:
-    src = st.radio(f"Model {side}", ["bundled family", "local folder or hub id"], horizontal=True,
-                   key=f"src_{side}", index=0 if names else 1)
+    ss.setdefault(f"src_{side}", "bundled family" if names else "local folder or hub id")
+    src = st.radio(f"Model {side}", ["bundled family", "local folder or hub id"], horizontal=True, key=f"src_{side}")
     if src == "bundled family" and names:
-        idx = names.index(default) if default in names else min(len(names) - 1, 0 if side == "A" else 1)
-        name = st.selectbox(f"{side}: bundled checkpoint", names, index=idx, key=f"bundled_{side}",
-                            help="Small BERTs trained by permerge.zoo; more appear as the family is built.")
-        return by_name[name]["path"]
+        ss.setdefault(f"bundled_{side}", default if default in names else names[min(len(names) - 1, side == "B")])
+        pick = st.selectbox(f"{side}: bundled checkpoint", names, key=f"bundled_{side}",
+                            help="Small BERTs trained by permerge.zoo.")
+        return by_name[pick]["path"]
     if src == "bundled family":
-        st.warning("No bundled checkpoints found yet; give a folder or hub id.")
+        st.warning("No bundled checkpoints found; give a folder or hub id.")
     value = st.text_input(f"{side}: folder or hub id", key=f"path_{side}",
                           placeholder="/path/to/checkpoint or google/multiberts-seed_1")
     return value.strip() or None
@@ -66,8 +74,8 @@ for side, src in (("A", model_a), ("B", model_b)):
     except Exception as e:  # CheckpointError: a one-line message
         problems.append(f"model {side}: {e}")
 if summaries:
-    shown = {f"{side}: {short(src)}": {k: (f"{v:,}" if isinstance(v, int) else str(v))
-                                        for k, v in summaries[side].items() if v is not None}
+    shown = {f"{side}: {name(src)}": {k: (f"{v:,}" if isinstance(v, int) else str(v))
+                                       for k, v in summaries[side].items() if v is not None}
              for side, src in (("A", model_a), ("B", model_b)) if side in summaries}
     st.dataframe(pd.DataFrame(shown), width="stretch")
 reason = pair_check(model_a, model_b) if len(summaries) == 2 else None
@@ -81,41 +89,64 @@ else:
 if model_a and model_a == model_b:
     st.warning("A and B are the same checkpoint: the barrier will be zero.")
 
-is_classifier = bool(summaries) and all(s["architecture"] == "BertForSequenceClassification" for s in summaries.values())
+heads = {s.get("head") for s in summaries.values()}
+is_classifier = heads == {"classifier"}
 
 # --- data --------------------------------------------------------------------------------------------
 st.subheader("Data")
 tasks = zoo.list_tasks()
 task_of_a = next((e.get("task") for e in bundled if e["path"] == model_a), None)
 data_choices = ["bundled alignment text", "text file", "GLUE-format task folder"]
-data_kind = st.radio("Alignment data", data_choices, index=2 if is_classifier else 0, horizontal=True,
-                     help="Classifier pairs need a task folder (train.tsv for alignment, dev.tsv for evaluation).")
+if ss.get("_form_head") != is_classifier:  # a new kind of pair: its natural data
+    ss["data_kind"] = data_choices[2] if is_classifier else data_choices[0]
+    if task_of_a in tasks:
+        ss["task"] = task_of_a
+    ss["_form_head"] = is_classifier
+data_kind = st.radio("Alignment data", data_choices, horizontal=True, key="data_kind",
+                     help="Alignment needs text only; a classifier's loss curve needs labels (a task folder's dev.tsv).")
 eval_data = None
+task_choices = tasks + ["other folder…"]
 if data_kind == "bundled alignment text":
     data = str(zoo.align_text())
-    eval_data = str(zoo.eval_text())
-    st.caption("Held-out English text bundled with permerge; the MLM loss is measured on the bundled "
-               "evaluation text with fixed masks.")
+    if not is_classifier:
+        eval_data = str(zoo.eval_text())
+        st.caption("Held-out English text bundled with permerge; the MLM loss is measured on the bundled "
+                   "evaluation text with fixed masks.")
 elif data_kind == "text file":
-    data = st.text_input("Text file path", placeholder="/path/to/text.txt").strip()
-    st.caption("The tail of the file is held out for evaluation.")
+    data = st.text_input("Text file path", placeholder="/path/to/text.txt", key="data_path").strip()
+    if not is_classifier:
+        st.caption("The tail of the file is held out for evaluation.")
 else:
-    options_t = tasks + ["other folder…"]
-    default_t = options_t.index(task_of_a) if task_of_a in tasks else 0
-    t = st.selectbox("Task", options_t, index=default_t)
-    data = str(zoo.task_dir(t)) if t in tasks else st.text_input("Task folder", placeholder="/path/to/task").strip()
+    ss.setdefault("task", task_of_a if task_of_a in tasks else task_choices[0])
+    t = st.selectbox("Task", task_choices, key="task")
+    data = str(zoo.task_dir(t)) if t in tasks else st.text_input("Task folder", placeholder="/path/to/task",
+                                                                  key="task_path").strip()
+if is_classifier and data_kind != "GLUE-format task folder":
+    ss.setdefault("eval_task", "none (align only)")
+    et = st.selectbox("Evaluate the classifiers on (labels)", ["none (align only)"] + task_choices, key="eval_task",
+                      help="The permutations and the B′ check need no labels; the loss curve needs a task's dev.tsv.")
+    if et in tasks:
+        eval_data = str(zoo.task_dir(et))
+    elif et == "other folder…":
+        eval_data = st.text_input("Evaluation task folder", placeholder="/path/to/task", key="eval_task_path").strip() or None
 
 # --- options -----------------------------------------------------------------------------------------
 st.subheader("What to align")
+for k, v in (("ff", True), ("attention", "head-perm"), ("residual", "identity"), ("tokens", q_int("tokens", 16384, 256, 10_000_000)),
+             ("lambdas", q_int("lambdas", 21, 3, 101)), ("eval_blocks", q_int("eval_blocks", 64, 1, 4096)),
+             ("device", qp.get("device") if qp.get("device") in ("auto", "cpu", "cuda") else "auto"),
+             ("eval_examples", 0), ("exclude_special", False)):
+    ss.setdefault(k, v)
+ss["pooler"] = ss.get("pooler", is_classifier) and is_classifier
 c1, c2, c3 = st.columns(3)
 with c1:
-    ff = st.checkbox("Feed-forward layers (FF)", value=True)
-    pooler = st.checkbox("Pooler (classifiers)", value=is_classifier, disabled=not is_classifier,
+    ff = st.checkbox("Feed-forward layers (FF)", key="ff")
+    pooler = st.checkbox("Pooler (classifiers)", key="pooler", disabled=not is_classifier,
                          help="Permute the pooler's units and the classifier's columns; classifiers only.")
 with c2:
-    attention = st.selectbox("Attention", list(ATTENTION_LABELS), index=3, format_func=ATTENTION_LABELS.get)
+    attention = st.selectbox("Attention", list(ATTENTION_LABELS), format_func=ATTENTION_LABELS.get, key="attention")
 with c3:
-    residual = st.selectbox("Residual stream", list(RESIDUAL_LABELS), index=0, format_func=RESIDUAL_LABELS.get)
+    residual = st.selectbox("Residual stream", list(RESIDUAL_LABELS), format_func=RESIDUAL_LABELS.get, key="residual")
 options = AlignOptions(ff=ff, attention=attention, residual=residual, pooler=pooler and is_classifier)
 if not options.function_preserving:
     st.warning("⚠ **Not function-preserving**: with "
@@ -126,26 +157,37 @@ if not options.function_preserving:
 
 c1, c2, c3 = st.columns(3)
 with c1:
-    tokens = st.number_input("Alignment tokens", min_value=256, max_value=10_000_000, value=q_int("tokens", 16384, 256, 10_000_000), step=1024,
+    tokens = st.number_input("Alignment tokens", min_value=256, max_value=10_000_000, step=1024, key="tokens",
                              help="Upper bound on the tokens of statistics collected (fewer if the data is shorter).")
 with c2:
-    lambdas = st.number_input("λ points", min_value=3, max_value=101, value=q_int("lambdas", 21, 3, 101), step=2,
+    lambdas = st.number_input("λ points", min_value=3, max_value=101, step=2, key="lambdas",
                               help="Points of the interpolation grid, 0 and 1 included (the paper uses 21).")
 with c3:
-    devices = ["auto", "cpu", "cuda"]
-    device = st.selectbox("Device", devices, index=devices.index(qp.get("device", "auto")) if qp.get("device") in devices
-                          else 0, help="auto: a CUDA GPU when there is one.")
+    device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="device", help="auto: a CUDA GPU when there is one.")
 with st.expander("Advanced"):
     eval_blocks = st.number_input("MLM evaluation blocks (128 tokens each)", min_value=1, max_value=4096,
-                                  value=q_int("eval_blocks", 16, 1, 4096))
-    eval_examples = st.number_input("Classifier dev examples (0 = all)", min_value=0, value=0)
-    exclude_special = st.checkbox("Exclude [CLS]/[SEP] from the statistics", value=False)
+                                  key="eval_blocks", help="64, as the command line: about 1,200 masked tokens.")
+    eval_examples = st.number_input("Classifier dev examples (0 = all)", min_value=0, key="eval_examples")
+    exclude_special = st.checkbox("Exclude [CLS]/[SEP] from the statistics", key="exclude_special")
+
+ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k in (
+    "src_A", "src_B", "bundled_A", "bundled_B", "path_A", "path_B", "data_kind", "data_path", "task", "task_path",
+    "eval_task", "eval_task_path", "ff", "pooler", "attention", "residual", "tokens", "lambdas", "device",
+    "eval_blocks", "eval_examples", "exclude_special", "_form_head")}
 
 data_problem = None
-if data and not Path(data).expanduser().exists():
-    data_problem = f"data not found: {data}"
-elif data and data_kind == "GLUE-format task folder" and not (Path(data).expanduser() / "dev.tsv").is_file():
+for what, path in (("data", data), ("evaluation data", eval_data)):
+    if path and not Path(path).expanduser().exists():
+        data_problem = f"{what} not found: {path}"
+if not data_problem and data and data_kind == "GLUE-format task folder" and not (Path(data).expanduser() / "dev.tsv").is_file():
     data_problem = f"not a GLUE-format task folder (no dev.tsv): {data}"
+elif not data_problem and data:  # regular files and folders only, nothing under /proc, /etc, ...
+    from permerge.data import check_data_path
+    from permerge.errors import DataError
+    try:
+        check_data_path(data, "the data path")
+    except DataError as e:
+        data_problem = str(e)
 if data_problem:
     st.error(data_problem)
 ready = bool(model_a and model_b and data) and not problems and not reason and not data_problem
@@ -157,61 +199,77 @@ if ready:
 key = job_key("pair", job=job.to_dict() if job else None, options=options.to_dict(), lambdas=int(lambdas))
 
 if st.button("Run alignment", type="primary", disabled=not ready, icon=":material/play_arrow:"):
-    jobs().submit(key, pair_work(job, options, int(lambdas)), label=f"{short(model_a)} vs {short(model_b)}")
-    st.session_state[PENDING_STATE] = Run(job, options, int(lambdas), key)
+    jobs().submit(key, work.pair_work(registry(), job, options, int(lambdas)), label=pair_title(job))
+    ss[PENDING_STATE] = Run(job, options, int(lambdas), key, dict(ss[FORM_STATE]))
 
 # --- progress and result -------------------------------------------------------------------------------
-pending = st.session_state.get(PENDING_STATE)
+pending = ss.get(PENDING_STATE)
 if pending is not None:
     h = jobs().get(pending.key)
     if h is not None and h.active:
-        job_panel(pending.key, "Aligning")
+        job_panel(pending.key, f"Aligning {pair_title(pending.job)}", where=top)
     elif h is not None and h.state == "done":
-        st.session_state[RUN_STATE] = pending
-        del st.session_state[PENDING_STATE]
+        ss[RUN_STATE] = pending
+        del ss[PENDING_STATE]
         st.rerun()  # so that the sidebar, drawn before this page, shows the new run too
     else:
-        job_outcome(pending.key)
-        del st.session_state[PENDING_STATE]
+        with top:
+            job_outcome(pending.key)
+        del ss[PENDING_STATE]
 
-run = st.session_state.get(RUN_STATE)
+run = ss.get(RUN_STATE)
 if run is not None:
     h = jobs().get(run.key)
     if h is None or h.state != "done":  # e.g. after a server restart: recompute from the disk cache
-        jobs().submit(run.key, pair_work(run.job, run.options, run.lambdas))
-        job_panel(run.key, "Loading the result")
+        jobs().submit(run.key, work.pair_work(registry(), run.job, run.options, run.lambdas), label=pair_title(run.job))
+        job_panel(run.key, "Loading the result", where=top)
     res = job_outcome(run.key)
     if res is not None:
         st.divider()
-        st.subheader(f"Result: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B)")
+        st.subheader("Result: " + pair_title(run.job))
+        st.markdown(f"A: {name_md(run.job.model_a)} &nbsp; B: {name_md(run.job.model_b)}", unsafe_allow_html=True)
         if run.key != key:
             st.caption("Shown: the last finished run. The settings above differ from it; press Run to use them.")
         van, al, chk = res["vanilla"], res["aligned"], res["check"]
-        m1, m2, m3 = st.columns(3)
-        m1.metric("Barrier, vanilla averaging", f"{van.barrier:.4f}", help=f"at λ = {van.barrier_lambda:.2f}")
-        m2.metric(f"Barrier, {al.method}", f"{al.barrier:.4f}", delta=f"{al.barrier - van.barrier:+.4f}",
-                  delta_color="inverse", help=f"at λ = {al.barrier_lambda:.2f}")
+        if van is not None:
+            m1, m2, m3 = st.columns(3)
+            se = (lambda c: f" ± {c.barrier_se:.4f}" if getattr(c, "barrier_se", None) is not None else "")
+            m1.metric("Barrier, vanilla averaging", f"{van.barrier:.4f}{se(van)}",
+                      help=f"at λ = {van.barrier_lambda:.2f}; ± one standard error over the {van.items or 0:,} "
+                           "scored tokens or examples")
+            m2.metric(f"Barrier, {al.method}", f"{al.barrier:.4f}{se(al)}", delta=f"{al.barrier - van.barrier:+.4f}",
+                      delta_color="inverse", help=f"at λ = {al.barrier_lambda:.2f}; ± one standard error")
+        else:
+            m3 = st.columns(3)[2]
+            st.info("No evaluation data with labels was given: the permutations and the B′ check are computed, "
+                    "the loss curve is not. Pick a task to evaluate on to see it.")
         m3.metric("Max |logit error| of B′ vs B", f"{chk['max_abs_logit_error']:.2e}",
-                  help=f"relative {chk['max_rel_logit_error']:.2e}; float32 rounding is ~1e-6 relative")
+                  help=f"float32, relative {chk['max_rel_logit_error']:.2e}; the same check in float64: "
+                       f"{chk['max_rel_logit_error_float64']:.1e} relative")
         if run.options.function_preserving:
-            ok = chk["max_rel_logit_error"] < 1e-5
+            ok = chk["equivalent"]
             (st.success if ok else st.error)(
-                "B′ computes B's function (relative error < 1e-5)." if ok else
-                "B′ should compute B's function but does not: please report this.")
+                f"B′ computes B's function: in float64 the logits agree to {chk['max_rel_logit_error_float64']:.1e} "
+                f"relative (float32 rounding alone gives {chk['max_rel_logit_error']:.1e})." if ok else
+                f"B′ should compute B's function but does not (float64 relative error "
+                f"{chk['max_rel_logit_error_float64']:.1e}, above {chk['equivalence_tolerance']:.0e}): please report this.")
         else:
             st.warning("Not function-preserving: the logit error above is expected to be large.")
-        df = curves_frame([van, al] if al is not van else [van])
-        bars = barriers_frame([van, al] if al is not van else [van])
-        value_col = "pseudo_perplexity" if "pseudo_perplexity" in df else "accuracy"
-        t1, t2 = st.tabs(["loss", value_col.replace("_", "-")])
-        with t1:
-            st.plotly_chart(plots.curves(df, "loss", bars, title="Loss along λ"), width="stretch")
-        with t2:
-            st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
-                                         log_y=value_col == "pseudo_perplexity"), width="stretch")
+        if van is not None:
+            results = [van, al] if al is not van else [van]
+            df, bars = curves_frame(results), barriers_frame(results)
+            value_col = next(c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df)
+            t1, t2 = st.tabs(["loss", value_col.replace("_", "-")])
+            with t1:
+                st.plotly_chart(plots.curves(df, "loss", bars, title="Loss along λ"), width="stretch")
+            with t2:
+                st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
+                                             log_y=value_col.endswith("perplexity")), width="stretch")
         st.caption(f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences) on {res['device']}. "
                    "λ = 0 is B′ (B permuted), λ = 1 is A. Dashed lines are not function-preserving. "
                    "Other pages show this run in detail.")
+        about_caption(res["about"])
 elif pending is None:
-    st.info("Press **Run alignment** to start. The default pair on CPU takes about a minute; later visits "
-            "and variants that reuse the statistics are much faster.")
+    st.info("Press **Run alignment** to start. The first run of a pair makes one pass over the alignment data; "
+            "its progress and the time left (measured as it goes) show at the top of this page. Variants that "
+            "reuse the statistics are much faster.")

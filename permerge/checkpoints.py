@@ -17,11 +17,8 @@ import torch
 from .arch import SUPPORTED_MODEL_TYPES
 from .errors import CheckpointError, IncompatibleModels
 
-SUPPORTED_CLASSES = ("BertForMaskedLM", "BertForSequenceClassification", "BertModel")
-# Config fields that must agree for two checkpoints to be aligned, in the order they are checked.
-PAIR_FIELDS = ("model_type", "architecture", "vocab_size", "hidden_size", "num_hidden_layers",
-               "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size",
-               "hidden_act", "num_labels", "tie_word_embeddings")
+# Supported classes, sizes and the config fields a pair must share come from the family tables
+# (permerge/arch/): ``SUPPORTED_MODEL_TYPES[model_type]``.
 
 
 @dataclass
@@ -38,10 +35,12 @@ class Checkpoint:
 
     def summary(self) -> dict:
         c = self.config
-        return {"source": self.source, "architecture": self.architecture, "layers": c.num_hidden_layers,
-                "heads": c.num_attention_heads, "hidden": c.hidden_size, "intermediate": c.intermediate_size,
+        fam = SUPPORTED_MODEL_TYPES[c.model_type]
+        s, head = fam.sizes(c), fam.head_of(self.architecture)
+        return {"source": self.source, "architecture": self.architecture, "family": fam.name, "head": head,
+                "layers": s["layers"], "heads": s["heads"], "hidden": s["hidden"], "intermediate": s["intermediate"],
                 "vocab": c.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
-                "labels": c.num_labels if self.architecture == "BertForSequenceClassification" else None,
+                "labels": c.num_labels if head == "classifier" else None,
                 "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
 
 
@@ -75,19 +74,21 @@ def read_config(source: str):
 def _architecture(cfg) -> str:
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(f"unsupported model type {cfg.model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})")
-    archs = [a for a in (cfg.architectures or []) if a in SUPPORTED_CLASSES]
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    archs = [a for a in (cfg.architectures or []) if a in fam.classes]
     if cfg.architectures and not archs:
-        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(SUPPORTED_CLASSES)})")
-    return archs[0] if archs else "BertModel"
+        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(fam.classes)})")
+    return archs[0] if archs else fam.default_class()
 
 
 def _config_field(cfg, arch: str, field: str):
+    head = SUPPORTED_MODEL_TYPES[cfg.model_type].head_of(arch)
     if field == "architecture":
         return arch
     if field == "num_labels":
-        return cfg.num_labels if arch == "BertForSequenceClassification" else None
+        return cfg.num_labels if head == "classifier" else None
     if field == "tie_word_embeddings":
-        return bool(getattr(cfg, "tie_word_embeddings", True)) if arch == "BertForMaskedLM" else None
+        return bool(getattr(cfg, "tie_word_embeddings", True)) if head in ("mlm", "causal-lm") else None
     return getattr(cfg, field, None)
 
 
@@ -103,17 +104,22 @@ def config_summary(source: str) -> dict:
             n_params = sum(p.numel() for p in getattr(transformers, arch)(cfg).parameters())
     except Exception:
         n_params = None
-    return {"architecture": arch, "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
-            "hidden": cfg.hidden_size, "head width": cfg.hidden_size // max(cfg.num_attention_heads, 1),
-            "intermediate": cfg.intermediate_size, "vocab": cfg.vocab_size,
-            "labels": cfg.num_labels if arch == "BertForSequenceClassification" else None,
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    s, head = fam.sizes(cfg), fam.head_of(arch)
+    return {"architecture": arch, "family": fam.name, "head": head, "layers": s["layers"], "heads": s["heads"],
+            "hidden": s["hidden"], "head width": s["hidden"] // max(s["heads"], 1),
+            "intermediate": s["intermediate"], "vocab": cfg.vocab_size,
+            "labels": cfg.num_labels if head == "classifier" else None,
             "parameters": n_params}
 
 
 def validate_pair(cfg_a, cfg_b) -> None:
     """Raise IncompatibleModels naming the first differing field (before any weights load)."""
     arch_a, arch_b = _architecture(cfg_a), _architecture(cfg_b)
-    for f in PAIR_FIELDS:
+    fields = SUPPORTED_MODEL_TYPES[cfg_a.model_type].pair_fields
+    if cfg_a.model_type != cfg_b.model_type:
+        fields = ("model_type",)
+    for f in fields:
         va, vb = _config_field(cfg_a, arch_a, f), _config_field(cfg_b, arch_b, f)
         if va != vb:
             raise IncompatibleModels(f"the checkpoints differ in {f}: {va!r} (A) vs {vb!r} (B)")
@@ -133,6 +139,60 @@ def _check_weight_files(path: Path) -> None:
             raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
+# Weights a pretraining checkpoint carries for heads the loaded class does not have (BERT's
+# next-sentence head, the pooler of an MLM, the MLM head under a classifier): ignored when the
+# model has no such module.  Any other unexpected tensor is an error.
+_FOREIGN_HEADS = ("cls.seq_relationship.", "cls.predictions.", "bert.pooler.", "pooler.", "classifier.")
+# Files that hold a tokenizer's vocabulary; without one transformers makes up a special-tokens-only
+# tokenizer, which would turn every word into [UNK].
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model")
+
+
+def _check_loading_info(source: str, model, info: dict) -> None:
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"checkpoint {source} lacks the tensor {missing[0]}{more}; "
+                              "the weights file is incomplete")
+    names = list(model.state_dict())
+
+    def foreign(key: str) -> bool:  # a head this class does not have
+        return any(key.startswith(h) and not any(n.startswith(h) for n in names) for h in _FOREIGN_HEADS)
+
+    unexpected = sorted(k for k in (info.get("unexpected_keys") or ()) if not foreign(k))
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"checkpoint {source} has an unexpected tensor {unexpected[0]}{more} "
+                              f"that the {type(model).__name__} architecture does not have")
+    mismatched = list(info.get("mismatched_keys") or ())
+    if mismatched:
+        raise CheckpointError(f"checkpoint {source}: tensor {mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]} "
+                              "has the wrong shape for its config")
+
+
+def check_finite(source: str, model) -> None:
+    """Non-finite weights anywhere make every loss NaN: refuse them before any compute."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise CheckpointError(f"checkpoint {source} has non-finite weights in {name} ({nan} NaN, {inf} inf)")
+
+
+def _load_tokenizer(target: str, local: bool):
+    import transformers
+
+    if local and not any((Path(target) / f).is_file() for f in _TOKENIZER_FILES):
+        return None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
+    except Exception:
+        return None  # a checkpoint without tokenizer files; data that needs one will say so
+    if len(tok) <= len(set(tok.all_special_tokens)):  # special tokens only: no real vocabulary
+        return None
+    return tok
+
+
 def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     import transformers
 
@@ -144,18 +204,15 @@ def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     if local:
         _check_weight_files(Path(target))
     try:
-        model = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
-                                                             trust_remote_code=False)
+        model, info = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
+                                                                   trust_remote_code=False, output_loading_info=True)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
+    _check_loading_info(source, model, info)
     model = model.float().eval()
-    tok = None
-    try:
-        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
-    except Exception:
-        tok = None  # a checkpoint without tokenizer files; data that needs one will say so
-    return Checkpoint(source, model, tok, arch, state_hash(model))
+    check_finite(source, model)
+    return Checkpoint(source, model, _load_tokenizer(target, local), arch, state_hash(model))
 
 
 def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:

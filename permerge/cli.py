@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import signal
 import sys
-import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
 
-from .errors import PermergeError
+from .errors import PermergeError, PermergeWarning
 
 
 # --- progress on stderr ---------------------------------------------------------------------
@@ -49,6 +50,27 @@ class Progress:
 
 # --- argument parsing -----------------------------------------------------------------------
 
+class _Parser(argparse.ArgumentParser):
+    """Bad options end in one line on stderr (``error: ...``) and exit status 2, like every
+    other input error (argparse's default also prints the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int, what: str):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
 def _fractions(s: str) -> tuple:
     try:
         vals = tuple(sorted({float(x) for x in s.split(",") if x.strip()}))
@@ -63,9 +85,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", metavar="A", help="reference checkpoint: a local folder or a hub id")
     p.add_argument("model_b", metavar="B", help="checkpoint permuted into A's basis")
     p.add_argument("--data", required=True, help="plain text (file or folder of .txt) or a GLUE-format task folder")
-    p.add_argument("--tokens", type=int, default=None, help="bound on the alignment tokens")
+    p.add_argument("--tokens", type=_int_at_least(1, "--tokens"), default=None, help="bound on the alignment tokens")
     p.add_argument("--eval-data", default=None, help="plain text for MLM evaluation (default: held-out tail of --data)")
-    p.add_argument("--eval-blocks", type=int, default=64, help="MLM evaluation blocks of 128 tokens (default 64)")
+    p.add_argument("--eval-blocks", type=_int_at_least(1, "--eval-blocks"), default=64, help="MLM evaluation blocks of 128 tokens (default 64)")
     p.add_argument("--ff", dest="ff", action="store_true", default=True, help="align feed-forward groups (default)")
     p.add_argument("--no-ff", dest="ff", action="store_false", help="leave feed-forward groups unaligned")
     p.add_argument("--attention", default="head-perm", choices=["vanilla", "monotonic", "ignore-heads", "head-perm"])
@@ -73,8 +95,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooler", action="store_true", help="also align the pooler (classifiers)")
     p.add_argument("--absolute", action="store_true", help="match on |correlation| instead of signed correlation")
     p.add_argument("--exclude-special", action="store_true", help="leave [CLS]/[SEP] tokens out of the statistics")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu or cuda")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=16)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="statistics-pass forwards: auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16")
     p.add_argument("--snapshots", type=_fractions, default=(0.01, 0.03, 0.1, 0.3, 1.0),
@@ -87,13 +109,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m permerge", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="python -m permerge", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("align", help="align B to A; write B', the permutations and a report")
     _add_common(p)
     p = sub.add_parser("interpolate", help="loss along lambda for vanilla and the chosen alignment")
     _add_common(p)
-    p.add_argument("--lambdas", type=int, default=21, help="points on the lambda grid (default 21)")
+    p.add_argument("--lambdas", type=_int_at_least(2, "--lambdas"), default=21, help="points on the lambda grid (default 21)")
     p.add_argument("--exact-pppl", action="store_true",
                    help="score every token masked alone (Salazar et al. 2020): exact but ~100x slower; "
                         "use a small --eval-blocks")
@@ -123,13 +145,26 @@ def _distributed() -> tuple[bool, int]:
     return True, dist.get_rank()
 
 
+def _check_inputs(args) -> None:
+    """What can be checked before any model loads: the configs, the device, the data paths."""
+    from .checkpoints import read_config, validate_pair
+    from .data import check_data_path, is_task_folder, text_files
+    from .pipeline import resolve_device
+
+    validate_pair(read_config(args.model_a), read_config(args.model_b))
+    resolve_device(args.device)
+    for path, what in ((args.data, "--data"), (args.eval_data, "--eval-data")):
+        if path:
+            check_data_path(path, what)
+            if not is_task_folder(path):
+                text_files(path)  # every .txt of a folder: regular files only
+
+
 def _pipeline(args, distributed: bool, rank: int):
     from .align import AlignOptions
     from .cache import NoCache, ResultCache
     from .pipeline import Job, Pipeline
 
-    if args.tokens is not None and args.tokens <= 0:
-        raise PermergeError("--tokens must be positive")
     options = AlignOptions(ff=args.ff, attention=args.attention, residual=args.residual, pooler=args.pooler,
                            absolute=args.absolute)
     job = Job(args.model_a, args.model_b, args.data, tokens=args.tokens, eval_data=args.eval_data,
@@ -141,48 +176,62 @@ def _pipeline(args, distributed: bool, rank: int):
         import torch
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         job = Job(**{**job.to_dict(), "device": device})
-    cache = NoCache() if (args.no_cache or distributed) else ResultCache(args.cache_dir)
+    cache = args.cache = NoCache() if (args.no_cache or distributed) else ResultCache(args.cache_dir)
     pipe = Pipeline(job, cache=cache, progress=Progress(not args.quiet and rank == 0), distributed=distributed)
     return pipe, options
 
 
-def _prepare_out(out: str, overwrite: bool) -> Path:
-    path = Path(out).expanduser().resolve()
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise PermergeError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _weights_bytes(source: str) -> int:
+    p = Path(source).expanduser()
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin"))
 
 
-def _commit_out(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(final.name + f".old-{os.getpid()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+def _prepare_out(args, need_bytes: int = 0) -> Path:
+    """Refuse an unsafe or unwritable --out before any compute (see outputs.check_out)."""
+    from .cache import default_dir
+    from .outputs import check_out
+
+    inputs = {"checkpoint A": args.model_a, "checkpoint B": args.model_b, "--data": args.data,
+              "--eval-data": args.eval_data}
+    cache_dir = None if args.no_cache else (args.cache_dir or default_dir())
+    return check_out(args.out, args.overwrite, inputs=inputs, cache_dir=cache_dir, need_bytes=need_bytes)
+
+
+def _tokenizer_note(pipe) -> None:
+    from .errors import warn
+
+    a, b = pipe.pair
+    if a.tokenizer is not None and b.tokenizer is None:
+        warn("checkpoint B has no tokenizer files; using checkpoint A's tokenizer (also saved with B')")
+    elif b.tokenizer is not None and a.tokenizer is None:
+        warn("checkpoint A has no tokenizer files; using checkpoint B's tokenizer")
 
 
 def cmd_align(args) -> int:
     from safetensors.torch import save_file
 
     from .checkpoints import save_model
+    from .outputs import staged
     from .pipeline import permutations_tensors
 
     distributed, rank = _distributed()
-    final = _prepare_out(args.out, args.overwrite)
+    _check_inputs(args)
+    # B' is written in float32: up to twice the stored size of B's weights
+    final = _prepare_out(args, need_bytes=2 * _weights_bytes(args.model_b) + 2**20)
     pipe, options = _pipeline(args, distributed, rank)
     t0 = time.perf_counter()
+    if rank == 0:
+        _tokenizer_note(pipe)
     al = pipe.alignment(options)  # loads, collects statistics, solves the assignments
     if rank != 0:
         return 0
     model_bp = pipe.permuted(options)
     check = pipe.function_check(options, model_bp)
     a, b = pipe.pair
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        save_model(model_bp.cpu(), b.tokenizer, tmp / "model")
+    with staged(final) as tmp:
+        save_model(model_bp.cpu(), pipe.tokenizer, tmp / "model")
         save_file(permutations_tensors(al), str(tmp / "permutations.safetensors"))
         stats = pipe.stats()
         report = {
@@ -194,10 +243,6 @@ def cmd_align(args) -> int:
             "device": pipe.device, "timings": {**pipe.timings, "total_s": time.perf_counter() - t0},
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float))
-        _commit_out(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not options.function_preserving:
         print(f"note: {options.label()} is NOT function-preserving: B' differs from B "
               f"(max |logit error| {check['max_abs_logit_error']:.3g})", file=sys.stderr)
@@ -207,27 +252,24 @@ def cmd_align(args) -> int:
 
 def cmd_interpolate(args) -> int:
     from .align import VANILLA
-    from .pipeline import barrier_summary, curve_table
+    from .outputs import staged
+    from .study import barrier_summary, curve_table
 
-    if args.lambdas < 2:
-        raise PermergeError("--lambdas must be at least 2")
     distributed, rank = _distributed()
-    final = _prepare_out(args.out, args.overwrite)
+    _check_inputs(args)
+    final = _prepare_out(args, need_bytes=2**20)
     pipe, options = _pipeline(args, distributed, rank)
+    if rank == 0:
+        _tokenizer_note(pipe)
     pipe.stats()
     if rank != 0:
         return 0
     results = [pipe.curve(VANILLA, args.lambdas)]
     if options != VANILLA:
         results.append(pipe.curve(options, args.lambdas))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
+    with staged(final) as tmp:
         curve_table(results).to_csv(tmp / "curve.csv", index=False)
         (tmp / "barrier.json").write_text(json.dumps(barrier_summary(results), indent=2, default=float))
-        _commit_out(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for r in results:
         print(f"{r.method:>40}: barrier {r.barrier:.4f} at lambda {r.barrier_lambda:.2f}", file=sys.stderr)
     print(f"wrote {final}", file=sys.stderr)
@@ -252,21 +294,53 @@ def cmd_zoo(args) -> int:
     return build.main(args.rest) or 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, CI cancellation, ``docker stop``): unwinds like Ctrl-C, so partial
+    outputs are removed and cache locks released."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, PermergeWarning):
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["zoo", "build"]:  # the build recipe parses its own options
         args = argparse.Namespace(command="zoo", zoo_command="build", rest=argv[2:])
     else:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
+            return e.code if isinstance(e.code, int) else 2
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
-        if args.command == "align":
-            return cmd_align(args)
-        if args.command == "interpolate":
-            return cmd_interpolate(args)
-        return cmd_zoo(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PermergeWarning)
+            warnings.showwarning = _show_warning
+            if args.command == "align":
+                return cmd_align(args)
+            if args.command == "interpolate":
+                return cmd_interpolate(args)
+            return cmd_zoo(args)
     except PermergeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("error: terminated; nothing was written", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        if getattr(args, "cache", None) is not None:
+            args.cache.close()  # checkpoints sqlite's write-ahead log into cache.db
+        if on_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

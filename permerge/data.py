@@ -7,25 +7,47 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, warn
 
 BLOCK = 128
+UNK_WARN = 0.05  # warn when at least this fraction of the data's tokens is the unknown token
+# Pseudo and system file systems: never read as data (a FIFO or /proc file blocks or leaks).
+_SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
+
+
+def check_data_path(path: str | Path, what: str = "--data") -> Path:
+    """A readable regular file or folder outside the system folders, or DataError."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path not found: {path}")
+    rp = p.resolve()
+    if any(rp == Path(r) or Path(r) in rp.parents for r in _SYSTEM_ROOTS):
+        raise DataError(f"{what} {path} is in a system folder ({', '.join(_SYSTEM_ROOTS)}); give a text file or folder")
+    mode = rp.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise DataError(f"{what} {path} is not a regular file or folder (a FIFO, socket or device)")
+    if not os.access(rp, os.R_OK):
+        raise DataError(f"{what} {path} is not readable")
+    return p
 
 
 # --- plain text -----------------------------------------------------------------------------
 
 def text_files(path: str | Path) -> list[Path]:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data path not found: {path}")
+    p = check_data_path(path)
     files = sorted(p.rglob("*.txt")) if p.is_dir() else [p]
     if not files:
         raise DataError(f"no .txt files in folder {path}")
+    for f in files if p.is_dir() else ():
+        check_data_path(f, "the data file")
     return files
 
 
@@ -42,18 +64,27 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def text_blocks(tokenizer, text: str, block: int = BLOCK) -> torch.Tensor:
-    """Concatenate the text's tokens and cut them into [CLS] + (block-2) tokens + [SEP] rows."""
+def text_blocks(tokenizer, text: str, block: int = BLOCK, specials: bool = True) -> torch.Tensor:
+    """Concatenate the text's tokens and cut them into [CLS] + (block-2) tokens + [SEP] rows, or
+    into plain runs of ``block`` tokens without ``specials`` (a decoder's blocks)."""
     _need_tokenizer(tokenizer)
     ids: list[int] = []
     for line in text.splitlines():
         if line.strip():
             ids.extend(tokenizer(line, add_special_tokens=False)["input_ids"])
-    body = block - 2
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and ids:
+        frac = sum(1 for i in ids if i == unk) / len(ids)
+        if frac >= UNK_WARN:
+            warn(f"{100 * frac:.1f}% of the data's tokens are {tokenizer.unk_token} (unknown to the tokenizer); "
+                 "is this the right data for these checkpoints?")
+    body = block - 2 if specials else block
     n = len(ids) // body
     if n == 0:
         raise DataError(f"the data has {len(ids)} tokens, fewer than one {block}-token block")
     t = torch.tensor(ids[: n * body], dtype=torch.long).view(n, body)
+    if not specials:
+        return t
     cls = torch.full((n, 1), tokenizer.cls_token_id, dtype=torch.long)
     sep = torch.full((n, 1), tokenizer.sep_token_id, dtype=torch.long)
     return torch.cat([cls, t, sep], dim=1)
@@ -89,6 +120,12 @@ class Task:
     labels: list[float]
     regression: bool
     num_labels: int
+    file: str = ""  # the TSV the examples come from, and each example's line in it (for messages)
+    lines: list[int] | None = None
+
+    def where(self, i: int) -> str:
+        line = self.lines[i] if self.lines and i < len(self.lines) else None
+        return f"{self.file}, line {line}" if line else (self.file or self.name)
 
 
 def _dev_file(folder: Path) -> Path:
@@ -105,41 +142,89 @@ def is_task_folder(path: str | Path) -> bool:
 
 def read_task(folder: str | Path, split: str) -> Task:
     """Read ``train`` or ``dev`` of a GLUE-format folder (GLUE's own TSVs, or header-based TSVs
-    with sentence / sentence1+sentence2 and label columns).  CoLA's header-less file is handled."""
+    with sentence / sentence1+sentence2 and label columns).  CoLA's header-less file is handled.
+    A short row, an empty, negative or non-finite label, or a mix of text and numeric labels is an
+    error naming the file and the line."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"task folder not found: {folder}")
     f = folder / "train.tsv" if split == "train" else _dev_file(folder)
     if not f.is_file():
         raise DataError(f"missing {f.name} in task folder {folder}")
-    with f.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    check_data_path(f, "the task file")
+    try:
+        with f.open(encoding="utf-8", newline="") as fh:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (OSError, csv.Error) as e:
+        raise DataError(f"cannot read {f}: {e}") from None
+    rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]  # blank lines
     if not rows:
         raise DataError(f"{f} is empty")
-    header = rows[0]
+    header = rows[0][1]
     if "sentence" not in header and "sentence1" not in header and len(header) == 4 and not any(
             h in header for h in _LABEL_COLUMNS):
         # CoLA: source, label, original label, sentence; no header
-        ta, tb, y = [r[3] for r in rows], None, [r[1] for r in rows]
+        width, body, (ia, ib, il) = 4, rows, (3, None, 1)
     else:
         cols = {h: i for i, h in enumerate(header)}
         pair = next(((a, b) for a, b in _TEXT_COLUMNS if a in cols and (b is None or b in cols)), None)
         lab = next((c for c in _LABEL_COLUMNS if c in cols), None)
         if pair is None or lab is None:
             raise DataError(f"{f}: unrecognised columns {header}; expected sentence or sentence1/sentence2, and label")
-        body = [r for r in rows[1:] if len(r) >= len(header)]
-        ta = [r[cols[pair[0]]] for r in body]
-        tb = [r[cols[pair[1]]] for r in body] if pair[1] else None
-        y = [r[cols[lab]] for r in body]
+        width, body = len(header), rows[1:]
+        ia, ib, il = cols[pair[0]], (cols[pair[1]] if pair[1] else None), cols[lab]
+    for n, r in body:
+        if len(r) < width:
+            raise DataError(f"{f}, line {n}: {len(r)} tab-separated column(s), expected {width}")
+    ta = [r[ia] for _, r in body]
+    tb = [r[ib] for _, r in body] if ib is not None else None
+    y = [r[il].strip() for _, r in body]
+    lines = [n for n, _ in body]
     if not ta:
         raise DataError(f"{f} has no examples")
-    regression = lab_is_float(y)
-    if regression:
-        labels = [float(v) for v in y]
-        k = 1
-    else:
-        labels, k = _label_ids(y)
-    return Task(folder.name, ta, tb, labels, regression, k)
+    labels, regression, k = _parse_labels(y, lambda i: f"{f}, line {lines[i]}")
+    return Task(folder.name, ta, tb, labels, regression, k, str(f), lines)
+
+
+def _number(v: str):
+    try:
+        return int(v)
+    except ValueError:
+        pass
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def _parse_labels(values: list[str], where) -> tuple[list[float], bool, int]:
+    """Integer class ids, string classes, or (numbers with a decimal point) regression targets."""
+    for i, v in enumerate(values):
+        if not v:
+            raise DataError(f"{where(i)}: empty label")
+    nums = [_number(v) for v in values]
+    numeric = [x is not None for x in nums]
+    if any(numeric) and not all(numeric):
+        i = numeric.index(False) if sum(numeric) > len(values) / 2 else numeric.index(True)
+        raise DataError(f"{where(i)}: label {values[i]!r} mixes with "
+                        f"{'numeric' if not numeric[i] else 'text'} labels elsewhere in the file")
+    if not all(numeric):  # string classes, in the hub checkpoints' order when known
+        uniq = sorted(set(values))
+        order = next((o for o in _LABEL_ORDERS if set(uniq) <= set(o)), uniq)
+        index = {v: i for i, v in enumerate(order)}
+        return [float(index[v]) for v in values], False, len(order)
+    for i, x in enumerate(nums):
+        if not math.isfinite(x):
+            raise DataError(f"{where(i)}: label {values[i]!r} is not a finite number")
+    if all(isinstance(x, int) for x in nums):
+        for i, x in enumerate(nums):
+            if x < 0:
+                raise DataError(f"{where(i)}: label {x} is negative; class labels are 0, 1, ... "
+                                "(GLUE test files mark missing labels with -1: use a file with labels)")
+        return [float(x) for x in nums], False, max(nums) + 1
+    return [float(x) for x in nums], True, 1
 
 
 def lab_is_float(values: list[str]) -> bool:
@@ -150,13 +235,25 @@ def lab_is_float(values: list[str]) -> bool:
 
 
 def _label_ids(values: list[str]) -> tuple[list[float], int]:
-    uniq = sorted(set(values))
-    if all(v.lstrip("-").isdigit() for v in uniq):
-        ids = [int(v) for v in values]
-        return [float(i) for i in ids], max(ids) + 1
-    order = next((o for o in _LABEL_ORDERS if set(uniq) <= set(o)), uniq)
-    index = {v: i for i, v in enumerate(order)}
-    return [float(index[v]) for v in values], len(order)
+    labels, _, k = _parse_labels(values, lambda i: f"label {i + 1}")
+    return labels, k
+
+
+def check_task_labels(task: Task, num_labels: int) -> None:
+    """The task's labels fit the checkpoints' head: regression for one output, class ids below
+    ``num_labels`` otherwise; the first misfit is named with its file and line."""
+    if num_labels == 1 and not task.regression:
+        raise DataError(f"{task.where(0)}: label {task.labels[0]:g} is a class, but the checkpoints are regression "
+                        "models (1 output); regression labels are numbers with a decimal point")
+    if num_labels > 1 and task.regression:
+        i = next((i for i, v in enumerate(task.labels) if v != int(v)), 0)
+        raise DataError(f"{task.where(i)}: label {task.labels[i]:g} is not a class id; the checkpoints are "
+                        f"{num_labels}-way classifiers (labels 0..{num_labels - 1})")
+    if num_labels > 1:
+        for i, v in enumerate(task.labels):
+            if v >= num_labels:
+                raise DataError(f"{task.where(i)}: label {int(v)} is out of range for the checkpoints' "
+                                f"{num_labels} classes (0..{num_labels - 1})")
 
 
 def task_batches(tokenizer, task: Task, batch_size: int, max_len: int = BLOCK) -> list[dict]:

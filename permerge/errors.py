@@ -1,4 +1,5 @@
 """Errors with one-line messages that the CLI and the dashboard show as they are."""
+import warnings
 
 
 class PermergeError(Exception):
@@ -19,3 +20,27 @@ class DataError(PermergeError):
 
 class StatisticsError(PermergeError):
     """Features are not usable (NaN, infinite)."""
+
+
+class OutputError(PermergeError):
+    """An output folder cannot be (over)written safely."""
+
+
+class CacheError(PermergeError):
+    """The cache folder cannot be used."""
+
+
+class PermergeWarning(UserWarning):
+    """A one-line notice about questionable input; the run goes on.  The CLI prints it as
+    ``warning: <message>``; the dashboard's server log shows it."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, PermergeWarning, stacklevel=2)
+
+
+warnings.simplefilter("always", PermergeWarning)
+
+
+class Cancelled(PermergeError):
+    """Raised by a progress callback to stop a run; nothing is cached for the stopped stage."""

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from .errors import StatisticsError
+
 
 def lambda_grid(points: int = 21) -> np.ndarray:
     if points < 2:
@@ -22,15 +24,36 @@ def interpolate_state(state_a: dict, state_b: dict, lam: float) -> dict:
     return out
 
 
-def curve(model, state_a: dict, state_b: dict, lambdas, evaluate_fn, progress=None, label="") -> list[dict]:
-    """Evaluate ``model`` (a working copy) at every lambda; returns one dict per lambda."""
-    rows = []
-    for i, lam in enumerate(lambdas):
-        model.load_state_dict(interpolate_state(state_a, state_b, float(lam)))
-        rows.append({"lambda": float(lam), **evaluate_fn(model)})
-        if progress:
-            progress("interpolation", i + 1, len(lambdas), method=label)
-    return rows
+def coarse_first(points: int) -> list[int]:
+    """Indices 0..points-1 in coarse-to-fine order: the last and first (A and B'), the middle, then
+    the midpoints of the gaps left, so that every prefix is a fairly even coarse grid."""
+    if points < 1:
+        return []
+    order, seen = [], set()
+    for i in (points - 1, 0):
+        if i not in seen:
+            order.append(i)
+            seen.add(i)
+    spans = [(0, points - 1)]
+    while spans:
+        nxt = []
+        for lo, hi in spans:
+            if hi - lo < 2:
+                continue
+            mid = (lo + hi) // 2
+            if mid not in seen:
+                order.append(mid)
+                seen.add(mid)
+            nxt += [(lo, mid), (mid, hi)]
+        spans = nxt
+    return order
+
+
+def check_finite_loss(row: dict, label: str = "") -> None:
+    """Stop a curve whose loss at some lambda is not finite (the interpolated model overflows)."""
+    if not math.isfinite(row["loss"]):
+        raise StatisticsError(f"the loss at lambda {row['lambda']:.2f}{f' ({label})' if label else ''} is not finite "
+                              f"({row['loss']}): the interpolated model overflows; nothing was cached")
 
 
 def barrier(lambdas, losses, loss_a: float, loss_b: float) -> tuple[float, float]:
@@ -39,6 +62,19 @@ def barrier(lambdas, losses, loss_a: float, loss_b: float) -> tuple[float, float
     losses = np.asarray(losses, dtype=float)
     i = int(np.argmax(losses))
     return float(losses[i] - 0.5 * (loss_a + loss_b)), float(np.asarray(lambdas)[i])
+
+
+def barrier_sem(at_lambda, at_a, at_b) -> tuple[float | None, int | None]:
+    """Standard error of the barrier from per-item losses (masked tokens or examples, the same items
+    in the same order at every point): the barrier is the mean over items t of
+    d_t = L_t(lambda*) - (L_t(A) + L_t(B)) / 2, so its standard error is std(d) / sqrt(n).  The choice
+    of lambda* from the same data is not accounted for.  (None, None) without per-item losses."""
+    if at_lambda is None or at_a is None or at_b is None or not (len(at_lambda) == len(at_a) == len(at_b)):
+        return None, None
+    d = np.asarray(at_lambda, dtype=float) - 0.5 * (np.asarray(at_a, dtype=float) + np.asarray(at_b, dtype=float))
+    if len(d) < 2:
+        return None, len(d)
+    return float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
 
 
 def mean_sem(values) -> tuple[float, float]:

@@ -11,8 +11,9 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from .errors import PermergeError
-from .pipeline import Cancelled
+from .errors import Cancelled, PermergeError
+
+WARMUP_STEPS = 1  # steps of a stage not used for its rate (model loading, first-call overheads)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class JobHandle:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     stage_started: float = field(default_factory=time.time)
+    _rate_from: tuple | None = field(default=None, repr=False)  # (time, done) once the warm-up is over
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -37,8 +39,11 @@ class JobHandle:
         if self._cancel.is_set():
             raise Cancelled("cancelled by the user")
         with self._lock:
-            if stage != self.stage:
-                self.stage, self.stage_started = stage, time.time()
+            now = time.time()
+            if stage != self.stage or done < self.done:
+                self.stage, self.stage_started, self._rate_from = stage, now, None
+            if self._rate_from is None and done >= WARMUP_STEPS and total:
+                self._rate_from = (now, done)
             self.done, self.total, self.info = done, total, dict(info)
 
     def cancel(self) -> None:
@@ -49,17 +54,31 @@ class JobHandle:
         return self.state in ("queued", "running")
 
     def eta_s(self) -> float | None:
-        """Time left in the current stage, from its rate so far."""
-        if not self.done or not self.total or self.done >= self.total:
+        """Time left in the current stage, from the throughput measured after its warm-up steps
+        (None until two steps past the warm-up have been timed)."""
+        if not self.total or self.done >= self.total or self._rate_from is None:
             return None
-        rate = (time.time() - self.stage_started) / self.done
+        t0, d0 = self._rate_from
+        if self.done - d0 < 2:
+            return None
+        rate = (time.time() - t0) / (self.done - d0)
         return rate * (self.total - self.done)
+
+    def fraction(self) -> float:
+        """How much of the job is done: of the whole study when the work reports ``overall=(k, n)``
+        (curves done of n, plus the current curve's share), else of the current stage."""
+        stage = self.done / self.total if self.total else 0.0
+        if "overall" in self.info:
+            k, n = self.info["overall"]
+            return (k + stage) / n if n else stage
+        return stage
 
     def snapshot(self) -> dict:
         with self._lock:
             return {"key": self.key, "label": self.label, "state": self.state, "stage": self.stage,
                     "done": self.done, "total": self.total, "info": dict(self.info), "error": self.error,
-                    "elapsed_s": (self.finished or time.time()) - self.started, "eta_s": self.eta_s()}
+                    "elapsed_s": (self.finished or time.time()) - self.started, "eta_s": self.eta_s(),
+                    "fraction": self.fraction()}
 
 
 class JobManager:

@@ -11,27 +11,32 @@ import numpy as np
 import torch
 
 from .arch import ArchSpec
+from .arch.spec import tiled_index
 
 
 def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
                        perms: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Return a new state dict with every axis named in ``spec.axes`` gathered by its group's
-    permutation.  Parameters not in the spec, and groups without a permutation, are unchanged.
-    Tied weights are stored once in ``spec.axes``; their aliases are rebuilt by ``load_state_dict``."""
+    permutation.  An axis entry ``(group, k)`` is the permutation tiled k times with offsets (a fused
+    weight holding k blocks side by side).  Parameters not in the spec, and groups without a
+    permutation, are unchanged.  Tied weights are stored once in ``spec.axes``; their aliases are
+    rebuilt by ``load_state_dict``."""
     out = dict(state)
-    idx_cache: dict[str, torch.Tensor] = {}
+    idx_cache: dict[object, torch.Tensor] = {}
     for name, axes in spec.axes.items():
         if name not in state:
             continue
         w = state[name]
-        for axis, g in enumerate(axes):
+        for axis, entry in enumerate(axes):
+            g, tiles = (entry if isinstance(entry, tuple) else (entry, 1))
             if g is None or g not in perms:
                 continue
-            if g not in idx_cache:
-                idx_cache[g] = torch.as_tensor(np.asarray(perms[g]), dtype=torch.long)
-            idx = idx_cache[g].to(w.device)
+            if (g, tiles) not in idx_cache:
+                idx_cache[g, tiles] = torch.as_tensor(tiled_index(perms[g], tiles), dtype=torch.long)
+            idx = idx_cache[g, tiles].to(w.device)
             if idx.numel() != w.shape[axis]:
-                raise ValueError(f"permutation {g} has {idx.numel()} entries, {name} axis {axis} has {w.shape[axis]}")
+                raise ValueError(f"permutation {g} (x{tiles}) has {idx.numel()} entries, {name} axis {axis} "
+                                 f"has {w.shape[axis]}")
             w = w.index_select(axis, idx)
         out[name] = w
     return out
@@ -50,14 +55,14 @@ def permute_model(model, spec: ArchSpec, perms: dict[str, np.ndarray]):
 
 @torch.no_grad()
 def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
-                perms: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+                perms: dict[str, np.ndarray] | None = None, dtype=torch.float32) -> dict[str, float]:
     """Max absolute and max relative (to B's largest output) difference of B' against B.  Heads
     (MLM, classifier) compare logits.  A bare encoder's last hidden state lives in the residual
     basis, so B's is gathered by the last residual permutation (give ``spec`` and ``perms``)."""
     model_b.eval()
     model_bp.eval()
     raw_b = model_b(**batch)
-    out_b, out_p = _logits(raw_b), _logits(model_bp(**batch))
+    out_b, out_p = _logits(raw_b, dtype), _logits(model_bp(**batch), dtype)
     if not hasattr(raw_b, "logits") and spec is not None and perms:
         last = spec.residual_points[-1]
         if last in perms:
@@ -67,7 +72,26 @@ def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpe
     return {"max_abs_logit_error": diff, "max_rel_logit_error": diff / max(scale, 1e-30)}
 
 
-def _logits(out) -> torch.Tensor:
+def _logits(out, dtype=torch.float32) -> torch.Tensor:
     if hasattr(out, "logits"):
-        return out.logits.float()
-    return out.last_hidden_state.float()
+        return out.logits.to(dtype)
+    return out.last_hidden_state.to(dtype)
+
+
+EQUIVALENCE_TOL = 1e-9  # relative, in float64
+
+
+@torch.no_grad()
+def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
+                perms: dict[str, np.ndarray] | None = None, tol: float = EQUIVALENCE_TOL) -> dict:
+    """Does B' compute B's function?  The check runs on float64 copies on the CPU, where rounding
+    is about 1e-16 relative and grows with depth and width to far below ``tol``, so a correct
+    permutation passes for any model size, while a real break (a weight left unpermuted, a wrong
+    axis) gives an error of the order of the logits.  In float32 the same check on a correct
+    permutation reaches 1e-5 relative on realistic models, which is why it is not judged there.
+    Returns ``max_rel_logit_error_float64``, ``equivalence_tolerance`` and ``equivalent``."""
+    b64 = copy.deepcopy(model_b).to("cpu", torch.float64)
+    bp64 = copy.deepcopy(model_bp).to("cpu", torch.float64)
+    err = logit_error(b64, bp64, {k: v.to("cpu") for k, v in batch.items()}, spec, perms, dtype=torch.float64)
+    rel = err["max_rel_logit_error"]
+    return {"max_rel_logit_error_float64": rel, "equivalence_tolerance": tol, "equivalent": bool(rel < tol)}

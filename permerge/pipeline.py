@@ -2,7 +2,10 @@
 
 checkpoints -> statistics -> permutations -> permuted model -> interpolation curves.  Each heavy
 result is cached by content (see cache.py); progress is reported through a callback
-``progress(stage, done, total, **info)``, which may raise ``Cancelled`` to stop a run.
+``progress(stage, done, total, **info)``, which may raise ``Cancelled`` to stop a run.  The
+callback is given per call (``pipe.curve(options, progress=cb)``), so that one Pipeline shared by
+several threads reports each thread's work to that thread's own callback; ``Pipeline(progress=...)``
+is the default for calls that give none (the CLI's progress bars).
 """
 from __future__ import annotations
 
@@ -20,15 +23,12 @@ from .align import VANILLA, AlignOptions, Alignment, compute_alignment
 from .arch import spec_for
 from .cache import NoCache, make_key
 from .checkpoints import load_pair
-from .errors import DataError, IncompatibleModels, PermergeError
-from .evaluate import EvalSet, evaluate, exact_evalset, mlm_evalset
-from .interpolate import barrier, clone_state, curve, interpolate_state, lambda_grid
-from .permute import logit_error, permute_model
+from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
+from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
+from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
+                          lambda_grid)
+from .permute import equivalence, logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision
-
-
-class Cancelled(PermergeError):
-    """Raised by a progress callback to stop a run; nothing is cached for the stopped stage."""
 
 
 def resolve_device(device: str) -> str:
@@ -75,7 +75,7 @@ class Prepared:
 class CurveResult:
     method: str
     options: dict
-    rows: list[dict]  # lambda, loss, and pseudo_perplexity or accuracy
+    rows: list[dict]  # lambda, loss, and pseudo_perplexity, perplexity or accuracy
     barrier: float
     barrier_lambda: float
     loss_a: float
@@ -83,17 +83,24 @@ class CurveResult:
     function_preserving: bool
     fraction: float = 1.0
     tokens: int | None = None
+    # standard error of the barrier over the scored tokens (MLM) or examples (classifiers): the
+    # spread of L_t(lambda*) - (L_t(A) + L_t(B)) / 2 over items t, at the barrier's lambda*
+    barrier_se: float | None = None
+    items: int | None = None  # scored tokens or examples
 
 
 @dataclass
 class Pipeline:
     job: Job
     cache: object = field(default_factory=NoCache)
-    progress: object = None
+    progress: object = None  # default callback for calls that give none (one thread: the CLI)
     distributed: bool = False
     timings: dict = field(default_factory=dict)
     # one computation at a time per pipeline (a dashboard may share it between threads)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # memos of the stages (the heavy results also live in the cache)
+    _stats: StatsResult | None = field(default=None, init=False, repr=False, compare=False)
+    _alignments: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- stages --------------------------------------------------------------------------
     @cached_property
@@ -118,7 +125,7 @@ class Pipeline:
     @property
     def block(self) -> int:
         """128-token blocks, or the model's maximum length when that is shorter."""
-        return min(D.BLOCK, self.pair[0].config.max_position_embeddings)
+        return min(D.BLOCK, self.spec.table.longest_input(self.pair[0].config))
 
     @cached_property
     def device(self) -> str:
@@ -135,40 +142,61 @@ class Pipeline:
         job, tok = self.job, self.tokenizer
         head = self.spec.head
         special = tuple(tok.all_special_ids) if tok is not None else ()
+        if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
+            raise DataError("a causal-LM pair takes plain text as --data, not a task folder")
         if D.is_task_folder(job.data):
             train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
-            if head == "classifier":
-                nl = self.pair[0].config.num_labels
-                if dev.num_labels > nl or (dev.regression != (nl == 1)):
-                    raise DataError(f"task {dev.name} has {dev.num_labels} label(s); the checkpoints have {nl}")
+            if head == "classifier":  # file and line of the first label that does not fit (dev: below)
+                D.check_task_labels(train, self.pair[0].config.num_labels)
+            ev = self._classifier_eval(job.data) if head == "classifier" else None
             align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
             if job.eval_examples:
                 dev = D.Task(dev.name, dev.texts_a[:job.eval_examples],
                              dev.texts_b[:job.eval_examples] if dev.texts_b else None,
                              dev.labels[:job.eval_examples], dev.regression, dev.num_labels)
-            if head == "classifier":
-                ev = EvalSet("classification", D.task_batches(tok, dev, 32, self.block), regression=dev.regression)
-            else:
+            if ev is None:
                 text = "\n".join(dev.texts_a + (dev.texts_b or []))
                 ev = self._mlm_eval(D.text_blocks(tok, text, self.block)[: job.eval_blocks])
             task = dev.name
-        else:
+        else:  # plain text: no labels are needed to align, only to evaluate a classifier
+            specials = self.spec.table.block_specials
+            blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
             if head == "classifier":
-                raise DataError("a classifier pair needs a GLUE-format task folder (train.tsv, dev.tsv) as --data")
-            blocks = D.text_blocks(tok, D.read_text(job.data), self.block)
+                align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
+                if not align:
+                    raise DataError("no alignment data")
+                ev = self._classifier_eval(job.eval_data)
+                ev.inputs = self.spec.inputs  # the keys this family's models take
+                return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), None)
             if job.eval_data:
-                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block)[: job.eval_blocks]
+                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
             else:  # hold out the tail of the data for evaluation
                 k = min(job.eval_blocks, len(blocks) // 2)
                 if k == 0:
                     raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
                 blocks, eval_blocks = blocks[:-k], blocks[-k:]
             align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-            ev = self._mlm_eval(eval_blocks) if head == "mlm" else EvalSet("none", [])
+            ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
             task = None
         if not align:
             raise DataError("no alignment data")
+        ev.inputs = self.spec.inputs  # the keys this family's models take
         return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
+
+    def _classifier_eval(self, folder: str | None) -> EvalSet:
+        """A classifier aligned on plain text is evaluated on a task folder's dev.tsv when one is
+        given (``eval_data``), else not at all (the alignment and the B' check still run)."""
+        if not folder:
+            return EvalSet("none", [])
+        if not D.is_task_folder(folder):
+            raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
+        dev = D.read_task(folder, "dev")
+        D.check_task_labels(dev, self.pair[0].config.num_labels)
+        if self.job.eval_examples:
+            dev = D.Task(dev.name, dev.texts_a[:self.job.eval_examples],
+                         dev.texts_b[:self.job.eval_examples] if dev.texts_b else None,
+                         dev.labels[:self.job.eval_examples], dev.regression, dev.num_labels)
+        return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), regression=dev.regression)
 
     def _mlm_eval(self, blocks) -> EvalSet:
         if len(blocks) == 0:
@@ -185,27 +213,31 @@ class Pipeline:
                         fractions=list(self.job.fractions), exclude_special=self.job.exclude_special,
                         precision=resolve_precision(self.job.precision, self.device))
 
-    def stats(self) -> StatsResult:
+    def _cb(self, progress):
+        return progress if progress is not None else self.progress
+
+    def stats(self, progress=None) -> StatsResult:
         def compute():
             t = time.perf_counter()
             a, b = self.pair
             res = collect_stats(a.model, b.model, self.spec, self.prepared.align_batches, device=self.device,
                                 fractions=self.job.fractions, exclude_special=self.job.exclude_special,
-                                progress=self.progress, distributed=self.distributed, precision=self.job.precision)
+                                progress=self._cb(progress), distributed=self.distributed, precision=self.job.precision)
             self.timings["statistics_s"] = time.perf_counter() - t
             return res.to_numpy()
 
         with self.lock:
-            if "_stats" not in self.__dict__:
-                self.__dict__["_stats"] = StatsResult.from_numpy(self.cache.get_or_compute(self.stats_key, compute))
-            return self.__dict__["_stats"]
+            if self._stats is None:
+                self._stats = StatsResult.from_numpy(self.cache.get_or_compute(self.stats_key, compute))
+            return self._stats
 
-    def alignment(self, options: AlignOptions, fraction: float = 1.0) -> Alignment:
-        memo = self.__dict__.setdefault("_alignments", {})
+    def alignment(self, options: AlignOptions, fraction: float = 1.0, progress=None) -> Alignment:
+        memo = self._alignments
         if (options, fraction) not in memo:
             def compute():
                 t = time.perf_counter()
-                al = compute_alignment(self.spec, self.stats().at(fraction), options, progress=self.progress)
+                al = compute_alignment(self.spec, self.stats(progress).at(fraction), options,
+                                       progress=self._cb(progress))
                 self.timings["assignment_s"] = time.perf_counter() - t
                 return al
 
@@ -214,9 +246,9 @@ class Pipeline:
                 memo[options, fraction] = self.cache.get_or_compute(key, compute)
         return memo[options, fraction]
 
-    def permuted(self, options: AlignOptions, fraction: float = 1.0):
+    def permuted(self, options: AlignOptions, fraction: float = 1.0, progress=None):
         t = time.perf_counter()
-        model = permute_model(self.pair[1].model, self.spec, self.alignment(options, fraction).perms)
+        model = permute_model(self.pair[1].model, self.spec, self.alignment(options, fraction, progress).perms)
         self.timings["permute_s"] = time.perf_counter() - t
         return model
 
@@ -230,22 +262,44 @@ class Pipeline:
 
     def probe_batch(self) -> dict:
         b = self.prepared.align_batches[0]
-        return {k: b[k][:8] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        return {k: b[k][:8] for k in self.spec.inputs if k in b}
 
-    def function_check(self, options: AlignOptions, model_bp=None) -> dict:
-        """B' against B on a probe batch of the alignment data."""
+    def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
+        """B' against B on a probe batch of the alignment data: the float32 errors on the run's
+        device, and the judgement ``equivalent`` from the same check in float64 (see
+        ``permute.equivalence``), so that float32 rounding in a deep or wide model is no alarm."""
         t = time.perf_counter()
-        bp = model_bp if model_bp is not None else self.permuted(options)
+        bp = model_bp if model_bp is not None else self.permuted(options, progress=progress)
         dev = self.device
-        batch = {k: v.to(dev) for k, v in self.probe_batch().items()}
-        err = logit_error(self.pair[1].model.to(dev), bp.to(dev), batch, self.spec, self.alignment(options).perms)
+        perms = self.alignment(options, progress=progress).perms
+        batch = self.probe_batch()
+        err = logit_error(self.pair[1].model.to(dev), bp.to(dev), {k: v.to(dev) for k, v in batch.items()},
+                          self.spec, perms)
+        err.update(equivalence(self.pair[1].model, bp, batch, self.spec, perms))
         self.timings["check_s"] = time.perf_counter() - t
         return err
 
-    def curve(self, options: AlignOptions, lambdas: int = 21, fraction: float = 1.0) -> CurveResult:
-        """Loss (and pseudo-perplexity or accuracy) along lambda between A and B'."""
+    def _point_key(self, options: AlignOptions, fraction: float, lam: float) -> str:
+        """Cache key of one point of a curve.  lambda = 1 is A itself, whatever the options."""
+        a, b = self.pair
+        vanilla = options == VANILLA
+        if lam == 1.0:
+            return make_key("point", a=a.content_hash, eval=self.prepared.eval_hash, endpoint="A",
+                            device_kind=self.device.split(":")[0])
+        return make_key("point", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
+                        stats=None if vanilla else self.stats_key, options=options.to_dict(),
+                        fraction=None if vanilla else fraction, lam=float(lam), device_kind=self.device.split(":")[0])
+
+    def curve(self, options: AlignOptions, lambdas: int = 21, fraction: float = 1.0, progress=None) -> CurveResult:
+        """Loss (and pseudo-perplexity, perplexity or accuracy) along lambda between A and B'.
+
+        Points are evaluated coarse grid first (1, 0, 1/2, 1/4, 3/4, ...) and cached one by one, so
+        that grids share their common points and a caller sees the curve take shape: after every
+        point, ``progress("interpolation", done, total, method=..., rows=[rows so far])``."""
         if self.prepared.evalset.kind == "none":
-            raise DataError("a bare encoder has no loss to interpolate; use an MLM or a classifier")
+            raise DataError("no evaluation data with labels for this pair: give a task folder (dev.tsv) to "
+                            "evaluate a classifier, or use an MLM or a causal LM; the alignment itself needs no labels")
+        cb = self._cb(progress)
         vanilla = options == VANILLA
         a, b = self.pair
         key = make_key("curve", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
@@ -255,53 +309,64 @@ class Pipeline:
         def compute():
             t = time.perf_counter()
             grid = lambda_grid(lambdas)
-            model_b = b.model if vanilla else self.permuted(options, fraction)
-            work = copy.deepcopy(a.model).to(self.device)  # a working copy
-            state_a = {k: v.to(self.device) for k, v in clone_state(a.model).items()}
-            state_b = {k: v.to(self.device) for k, v in clone_state(model_b).items()}
-            rows = curve(work, state_a, state_b, grid, lambda m: evaluate(m, self.prepared.evalset, self.device, self.spec.mlm_head),
-                         progress=self.progress, label=options.label())
+            points = self._points(options, fraction, grid, cb)
+            rows = [points[float(lam)][0] for lam in grid]
+            losses = [r["loss"] for r in rows]
             loss_a = rows[-1]["loss"]
-            loss_b = rows[0]["loss"] if vanilla else self.original_b_loss(lambdas)
-            bar, lam = barrier(grid, [r["loss"] for r in rows], loss_a, loss_b)
+            if vanilla:
+                loss_b, items_b = rows[0]["loss"], points[float(grid[0])][1]
+            else:
+                row_b, items_b = self._points(VANILLA, 1.0, [0.0], None)[0.0]
+                loss_b = row_b["loss"]
+            bar, lam = barrier(grid, losses, loss_a, loss_b)
+            se, n = barrier_sem(points[lam][1], points[float(grid[-1])][1], items_b)
             self.timings.setdefault("interpolation_s", 0.0)
             self.timings["interpolation_s"] += time.perf_counter() - t
             snap_tokens = None if vanilla else self.stats().snapshot_tokens.get(fraction)
             return CurveResult(options.label(), options.to_dict(), rows, bar, lam, loss_a, loss_b,
-                               options.function_preserving, fraction, snap_tokens)
+                               options.function_preserving, fraction, snap_tokens, se, n)
 
         with self.lock:
             return self.cache.get_or_compute(key, compute)
 
-    def original_b_loss(self, lambdas: int = 21) -> float:
-        return self.curve(VANILLA, lambdas).rows[0]["loss"]
+    def _points(self, options: AlignOptions, fraction: float, grid, progress) -> dict:
+        """{lambda: (row, per-item losses)} for every lambda of ``grid``, from the cache or evaluated
+        in coarse-first order; the working model is only built when a point is missing."""
+        out, work = {}, None
+        order = coarse_first(len(grid))
+        for done, i in enumerate(order, 1):
+            lam = float(grid[i])
+            key = self._point_key(options, fraction, lam)
 
+            def compute(lam=lam):
+                nonlocal work
+                if work is None:
+                    work = self._work_model(options, fraction, progress)
+                model, state_a, state_b = work
+                model.load_state_dict(interpolate_state(state_a, state_b, lam))
+                kept: list = []
+                row = {"lambda": lam, **evaluate(model, self.prepared.evalset, self.device, self.spec.mlm_head,
+                                                 keep=kept)}
+                check_finite_loss(row, options.label())  # raised inside the cached computation: nothing is stored
+                items = np.concatenate([k.numpy() for k in kept]).astype(np.float32) if kept else None
+                return row, items
 
-def _tls(pipe: Pipeline) -> threading.local:
-    return pipe.__dict__.setdefault("_progress_tls", threading.local())
+            out[lam] = self.cache.get_or_compute(key, compute)
+            if progress:
+                progress("interpolation", done, len(order), method=options.label(),
+                         rows=sorted((r for r, _ in out.values()), key=lambda r: r["lambda"]))
+        return out
 
+    def _work_model(self, options: AlignOptions, fraction: float, progress):
+        a, b = self.pair
+        model_b = b.model if options == VANILLA else self.permuted(options, fraction, progress)
+        work = copy.deepcopy(a.model).to(self.device)  # a working copy
+        state_a = {k: v.to(self.device) for k, v in clone_state(a.model).items()}
+        state_b = {k: v.to(self.device) for k, v in clone_state(model_b).items()}
+        return work, state_a, state_b
 
-# The progress callback is per thread: the dashboard shares one Pipeline between the jobs of
-# several sessions, each on its own worker thread, so one job's callback (which raises Cancelled
-# once its user cancels) must never see another job's work.
-Pipeline.progress = property(lambda self: getattr(_tls(self), "callback", None),
-                             lambda self, cb: setattr(_tls(self), "callback", cb),
-                             doc="progress(stage, done, total, **info) for the calling thread")
-
-
-def curve_table(results: list[CurveResult]):
-    """Rows of curve.csv: lambda, method, loss, and pseudo_perplexity or accuracy."""
-    import pandas as pd
-
-    rows = [{"lambda": r["lambda"], "method": c.method, **{k: v for k, v in r.items() if k != "lambda"}}
-            for c in results for r in c.rows]
-    return pd.DataFrame(rows)
-
-
-def barrier_summary(results: list[CurveResult]) -> dict:
-    return {c.method: {"barrier": c.barrier, "lambda": c.barrier_lambda, "loss_a": c.loss_a,
-                       "loss_b": c.loss_b, "function_preserving": c.function_preserving,
-                       "options": c.options} for c in results}
+    def original_b_loss(self) -> float:
+        return self._points(VANILLA, 1.0, [0.0], None)[0.0][0]["loss"]
 
 
 def permutations_tensors(al: Alignment) -> dict[str, torch.Tensor]:

@@ -17,6 +17,50 @@ RDBU = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7",
 COLORSCALE = [[i / (len(RDBU) - 1), c] for i, c in enumerate(RDBU)]
 PALETTE = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880",
            "#ff97ff", "#fecb52"]
+
+# One colour per method on every chart.  Keys are ``AlignOptions.label()`` strings; the paper's
+# table row names (``study.table_label``) map onto the same options, so "Head-Perm" in Table 1 and
+# "FF + attn:head-perm" on a curve share a colour.  Vanilla (no alignment) is grey everywhere;
+# the default alignment (FF + Head-Perm) is red, which is also "after" on the per-layer chart.
+VANILLA_COLOR = "#7f7f7f"
+ALIGNED_COLOR = "#d62728"
+METHOD_COLORS = {
+    "vanilla": VANILLA_COLOR,
+    "FF + attn:head-perm": ALIGNED_COLOR,
+    "FF": "#1f77b4",
+    "attn:head-perm": "#ff7f0e",
+    "FF + attn:monotonic": "#2ca02c",
+    "FF + attn:ignore-heads": "#9467bd",
+    "attn:monotonic": "#98df8a",
+    "attn:ignore-heads": "#c5b0d5",
+    "res:first": "#8c564b",
+    "res:last": "#e377c2",
+    "res:all": "#17becf",
+    "res:separate": "#bcbd22",
+    "FF + attn:head-perm + pooler": "#ff9896",
+}
+OFF_DIAGONAL_COLOR = "#9ecae1"
+
+
+def _table_aliases() -> dict[str, str]:
+    """The paper's table row names -> the options' labels (imported lazily: ``study`` loads torch)."""
+    from .study import TABLE1, TABLE2, table_label
+
+    return {table_label(o): o.label() for o in TABLE1 + TABLE2}
+
+
+def method_color(method: str) -> str:
+    """The colour of a method on every chart: fixed for the known methods, else a stable pick
+    from the palette by the label's text (the same label gets the same colour in every figure)."""
+    m = str(method)
+    if m in METHOD_COLORS:
+        return METHOD_COLORS[m]
+    alias = _table_aliases().get(m)
+    if alias in METHOD_COLORS:
+        return METHOD_COLORS[alias]
+    import zlib
+
+    return PALETTE[zlib.crc32(m.encode()) % len(PALETTE)]
 LAMBDA_TITLE = "λ  (0 = B′, 1 = A)"
 HEATMAP_CELLS = 256  # up to this width: an interactive heatmap with hover values
 
@@ -35,10 +79,10 @@ def render_note(d: int, max_pixels: int = 1024) -> str:
     if mode == "heatmap":
         return f"{d} x {d}: drawn as an interactive heatmap (hover shows each value)."
     if mode == "image":
-        return (f"{d} x {d}: drawn as an image (px.imshow-style PNG, binary_string) to stay responsive; "
-                "hover shows the position only, zoom with the mouse.")
-    return (f"{d} x {d}: downsampled by averaging {f} x {f} blocks and drawn as an image "
-            f"({int(np.ceil(d / f))} x {int(np.ceil(d / f))} pixels); zoom into a head pair for exact values.")
+        return (f"{d} x {d}: drawn as a picture, one pixel per pair of units, to stay quick; hovering shows "
+                "the position but not the value. Drag a rectangle to zoom in.")
+    return (f"{d} x {d}: too big for one pixel per pair, so each pixel is the average of a {f} x {f} block "
+            f"({int(np.ceil(d / f))} x {int(np.ceil(d / f))} pixels). Zoom into a window of units for exact values.")
 
 
 def _block_mean(C: np.ndarray, f: int) -> np.ndarray:
@@ -62,15 +106,25 @@ def _to_rgb(C: np.ndarray, zmin=-1.0, zmax=1.0) -> np.ndarray:
 
 def heatmap(C: np.ndarray, heads: int | None = None, title: str = "", max_pixels: int = 1024,
             x_title: str = "unit of B", y_title: str = "unit of A", zmin: float = -1.0, zmax: float = 1.0,
-            offset: tuple[int, int] = (0, 0)) -> go.Figure:
+            offset: tuple[int, int] = (0, 0), row_ids=None, col_ids=None) -> go.Figure:
     """A correlation matrix, rows = A's units, columns = B's (or B′'s), with head-block grid lines
-    when ``heads`` is given.  ``offset`` labels the axes of a block cut out of a bigger matrix."""
+    when ``heads`` is given.  ``offset`` labels the axes of a block cut out of a bigger matrix.
+    ``row_ids`` / ``col_ids``: the unit numbers of reordered rows / columns (hover shows them; the
+    axes then count positions)."""
     import plotly.express as px
 
     C = np.asarray(C, dtype=float)
     r, c = C.shape
     mode, f = render_mode(max(r, c), max_pixels)
-    if mode == "heatmap":
+    if mode == "heatmap" and (row_ids is not None or col_ids is not None):
+        ri = np.arange(r) + offset[0] if row_ids is None else np.asarray(row_ids)
+        ci = np.arange(c) + offset[1] if col_ids is None else np.asarray(col_ids)
+        ids = np.stack(np.broadcast_arrays(ri[:, None], ci[None, :]), axis=-1)
+        fig = go.Figure(go.Heatmap(z=C, x=np.arange(c) + offset[1], y=np.arange(r) + offset[0], customdata=ids,
+                                   colorscale=COLORSCALE, zmin=zmin, zmax=zmax, colorbar=dict(title="corr"),
+                                   hovertemplate="A unit %{customdata[0]}<br>B unit %{customdata[1]}"
+                                                 "<br>corr %{z:.3f}<extra></extra>"))
+    elif mode == "heatmap":
         fig = go.Figure(go.Heatmap(z=C, x=np.arange(c) + offset[1], y=np.arange(r) + offset[0],
                                    colorscale=COLORSCALE, zmin=zmin, zmax=zmax, colorbar=dict(title="corr"),
                                    hovertemplate="A unit %{y}<br>B unit %{x}<br>corr %{z:.3f}<extra></extra>"))
@@ -95,6 +149,89 @@ def heatmap(C: np.ndarray, heads: int | None = None, title: str = "", max_pixels
     fig.update_yaxes(autorange="reversed", title=y_title, scaleanchor="x", constrain="domain")
     fig.update_xaxes(title=x_title, constrain="domain")
     fig.update_layout(title=title, height=520, margin=dict(l=60, r=20, t=50, b=50), plot_bgcolor="white")
+    return fig
+
+
+def diagonal_histogram(C_after: np.ndarray, C_before: np.ndarray | None = None, title: str = "",
+                       bins: int = 40) -> go.Figure:
+    """How the matched pairs stand out: histograms (as shares of their own kind) of the diagonal of
+    the aligned matrix (unit i of A with the unit of B matched to it), of the diagonal before
+    alignment (unit i with unit i), and of every other pair (off-diagonal entries)."""
+    A = np.asarray(C_after, dtype=float)
+    d = min(A.shape)
+    off = A[~np.eye(A.shape[0], A.shape[1], dtype=bool)]
+    series = [("every other pair (off the diagonal)", off, OFF_DIAGONAL_COLOR)]
+    if C_before is not None:
+        series.append(("unit i with unit i, before alignment", np.diag(np.asarray(C_before, dtype=float))[:d],
+                       VANILLA_COLOR))
+    series.append(("matched pairs after alignment (the diagonal)", np.diag(A)[:d], ALIGNED_COLOR))
+    fig = go.Figure()
+    edges = dict(start=-1.0, end=1.0, size=2.0 / bins)
+    for name, v, color in series:
+        fig.add_trace(go.Histogram(x=v, name=f"{name}: mean {np.mean(v):.3f}", xbins=edges, histnorm="percent",
+                                   marker_color=color, opacity=0.65,
+                                   hovertemplate="corr %{x}<br>%{y:.1f}% of these pairs<extra></extra>"))
+    fig.update_layout(barmode="overlay", title=title, height=360, margin=dict(l=60, r=20, t=50, b=50),
+                      legend=dict(orientation="h", y=-0.3))
+    fig.update_xaxes(title="correlation", range=[-1, 1])
+    fig.update_yaxes(title="% of the pairs of that kind")
+    return fig
+
+
+def permutation_matrix(perm, heads: int | None = None, title: str = "", highlight_rows=None) -> go.Figure:
+    """The permutation as a 0/1 matrix: row i (unit i of B′) has its 1 in column perm[i] (the unit of
+    B it takes).  Head grid lines show whether heads move as whole blocks; highlighted rows (the
+    current step) are boxed."""
+    perm = np.asarray(perm)
+    d = len(perm)
+    fig = go.Figure(go.Scattergl(x=perm, y=np.arange(d), mode="markers",
+                                 marker=dict(color=ALIGNED_COLOR, size=max(2, min(10, 400 // d)), symbol="square"),
+                                 hovertemplate="B′ unit %{y} ← B unit %{x}<extra></extra>", showlegend=False))
+    if heads and heads > 1 and d % heads == 0:
+        dk = d // heads
+        for h in range(1, heads):
+            pos = h * dk - 0.5
+            fig.add_vline(x=pos, line=dict(color="black", width=1))
+            fig.add_hline(y=pos, line=dict(color="black", width=1))
+    for lo, hi in (highlight_rows or []):
+        fig.add_shape(type="rect", x0=-0.5, x1=d - 0.5, y0=lo - 0.5, y1=hi - 0.5, line=dict(color="black", width=1),
+                      fillcolor="rgba(255, 215, 0, 0.35)", layer="below")
+        rows = np.arange(lo, hi)
+        fig.add_trace(go.Scattergl(x=perm[rows], y=rows, mode="markers", showlegend=False,
+                                   marker=dict(color="black", size=max(6, min(12, 600 // d)), symbol="square"),
+                                   hovertemplate="B′ unit %{y} ← B unit %{x}<extra></extra>"))
+    fig.update_yaxes(range=[d - 0.5, -0.5], title="unit of B′", constrain="domain")
+    fig.update_xaxes(range=[-0.5, d - 0.5], title="unit of B", scaleanchor="y", constrain="domain")
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50), plot_bgcolor="white")
+    return fig
+
+
+def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[list[tuple[int, int]]] | None = None,
+                  title: str = "", max_cells: int = 96) -> go.Figure:
+    """Weight matrices side by side (e.g. A, B, B′), values on a symmetric colour scale.  ``axis``
+    is the permuted axis (0: rows, 1: columns); ``boxes`` per panel: (first, last + 1) index ranges
+    along that axis to outline.  The other axis is cut to its first ``max_cells`` entries."""
+    n = len(mats)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in mats], horizontal_spacing=0.04)
+    vmax = max(float(np.nanmax(np.abs(m))) for _, m in mats) or 1.0
+    for col, (name, m) in enumerate(mats, start=1):
+        m = np.asarray(m, dtype=float)
+        m = m[:, :max_cells] if axis == 0 else m[:max_cells, :]
+        fig.add_trace(go.Heatmap(z=m, colorscale=COLORSCALE, zmin=-vmax, zmax=vmax, showscale=col == n,
+                                 colorbar=dict(title="weight"),
+                                 hovertemplate=f"{name}<br>row %{{y}}, column %{{x}}<br>%{{z:.4f}}<extra></extra>"),
+                      row=1, col=col)
+        for lo, hi in (boxes[col - 1] if boxes else []):
+            if axis == 0:
+                shape = dict(x0=-0.5, x1=m.shape[1] - 0.5, y0=lo - 0.5, y1=hi - 0.5)
+            else:
+                shape = dict(y0=-0.5, y1=m.shape[0] - 0.5, x0=lo - 0.5, x1=hi - 0.5)
+            fig.add_shape(type="rect", line=dict(color="black", width=2), row=1, col=col, **shape)
+        fig.update_yaxes(autorange="reversed", row=1, col=col)
+    moved, other = ("unit (row)", "input dimension") if axis == 0 else ("unit (column)", "output dimension")
+    fig.update_yaxes(title=moved if axis == 0 else other, row=1, col=1)
+    fig.update_xaxes(title=other if axis == 0 else moved)
+    fig.update_layout(title=title, height=460, margin=dict(l=60, r=20, t=70, b=50))
     return fig
 
 
@@ -127,10 +264,7 @@ def head_cost(cost: np.ndarray, outer=None, title: str = "Head-pair cost") -> go
 
 
 def _method_styles(methods, preserving: dict) -> dict:
-    out = {}
-    for i, m in enumerate(methods):
-        out[m] = dict(color=PALETTE[i % len(PALETTE)], dash="solid" if preserving.get(m, True) else "dash")
-    return out
+    return {m: dict(color=method_color(m), dash="solid" if preserving.get(m, True) else "dash") for m in methods}
 
 
 def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None = None,
@@ -148,24 +282,36 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
         fig.add_trace(go.Scatter(x=g["lambda"], y=g[value], mode="lines+markers", name=name,
                                  line=dict(color=styles[m]["color"], dash=styles[m]["dash"]),
                                  hovertemplate=f"{m}<br>λ %{{x:.2f}}<br>{value} %{{y:.4f}}<extra></extra>"))
+    top = 50
     if barriers is not None and value == "loss" and len(barriers):
-        for n, (_, b) in enumerate(barriers.iterrows()):
-            m = b["method"]
-            if m not in styles:
-                continue
-            g = df[(df["method"] == m) & (np.isclose(df["lambda"], b["barrier_lambda"]))]
-            if not len(g):
-                continue
-            y = float(g[value].iloc[0])
-            fig.add_annotation(x=b["barrier_lambda"], y=y, text=f"{m}: barrier {b['barrier']:.3f}", showarrow=True,
-                               arrowhead=2, ax=40, ay=-25 - 18 * n, xanchor="left", font=dict(color=styles[m]["color"]))
         mid = float((barriers["loss_a"].iloc[0] + barriers["loss_b"].iloc[0]) / 2)
-        fig.add_hline(y=mid, line=dict(color="gray", dash="dot", width=1),
-                      annotation_text="(L(A) + L(B)) / 2", annotation_position="bottom right")
+        fig.add_hline(y=mid, line=dict(color="gray", dash="dot", width=1))
+        shown = [b for _, b in barriers.iterrows() if b["method"] in styles]
+        for n, b in enumerate(shown):
+            m, color = b["method"], styles[b["method"]]["color"]
+            # the barrier drawn as what it is: a segment from the endpoint mean up to the curve's top,
+            # nudged sideways per method so that segments at the same lambda stay apart
+            x = float(b["barrier_lambda"]) + 0.012 * (n - (len(shown) - 1) / 2)
+            m_mid = float((b["loss_a"] + b["loss_b"]) / 2)
+            fig.add_trace(go.Scatter(x=[x, x], y=[m_mid, m_mid + float(b["barrier"])], mode="lines+markers",
+                                     line=dict(color=color, width=3), marker=dict(symbol="line-ew", size=10,
+                                                                                  line=dict(width=2, color=color)),
+                                     showlegend=False, hoverinfo="skip"))
+        # labels stacked above the plotting area, one line each: they can overlap neither each
+        # other nor the curves
+        lines = [(f"<b>{b['method']}</b>: barrier {b['barrier']:.3f} at λ = {b['barrier_lambda']:.2f}",
+                  styles[b["method"]]["color"]) for b in shown]
+        lines.append(("dotted line: (L(A) + L(B)) / 2, the level each barrier (vertical bar) is measured from",
+                      "gray"))
+        for n, (text, color) in enumerate(lines):
+            fig.add_annotation(xref="paper", yref="paper", x=0.0, y=1.0, yshift=8 + 19 * (len(lines) - 1 - n),
+                               xanchor="left", yanchor="bottom", showarrow=False, text=text,
+                               font=dict(color=color, size=13))
+        top = 60 + 19 * len(lines)
     fig.update_xaxes(title=LAMBDA_TITLE, range=[-0.02, 1.02])
     fig.update_yaxes(title=y_title or value.replace("_", " "), type="log" if log_y else "linear")
-    fig.update_layout(title=title, height=440, hovermode="x unified", margin=dict(l=60, r=20, t=50, b=50),
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(title=dict(text=title, y=0.98, yanchor="top"), height=440 + top - 50, hovermode="x unified",
+                      margin=dict(l=60, r=20, t=top, b=50), legend=dict(orientation="h", y=-0.25))
     return fig
 
 
@@ -177,9 +323,9 @@ def _rgba(hex_color: str, alpha: float) -> str:
 def band(df: pd.DataFrame, title: str = "", y_title: str = "loss") -> go.Figure:
     """Mean with a standard-error band per method (df of ``study.band``)."""
     fig = go.Figure()
-    for i, m in enumerate(dict.fromkeys(df["method"])):
+    for m in dict.fromkeys(df["method"]):
         g = df[df["method"] == m].sort_values("lambda")
-        color = PALETTE[i % len(PALETTE)]
+        color = method_color(m)
         lo, hi = g["mean"] - g["std_err"], g["mean"] + g["std_err"]
         fig.add_trace(go.Scatter(x=list(g["lambda"]) + list(g["lambda"])[::-1], y=list(hi) + list(lo)[::-1],
                                  fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0),
@@ -195,9 +341,12 @@ def band(df: pd.DataFrame, title: str = "", y_title: str = "loss") -> go.Figure:
     return fig
 
 
-def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before vs after") -> go.Figure:
+def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before vs after",
+               method: str | None = None) -> go.Figure:
     """Fig. 5: mean correlation per layer (FF, attention) and per residual point, before and after
-    (df of ``study.layer_correlations``)."""
+    (df of ``study.layer_correlations``).  "before" has vanilla's colour, "after" the colour of
+    ``method`` (the default alignment's when not given)."""
+    after_color = method_color(method) if method else ALIGNED_COLOR
     kinds = [k for k in ("ff", "att", "res", "pooler") if k in set(df["kind"])]
     names = {"ff": "feed-forward", "att": "attention", "res": "residual stream", "pooler": "pooler"}
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[names[k] for k in kinds], shared_yaxes=True)
@@ -209,9 +358,9 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
         elif k == "pooler":
             x = list(g["group"])
         else:
-            g = g.sort_values("layer")
-            x = [f"layer {int(v)}" for v in g["layer"]]
-        for what, color, dash in (("before", "#888888", "dot"), ("after", "#d62728", "solid")):
+            g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
+            x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
+        for what, color, dash in (("before", VANILLA_COLOR, "dot"), ("after", after_color, "solid")):
             fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
                                      showlegend=col == 1, line=dict(color=color, dash=dash),
                                      customdata=np.stack([g["group"], g["aligned"].astype(str)], axis=1),
@@ -224,25 +373,49 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
     return fig
 
 
+def token_label(n: float) -> str:
+    """Token counts for axis ticks: 512, 2k, 16.4k, 1.2M."""
+    n = float(n)
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:.0f}"
+
+
 def data_amount(df: pd.DataFrame, title: str = "Barrier vs amount of alignment data") -> go.Figure:
-    """Fig. 7: barrier against alignment tokens (df of ``study.data_amount``)."""
+    """Fig. 7: barrier against alignment tokens (df of ``study.data_amount``), on a log axis whose
+    ticks are the measured token counts (written 2k, 16.4k); vanilla averaging as a grey reference."""
     g = df.sort_values("tokens")
-    fig = go.Figure(go.Scatter(x=g["tokens"], y=g["barrier"], mode="lines+markers", name=str(g["method"].iloc[0]),
-                               customdata=g["fraction"],
-                               hovertemplate="%{x} tokens (fraction %{customdata})<br>barrier %{y:.4f}<extra></extra>"))
+    method = str(g["method"].iloc[0])
+    color = method_color(method)
+    fig = go.Figure(go.Scatter(x=g["tokens"], y=g["barrier"], mode="lines+markers", name=method,
+                               line=dict(color=color), marker=dict(color=color, size=9),
+                               customdata=[[float(f), token_label(t)] for f, t in zip(g["fraction"], g["tokens"])],
+                               hovertemplate="%{customdata[1]} tokens (first %{customdata[0]:.0%} of the data)"
+                                             "<br>barrier %{y:.4f}<extra></extra>"))
     if "vanilla_barrier" in g:
-        fig.add_hline(y=float(g["vanilla_barrier"].iloc[0]), line=dict(color="gray", dash="dash"),
-                      annotation_text="vanilla (no alignment)", annotation_position="top left")
-    fig.update_xaxes(title="alignment tokens", type="log")
+        fig.add_hline(y=float(g["vanilla_barrier"].iloc[0]), line=dict(color=VANILLA_COLOR, dash="dash"),
+                      annotation_text="vanilla (no alignment)", annotation_position="top left",
+                      annotation_font_color=VANILLA_COLOR)
+    ticks = sorted(set(float(t) for t in g["tokens"]))
+    kept = []  # drop ticks closer than a factor 1.5 to the previous one, so that labels stay apart
+    for t in ticks:
+        if not kept or t / kept[-1] >= 1.5:
+            kept.append(t)
+    fig.update_xaxes(title="alignment tokens (log scale)", type="log", tickvals=kept,
+                     ticktext=[token_label(t) for t in kept], tickangle=0)
     fig.update_yaxes(title="loss barrier")
-    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50))
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=50, b=50), showlegend=False)
     return fig
 
 
 def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
-    """Barrier mean with standard-error bars per method (df of ``study.methods_table``)."""
-    colors = ["#d62728" if fp == "NO" else "#1f77b4" for fp in table["function_preserving"]]
-    fig = go.Figure(go.Bar(x=table["method"], y=table["barrier"], marker_color=colors,
+    """Barrier mean with standard-error bars per method (df of ``study.methods_table``), each bar in
+    its method's colour; not function-preserving methods are hatched."""
+    colors = [method_color(m) for m in table["method"]]
+    hatch = ["/" if fp == "NO" else "" for fp in table["function_preserving"]]
+    fig = go.Figure(go.Bar(x=table["method"], y=table["barrier"], marker=dict(color=colors, pattern_shape=hatch),
                            error_y=dict(type="data", array=table["std_err"].fillna(0.0)),
                            customdata=np.stack([table["std_err"], table["pairs"], table["function_preserving"]], axis=1),
                            hovertemplate="%{x}<br>barrier %{y:.4f} ± %{customdata[0]:.4f}<br>%{customdata[1]} pair(s)"
@@ -254,8 +427,7 @@ def methods_bar(table: pd.DataFrame, title: str = "") -> go.Figure:
 
 def params_table(spec, group: str) -> pd.DataFrame:
     """The weights one permutation group touches, with the axis it gathers along."""
-    rows = [{"parameter": p, "axis": ax, "permuted": "rows" if ax == 0 and not p.endswith(("bias", "LayerNorm.weight"))
-             else ("columns" if ax == 1 else "entries")} for p, ax in spec.params_of(group)]
+    rows = [{"parameter": p, "axis": ax, "permuted": spec.axis_label(p, ax)} for p, ax in spec.params_of(group)]
     return pd.DataFrame(rows, columns=["parameter", "axis", "permuted"])
 
 

@@ -5,6 +5,9 @@
 * ``family_curves``: the same over many pairs, for mean and standard-error bands and tables.
 * ``data_amount``: barrier against the amount of alignment data, from the prefix snapshots.
 * ``layer_correlations``: mean feature correlation per layer, before and after (Fig. 5).
+* ``curves_frame``, ``barriers_frame``, ``curve_table``, ``barrier_summary``: the one place where
+  curves and barriers become tables (dashboard, CLI's curve.csv and barrier.json, exports).
+* ``folder_pairs``: every pair of a folder of checkpoints (a user's own set of seeds).
 
 Pipelines are kept per job in a small in-process registry so that a dashboard page served from
 cache does not reload the models.
@@ -18,6 +21,7 @@ from collections import OrderedDict
 import pandas as pd
 
 from .align import VANILLA, AlignOptions, Alignment
+from .errors import DataError
 from .interpolate import mean_sem
 from .pipeline import CurveResult, Job, Pipeline
 
@@ -63,11 +67,18 @@ class PipelineRegistry:
 
 
 def pair_curves(pipe: Pipeline, options: list[AlignOptions], lambdas: int = 21, progress=None) -> list[CurveResult]:
-    pipe.progress = progress
-    return [pipe.curve(o, lambdas) for o in options]
+    out = []
+    for k, o in enumerate(options):
+        def sub(stage, done, total, _k=k, **info):
+            progress(stage, done, total, overall=(_k, len(options)), **info)
+
+        out.append(pipe.curve(o, lambdas, progress=sub if progress else None))
+    return out
 
 
 def curves_frame(results: list[CurveResult], **extra) -> pd.DataFrame:
+    """One row per method and lambda: method, function_preserving, lambda, loss, and
+    pseudo_perplexity or accuracy (plus ``extra`` columns in front)."""
     rows = []
     for c in results:
         for r in c.rows:
@@ -76,9 +87,25 @@ def curves_frame(results: list[CurveResult], **extra) -> pd.DataFrame:
 
 
 def barriers_frame(results: list[CurveResult], **extra) -> pd.DataFrame:
-    return pd.DataFrame([{**extra, "method": c.method, "barrier": c.barrier, "barrier_lambda": c.barrier_lambda,
-                          "loss_a": c.loss_a, "loss_b": c.loss_b, "function_preserving": c.function_preserving,
-                          "fraction": c.fraction, "tokens": c.tokens} for c in results])
+    return pd.DataFrame([{**extra, "method": c.method, "barrier": c.barrier, "barrier_se": c.barrier_se,
+                          "barrier_lambda": c.barrier_lambda, "loss_a": c.loss_a, "loss_b": c.loss_b,
+                          "function_preserving": c.function_preserving, "fraction": c.fraction,
+                          "tokens": c.tokens, "items": c.items} for c in results])
+
+
+def curve_table(results: list[CurveResult]) -> pd.DataFrame:
+    """Rows of curve.csv: lambda, method, loss, and pseudo_perplexity or accuracy."""
+    df = curves_frame(results)
+    return df[["lambda", "method"] + [c for c in df.columns if c not in ("lambda", "method", "function_preserving")]]
+
+
+def barrier_summary(results: list[CurveResult]) -> dict:
+    """barrier.json: per method, the barrier, its standard error and lambda, the endpoint losses."""
+    bars = barriers_frame(results)
+    return {r["method"]: {"barrier": r["barrier"], "barrier_se": r["barrier_se"], "lambda": r["barrier_lambda"],
+                          "loss_a": r["loss_a"], "loss_b": r["loss_b"],
+                          "function_preserving": r["function_preserving"], "options": c.options}
+            for r, c in zip(bars.to_dict("records"), results)}
 
 
 def family_pairs(paths: list[str]) -> list[tuple[str, str]]:
@@ -95,16 +122,16 @@ def family_curves(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, 
     for a, b in pairs:
         job = Job(**{**base.to_dict(), "model_a": a, "model_b": b})
         pipe = registry.get(job)
+        name = pair_name(a, b)
 
         def sub(stage, done, total, **info):
             if progress:
                 progress(f"pair {pairs.index((a, b)) + 1}/{len(pairs)}: {stage}", done, total, overall=(k, n), **info)
 
-        pipe.progress = sub
         for o in options:
-            c = pipe.curve(o, lambdas)
-            curves.append(curves_frame([c], pair=f"{_short(a)} | {_short(b)}"))
-            bars.append(barriers_frame([c], pair=f"{_short(a)} | {_short(b)}"))
+            c = pipe.curve(o, lambdas, progress=sub)
+            curves.append(curves_frame([c], pair=name))
+            bars.append(barriers_frame([c], pair=name))
             k += 1
             if progress:
                 progress("family", k, n)
@@ -112,11 +139,17 @@ def family_curves(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, 
 
 
 def methods_table(bars: pd.DataFrame, options: list[AlignOptions]) -> pd.DataFrame:
-    """Mean and standard error of the barrier over pairs, one row per option, in table order."""
+    """Mean and standard error of the barrier over pairs, one row per option, in table order.  With
+    one pair the standard error is that of its barrier over the scored tokens (``barrier_se``)."""
     rows = []
+    one = "pair" in bars and bars["pair"].nunique() == 1
     for o in options:
-        v = bars.loc[bars["method"] == o.label(), "barrier"]
+        sel = bars["method"] == o.label()
+        v = bars.loc[sel, "barrier"]
         m, se = mean_sem(v)
+        if one and "barrier_se" in bars and len(v):
+            se = bars.loc[sel, "barrier_se"].iloc[0]
+            se = float("nan") if se is None else float(se)
         rows.append({"method": table_label(o), "barrier": m, "std_err": se, "pairs": len(v),
                      "function_preserving": "yes" if o.function_preserving else "NO"})
     return pd.DataFrame(rows)
@@ -131,16 +164,21 @@ def band(curves: pd.DataFrame, value: str = "loss") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def snapshot_batch_size(tokens: int, block: int = 128, batches: int = 64, largest: int = 16) -> int:
+    """A batch size that cuts a statistics pass over ``tokens`` into at least ``batches`` batches, so
+    that its 1%, 3%, 10%, 30% snapshots are distinct prefixes (with 8 batches they are all the first)."""
+    return max(1, min(largest, int(tokens) // (block * batches)))
+
+
 def data_amount(pipe: Pipeline, options: AlignOptions, lambdas: int = 21, progress=None) -> pd.DataFrame:
     """Barrier against the amount of alignment data: one curve per prefix snapshot of the same pass."""
-    pipe.progress = progress
-    stats = pipe.stats()
+    stats = pipe.stats(progress)
     rows = []
     for f in sorted(set(stats.snapshots) | {1.0}):
-        c = pipe.curve(options, lambdas, fraction=f)
+        c = pipe.curve(options, lambdas, fraction=f, progress=progress)
         rows.append({"fraction": f, "tokens": stats.snapshot_tokens.get(f, stats.tokens), "barrier": c.barrier,
-                     "barrier_lambda": c.barrier_lambda, "method": c.method})
-    van = pipe.curve(VANILLA, lambdas)
+                     "barrier_se": c.barrier_se, "barrier_lambda": c.barrier_lambda, "method": c.method})
+    van = pipe.curve(VANILLA, lambdas, progress=progress)
     return pd.DataFrame(rows).assign(vanilla_barrier=van.barrier)
 
 
@@ -156,5 +194,41 @@ def layer_correlations(alignment: Alignment, spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _short(path: str) -> str:
-    return str(path).rstrip("/").split("/")[-1]
+def short_names(paths) -> dict[str, str]:
+    """Names that tell the paths apart: the last path component, extended with parent folders
+    until no two differ only above it (``/x/seed1`` and ``/y/seed1`` give ``x/seed1``, ``y/seed1``)."""
+    paths = [str(p).rstrip("/") for p in paths]
+    parts = {p: p.split("/") for p in paths}
+    out = {}
+    for p in dict.fromkeys(paths):
+        k = 1
+        while k < len(parts[p]):
+            tail = "/".join(parts[p][-k:])
+            if all("/".join(parts[q][-k:]) != tail for q in paths if q != p):
+                break
+            k += 1
+        out[p] = "/".join(parts[p][-k:]) or p
+    return out
+
+
+def pair_name(a: str, b: str) -> str:
+    n = short_names([a, b])
+    return f"{n[str(a).rstrip('/')]} | {n[str(b).rstrip('/')]}"
+
+
+def folder_checkpoints(folder: str) -> list[str]:
+    """The checkpoints in a folder: its sub-folders that hold a config.json, sorted by name."""
+    from pathlib import Path
+
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise DataError(f"not a folder: {folder}")
+    return [str(p) for p in sorted(root.iterdir()) if (p / "config.json").is_file()]
+
+
+def folder_pairs(folder: str) -> list[tuple[str, str]]:
+    """All pairs of the checkpoints in ``folder`` (a user's set of seeds)."""
+    found = folder_checkpoints(folder)
+    if len(found) < 2:
+        raise DataError(f"{folder} holds {len(found)} checkpoint folder(s) with a config.json; pairs need two")
+    return family_pairs(found)

@@ -29,11 +29,11 @@ def app_env(tmp_path_factory):
     os.environ["PERMERGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     cwd = os.getcwd()
     os.chdir(ROOT)
-    from permerge import ui_state
+    from dashboard import state
 
-    ui_state.registry.clear()  # the per-process registry must use this module's cache
+    state.registry.clear()  # the per-process registry must use this module's cache
     yield
-    ui_state.registry.clear()
+    state.registry.clear()
     os.chdir(cwd)
     if old is None:
         os.environ.pop("PERMERGE_CACHE", None)
@@ -48,13 +48,18 @@ def fresh() -> AppTest:
     return AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
 
 
+def run_page() -> AppTest:
+    """The app opened on the run page (the app itself opens on the start page)."""
+    return fresh().run().switch_page("pages/run.py").run()
+
+
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert not [e for e in at.error if "fail" in e.value.lower()], [e.value for e in at.error]
 
 
 def test_run_page_without_result():
-    at = fresh().run()
+    at = run_page()
     assert_clean(at)
     assert at.title[0].value == "Pick and run"
     labels = {w.label for w in at.number_input}
@@ -67,14 +72,14 @@ def test_run_page_without_result():
 
 
 def test_non_preserving_choice_is_marked():
-    at = fresh().run()
+    at = run_page()
     [s for s in at.selectbox if s.label == "Attention"][0].set_value("ignore-heads").run()
     assert_clean(at)
     assert any("Not function-preserving" in w.value for w in at.warning)
 
 
 def test_incompatible_pair_reason(tmp_path):
-    at = fresh().run()
+    at = run_page()
     at.radio(key="src_B").set_value("local folder or hub id").run()
     at.text_input(key="path_B").set_value(str(tmp_path / "missing")).run()
     assert_clean(at)
@@ -83,7 +88,7 @@ def test_incompatible_pair_reason(tmp_path):
 
 
 def test_missing_data_file_is_reported(tmp_path):
-    at = fresh().run()
+    at = run_page()
     at.radio[2].set_value("text file").run()
     at.text_input[0].set_value(str(tmp_path / "nope.txt")).run()
     assert_clean(at)
@@ -107,7 +112,7 @@ def _set(at, label, value):
 
 def start_small_run(lambdas: int):
     """The default pair on the CPU with 2048 tokens and 4 evaluation blocks; press Run."""
-    at = fresh().run()
+    at = run_page()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", lambdas)
     _set(at, "MLM evaluation blocks (128 tokens each)", 4)
@@ -117,55 +122,73 @@ def start_small_run(lambdas: int):
     return at
 
 
+def _wait_run(at, timeout=180):
+    t0 = time.time()
+    while "pending_run" in at.session_state and time.time() - t0 < timeout:
+        time.sleep(1.0)
+        at.run()
+        assert_clean(at)
+    assert "run" in at.session_state and "pending_run" not in at.session_state, "the run did not finish in time"
+    at.run()
+
+
+def _texts(at) -> str:
+    """Everything a reader sees as text on the page (markdown, captions, metrics, subheaders)."""
+    parts = [e.value for e in list(at.markdown) + list(at.caption) + list(at.subheader) + list(at.success)
+             + list(at.info) + list(at.warning)]
+    parts += [f"{m.label} {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
 def test_run_then_every_page(tmp_path):
     at = start_small_run(5)
     assert_clean(at)
-    t0 = time.time()
-    while "run" not in at.session_state and time.time() - t0 < 120:
-        time.sleep(1.0)
-        at.run()
-        assert_clean(at)
-    assert "run" in at.session_state, "the run did not finish in time"
-    at.run()
+    _wait_run(at)
     metrics = {m.label: m.value for m in at.metric}
     assert "Barrier, vanilla averaging" in metrics and "Max |logit error| of B′ vs B" in metrics
-    assert any("computes B's function" in s.value for s in at.success)
+    assert "±" in metrics["Barrier, vanilla averaging"]  # the barrier's standard error beside it
+    assert any("computes B's function" in s.value and "float64" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) == 2
+    assert "zoo:mlm-seed1" in _texts(at)  # an unambiguous name
 
     at.switch_page("pages/correlations.py").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 5  # before, after, head cost, two head blocks
+    assert len(at.get("plotly_chart")) == 6  # before, after, histogram, head cost, two head blocks
     assert at.dataframe  # parameters the group touches
     at.selectbox[0].set_value("ff.0").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3
 
     at.switch_page("pages/features.py").run()
     assert_clean(at)
+    _wait_job(at, lambda: _key_of("features"))
     assert len(at.get("plotly_chart")) == 1
     at.radio[0].set_value("every group aligned").run()
-    assert_clean(at)
+    _wait_job(at, lambda: _key_of("features"))
 
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2
     [b for b in at.button if b.label == "Compute the Fig. 4 variants"][0].click().run()
-    _wait(at, "fig4_key")
+    _wait_section(at, "fig4")
     assert len(at.get("plotly_chart")) == 4
-    at.number_input(key="fam_pairs").set_value(1)
-    at.number_input(key="fam_lambdas").set_value(5)  # same pair and settings as the run: served from the cache
+    at.number_input(key="fam_lambdas").set_value(5)  # this run's pair and settings: served from the cache
     at.run()
-    [b for b in at.button if b.label == "Compute the family curves"][0].click().run()
-    _wait(at, "family_key")
+    [b for b in at.button if b.label == "Compute the curves over pairs"][0].click().run()
+    _wait_section(at, "family")
     assert len(at.get("plotly_chart")) == 6
+    assert "zoo:mlm-seed1 | zoo:mlm-seed2" in _texts(at)
 
     at.switch_page("pages/data_amount.py").run()
     assert_clean(at)
-    at.number_input[0].set_value(3)
+    at.number_input[1].set_value(3)
     [b for b in at.button if b.label == "Compute"][0].click().run()
-    _wait(at, "amount_key")
+    _wait_section(at, "amount")
     assert len(at.get("plotly_chart")) == 1
+    amount = at.dataframe[-1].value
+    assert amount["tokens"].nunique() > 3, amount  # the default amount gives more than 3 distinct points
 
     at.switch_page("pages/export.py").run()
     assert_clean(at)
@@ -175,26 +198,68 @@ def test_run_then_every_page(tmp_path):
     out = tmp_path / "merged"
     at.text_input[0].set_value(str(out)).run()
     [b for b in at.button if b.label == "Save merged model"][0].click().run()
-    assert_clean(at)
+    _wait(at, "export_key")  # the export runs as a job, off the script thread
     assert any("Saved to" in s.value for s in at.success)
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
     at.switch_page("pages/methods.py").run()
     assert_clean(at)
     at.multiselect[0].set_value(["Table 1"])
-    [w for w in at.number_input if w.label == "Pairs"][0].set_value(1)
     [w for w in at.number_input if w.label == "λ points"][0].set_value(3)
     at.run()
     [b for b in at.button if b.label == "Compute the tables"][0].click().run()
-    _wait(at, "methods_key")
+    _wait_section(at, "methods")
     assert at.dataframe and len(at.get("plotly_chart")) == 1
+    table = at.dataframe[0].value
+    assert "None" not in table.astype(str).values and "nan" not in table.astype(str).values
+    assert any("One pair" in c.value for c in at.caption)
+    # a folder of the user's checkpoints gives all its pairs (here: links to three bundled seeds)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for n in ("mlm-seed1", "mlm-seed2", "mlm-seed3"):
+        (seeds / n).symlink_to(zoo.get_checkpoint(n)["path"])
+    at.radio(key="methods_source").set_value("a folder of checkpoints (all its pairs)").run()
+    at.text_input(key="methods_folder").set_value(str(seeds)).run()
+    assert_clean(at)
+    assert at.number_input(key="methods_n").max == 3  # three seeds, three pairs
+    assert any("Pairs: " in c.value and "zoo:mlm-seed2 | zoo:mlm-seed3" in c.value for c in at.caption)  # links resolve
+
+    # back on Pick and run: the form shows the run's settings, not the defaults
+    at.switch_page("pages/run.py").run()
+    assert_clean(at)
+    assert [w for w in at.number_input if w.label == "Alignment tokens"][0].value == 2048
+    assert [w for w in at.number_input if w.label == "λ points"][0].value == 5
+    assert not any("settings above differ" in c.value for c in at.caption)
+
+    # a second pair: no page shows the first pair's figures under its title
+    first = at.session_state["run"]
+    at.selectbox(key="bundled_B").set_value("mlm-seed3").run()
+    [b for b in at.button if b.label == "Run alignment"][0].click().run()
+    _wait_run(at)
+    assert at.session_state["run"].key != first.key
+    assert "zoo:mlm-seed3" in _texts(at)
+    at.switch_page("pages/interpolation.py").run()
+    _wait_job(at, lambda: at.session_state["run"].key)
+    assert len(at.get("plotly_chart")) == 2  # this pair only: the first pair's Fig. 4 and family are not shown
+    text = _texts(at)
+    assert "zoo:mlm-seed3" in text and "zoo:mlm-seed2" not in text
+    for page in ("pages/methods.py", "pages/data_amount.py"):
+        at.switch_page(page).run()
+        assert_clean(at)
+        assert not at.get("plotly_chart"), page  # the first pair's result belongs to the first run
+        assert "zoo:mlm-seed2" not in _texts(at), page
 
 
-def _wait(at, state_key, timeout=90):
-    from permerge.ui_state import jobs
+def _key_of(prefix):
+    from dashboard.state import jobs
 
-    key = at.session_state[state_key]
-    key = key[0] if isinstance(key, tuple) else key
+    return [k for k in jobs()._jobs if k.startswith(prefix + ":")][-1]
+
+
+def _wait_job(at, key_fn, timeout=120):
+    from dashboard.state import jobs
+
+    key = key_fn()
     t0 = time.time()
     while jobs().get(key).active and time.time() - t0 < timeout:
         time.sleep(0.5)
@@ -203,6 +268,17 @@ def _wait(at, state_key, timeout=90):
     assert_clean(at)
 
 
+def _wait(at, state_key, timeout=90):
+    """Wait for the job whose key a page keeps in session_state[state_key]."""
+    _wait_job(at, lambda: at.session_state[state_key], timeout)
+
+
+def _wait_section(at, section, timeout=120):
+    run = at.session_state["run"]
+    _wait_job(at, lambda: at.session_state["results"][run.key][section], timeout)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
 def test_cancel_shows_a_note():
     """Same pair and statistics as above, more lambda points: cancelled during interpolation."""
@@ -210,7 +286,7 @@ def test_cancel_shows_a_note():
     cancel = [b for b in at.button if b.label == "Cancel"]
     assert cancel, "no Cancel button while the job runs"
     cancel[0].click().run()
-    from permerge.ui_state import jobs
+    from dashboard.state import jobs
 
     key = at.session_state["pending_run"].key
     t0 = time.time()
@@ -221,3 +297,38 @@ def test_cancel_shows_a_note():
     assert_clean(at)
     assert any("cancelled" in w.value for w in at.warning)
     jobs().forget(key)
+
+
+MY_PAGES = ["app.py", "pages/run.py", "pages/interpolation.py", "pages/methods.py", "pages/data_amount.py",
+            "pages/features.py"]
+
+
+@pytest.mark.slow
+def test_the_package_never_imports_streamlit():
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, permerge\n"
+            "for m in pkgutil.walk_packages(permerge.__path__, 'permerge.'):\n"
+            "    if '.zoo.' not in m.name and not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert not (ROOT / "permerge" / "ui_state.py").exists()
+
+
+@pytest.mark.parametrize("page", MY_PAGES)
+def test_pages_are_thin_views(page):
+    """Computation goes through the job manager (no pipeline calls on the script thread) and no
+    page names a model class."""
+    src = (ROOT / page).read_text()
+    for bad in ("BertFor", "run.pipe", ".curve(", ".alignment(", ".stats(", "function_check"):
+        assert bad not in src, (page, bad)
+
+
+def test_idle_server_does_not_watch_files():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["fileWatcherType"] == "none"

@@ -1,7 +1,7 @@
 """The dashboard in a real browser: `streamlit run app.py` on a free local port, driven by headless
 Chromium through Selenium.  Runs an alignment on the bundled default pair (small settings), checks
-that the charts render and that no exception box shows, and saves screenshots to
-artifacts/screenshots/.  Needs Debian's `chromium` and `chromium-driver` packages; skipped with a
+that the charts render and that no exception box shows, then runs a second pair and checks that no
+page shows the first pair's figures; saves screenshots to artifacts/screenshots/.  Needs Debian's `chromium` and `chromium-driver` packages; skipped with a
 reason when they are absent."""
 import os
 import shutil
@@ -22,11 +22,13 @@ DRIVER = shutil.which("chromedriver")
 HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
 
 pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                        reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
     pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built"),
 ]
-DEADLINE_S = 240  # the user flow below; server start (30 s) and warm-up (60 s) are bounded apart
+DEADLINE_S = 420  # the user flow below (two pairs); server start (30 s) and warm-up (60 s) are bounded apart
 
 
 # Texts that appear only once a page has drawn to its end (download buttons render after the charts).
@@ -94,8 +96,8 @@ def browser(tmp_path_factory, server):
     drv.set_page_load_timeout(30)
     # warm-up (bounded): the server's first script run imports torch and transformers
     drv.get(server)
-    wait_for(drv, lambda: title_is(drv, "Pick and run"), 60, "the first page")
-    wait_for(drv, lambda: "Run alignment" in drv.find_element(By.TAG_NAME, "body").text, 60, "the first page's end")
+    wait_for(drv, lambda: title_is(drv, "Start here"), 60, "the first page")
+    wait_for(drv, lambda: "Where to look next" in drv.find_element(By.TAG_NAME, "body").text, 60, "the first page's end")
     yield drv
     drv.quit()
 
@@ -212,14 +214,15 @@ def test_dashboard_in_browser(server, browser):
     wait_for(drv, lambda: "Aligning" in drv.find_element(By.TAG_NAME, "body").text
              or "Barrier, vanilla" in drv.find_element(By.TAG_NAME, "body").text, 20, "progress")
     shot(drv, "03-progress", wait=False)
-    wait_for(drv, lambda: "Barrier, vanilla averaging" in drv.find_element(By.TAG_NAME, "body").text, 90, "the result")
+    wait_for(drv, lambda: "Barrier, vanilla averaging" in drv.find_element(By.TAG_NAME, "body").text, 240, "the result")
     wait_for(drv, lambda: plotly_count(drv) >= 1, 20, "the curves chart")
     body = drv.find_element(By.TAG_NAME, "body").text
     assert "computes B's function" in body
     drv.execute_script("document.querySelector('[data-testid=\"stMain\"]')?.scrollTo(0, 10000)")
     shot(drv, "04-result")
 
-    for i, (page, min_charts) in enumerate((("Correlations", 5), ("Feature correlation", 1), ("Interpolation", 2),
+    for i, (page, min_charts) in enumerate((("Start here", 1), ("See the permutation", 3), ("Correlations", 6),
+                                            ("Feature correlation", 1), ("Interpolation", 2),
                                             ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=5):
         goto(drv, page)
         if min_charts:
@@ -229,4 +232,65 @@ def test_dashboard_in_browser(server, browser):
         assert "run an alignment first" not in drv.find_element(By.TAG_NAME, "body").text
         assert_no_exception(drv)
         shot(drv, f"{i:02d}-{page.lower().replace(' ', '-')}")
+    assert time.time() - t_start < DEADLINE_S
+
+
+def pick_option(drv, label: str, option: str):
+    """Choose ``option`` in the selectbox labelled ``label``."""
+    from selenium.webdriver.common.by import By
+
+    boxes = [b for b in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]') if label in b.text]
+    assert boxes, f"no selectbox {label!r}"
+    boxes[0].find_element(By.CSS_SELECTOR, '[role="combobox"], input').click()
+    wait_for(drv, lambda: [o for o in drv.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text.strip() == option],
+             10, f"option {option}")
+    [o for o in drv.find_elements(By.CSS_SELECTOR, '[role="option"]') if o.text.strip() == option][0].click()
+    wait_for(drv, lambda: any(option == (i.get_attribute("value") or "").strip() or option in i.text
+                              for i in boxes[0].find_elements(By.CSS_SELECTOR, "input, div")), 10, f"{label} = {option}")
+    idle(drv)
+
+
+def body(drv) -> str:
+    from selenium.webdriver.common.by import By
+
+    return drv.find_element(By.TAG_NAME, "body").text
+
+
+def test_second_pair_replaces_the_first_everywhere(server, browser):
+    """After the first test's run (mlm-seed1 vs mlm-seed2, with Fig. 4 computed here), a second pair
+    (mlm-seed1 vs mlm-seed3): the form kept the first run's settings, and no page shows the first
+    pair's name or figures."""
+    global T0
+    t_start = T0 = time.time()
+    drv = browser
+    goto(drv, "Interpolation")
+    click_text(drv, "button", "Compute the Fig. 4 variants")
+    wait_for(drv, lambda: plotly_count(drv) >= 4, 120, "the Fig. 4 charts")
+    shot(drv, "21-fig4-first-pair")
+    first_pair_texts = ("zoo:mlm-seed2", "mlm-seed2 (B)")
+
+    goto(drv, "Pick and run")
+    wait_for(drv, lambda: "Barrier, vanilla averaging" in body(drv), 30, "the first result")
+    from selenium.webdriver.common.by import By
+
+    assert drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Alignment tokens"]').get_attribute("value") == "2048"
+    assert drv.find_element(By.CSS_SELECTOR, 'input[aria-label="λ points"]').get_attribute("value") == "3"
+    pick_option(drv, "B: bundled checkpoint", "mlm-seed3")
+    click_text(drv, "button", "Run alignment")
+    wait_for(drv, lambda: "zoo:mlm-seed3 (B)" in body(drv) and "Barrier, vanilla averaging" in body(drv)
+             and "Aligning" not in body(drv), 150, "the second result")
+    shot(drv, "22-second-pair")
+    for i, (page, charts) in enumerate((("Correlations", 5), ("Feature correlation", 1), ("Interpolation", 2),
+                                        ("Amount of data", 0), ("Methods", 0), ("Export", 1)), start=23):
+        goto(drv, page)
+        if charts:
+            wait_for(drv, lambda: plotly_count(drv) >= charts, 60, f"{charts} charts on {page}")
+        idle(drv)
+        time.sleep(1.0)
+        text = body(drv)
+        assert not [t for t in first_pair_texts if t in text], (page, text[:3000])
+        if page == "Interpolation":
+            assert plotly_count(drv) == charts, "the first pair's Fig. 4 is shown under the second pair"
+        assert_no_exception(drv)
+        shot(drv, f"{i:02d}-second-pair-{page.lower().replace(' ', '-')}")
     assert time.time() - t_start < DEADLINE_S

@@ -26,7 +26,8 @@ def test_align_writes_model_permutations_report(tiny_mlm_pair, tmp_path):
     a, b, text = tiny_mlm_pair
     out = tmp_path / "out"
     assert run("align", a, b, "--data", text, "--residual", "all", "--out", out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["model", "permutations.safetensors", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".permerge-output", "model", "permutations.safetensors",
+                                                     "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["function_preserving"] is True
     assert report["max_rel_logit_error"] < 1e-5
@@ -128,14 +129,21 @@ def test_bad_inputs(tiny_mlm_pair, tmp_path, capsys):
     _expect_error(capsys, ["align", a, tmp_path, "--data", text, "--out", out], "no config.json", out)
     # bad option values
     _expect_error(capsys, ["align", a, b, "--data", text, "--tokens", "0", "--out", out], "--tokens", out)
-    # an existing output folder is not overwritten
+    # an existing output folder is not overwritten; --overwrite replaces only what permerge wrote
     out.mkdir()
     (out / "keep").write_text("x")
     assert run("align", a, b, "--data", text, "--out", out) == 2
     assert "exists" in capsys.readouterr().err
     assert (out / "keep").exists()
+    assert run("align", a, b, "--data", text, "--out", out, "--overwrite") == 2
+    assert "permerge did not write it" in capsys.readouterr().err
+    assert (out / "keep").exists()
+    shutil.rmtree(out)
+    assert run("align", a, b, "--data", text, "--out", out) == 0
+    (out / "extra").write_text("x")
     assert run("align", a, b, "--data", text, "--out", out, "--overwrite") == 0
-    assert not (out / "keep").exists() and (out / "report.json").exists()
+    assert not (out / "extra").exists() and (out / "report.json").exists()
+    assert not [p for p in out.parent.iterdir() if ".old-" in p.name or ".partial-" in p.name]
 
 
 def test_failure_midway_leaves_nothing(tiny_mlm_pair, tmp_path, monkeypatch, capsys):
@@ -201,6 +209,7 @@ def test_tokens_bound_and_fp16_weights(tmp_path):
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_python_dash_m_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "permerge", "align", str(tmp_path / "x"), str(tmp_path / "y"),
                         "--data", "z", "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,

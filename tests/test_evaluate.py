@@ -98,3 +98,62 @@ def test_exact_pseudo_perplexity_masks_each_token_alone(tok):
                 n += 1
     assert got["loss"] == pytest.approx(nll / n, rel=1e-5)
     assert got["pseudo_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_coarse_first_order_and_barrier_standard_error():
+    import numpy as np
+
+    from permerge.interpolate import barrier_sem, coarse_first
+
+    order = coarse_first(21)
+    assert order[:5] == [20, 0, 10, 5, 15] and sorted(order) == list(range(21))
+    assert coarse_first(2) == [1, 0]
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(2.0, 1.0, 4000), rng.normal(2.2, 1.0, 4000)
+    mid = 0.5 * (a + b) + rng.normal(0.5, 1.0, 4000)
+    se, n = barrier_sem(mid, a, b)
+    assert n == 4000 and abs(se - 1.0 / np.sqrt(4000)) < 0.002
+    assert barrier_sem(None, a, b) == (None, None)
+
+
+def test_curve_points_are_cached_one_by_one_and_shared_between_grids(tiny_mlm_pair, tmp_path):
+    """A 5-point curve after a 3-point one evaluates only the 2 new points; the progress callback
+    receives the rows evaluated so far, coarse grid first."""
+    from permerge.align import AlignOptions
+    from permerge.cache import ResultCache
+    from permerge.pipeline import Job, Pipeline
+
+    a, b, text = tiny_mlm_pair
+    pipe = Pipeline(Job(str(a), str(b), data=str(text), tokens=512, eval_blocks=2, device="cpu"),
+                    cache=ResultCache(tmp_path))
+    seen = []
+    c3 = pipe.curve(AlignOptions(), 3, progress=lambda s, d, t, **i: seen.append([r["lambda"] for r in i.get("rows", [])]))
+    assert [x for x in seen if x][:3] == [[1.0], [0.0, 1.0], [0.0, 0.5, 1.0]]
+    assert c3.barrier_se is not None and c3.barrier_se > 0 and c3.items > 0
+    calls = []
+    import permerge.pipeline as P
+
+    real = P.evaluate
+    P.evaluate = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    try:
+        c5 = pipe.curve(AlignOptions(), 5)
+    finally:
+        P.evaluate = real
+    assert len(calls) == 2 and c5.rows[2]["loss"] == c3.rows[1]["loss"]
+
+
+def test_a_folder_of_checkpoints_gives_all_its_pairs(tmp_path):
+    """A user's own set of seeds: every sub-folder with a config.json; names told apart."""
+    from permerge.errors import DataError
+    from permerge.study import folder_pairs, pair_name, short_names
+
+    for s in ("seed1", "seed2", "seed3"):
+        (tmp_path / s).mkdir()
+        (tmp_path / s / "config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    pairs = folder_pairs(str(tmp_path))
+    assert [(a[-5:], b[-5:]) for a, b in pairs] == [("seed1", "seed2"), ("seed1", "seed3"), ("seed2", "seed3")]
+    with pytest.raises(DataError):
+        folder_pairs(str(tmp_path / "notes"))
+    assert short_names(["/x/m/seed1", "/y/m/seed1"]) == {"/x/m/seed1": "x/m/seed1", "/y/m/seed1": "y/m/seed1"}
+    assert pair_name("/x/seed1", "/x/seed2") == "seed1 | seed2"

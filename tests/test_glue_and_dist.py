@@ -99,13 +99,24 @@ def test_classifier_interpolation_on_task_folder(cls_pair, tmp_path):
     assert rep["max_rel_logit_error"] < 1e-5 and rep["groups"]["pooler"]["aligned"]
 
 
-def test_classifier_needs_a_task_folder(cls_pair, tmp_path, capsys):
+def test_classifier_aligns_on_plain_text(cls_pair, tmp_path, capsys):
+    """Labels are needed only to evaluate: align works on plain text; interpolate needs a task to
+    evaluate on (``--eval-data`` a task folder) and says so without one."""
     a, b, root = cls_pair
     text = tmp_path / "t.txt"
     text.write_text(" ".join(WORDS * 20))
-    assert main(["align", str(a), str(b), "--data", str(text), "--out", str(tmp_path / "o"), "--no-cache",
-                 "--quiet"]) == 2
-    assert "GLUE-format task folder" in capsys.readouterr().err
+    out = tmp_path / "o"
+    assert main(["align", str(a), str(b), "--data", str(text), "--pooler", "--out", str(out), "--no-cache",
+                 "--quiet"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["equivalent"] and rep["groups"]["pooler"]["aligned"]
+    assert main(["interpolate", str(a), str(b), "--data", str(text), "--lambdas", "3", "--out",
+                 str(tmp_path / "i"), "--no-cache", "--quiet"]) == 2
+    assert "task folder" in capsys.readouterr().err
+    task = write_task(root / "pairtask", pair=True) if not (root / "pairtask").exists() else root / "pairtask"
+    assert main(["interpolate", str(a), str(b), "--data", str(text), "--eval-data", str(task), "--lambdas", "3",
+                 "--out", str(tmp_path / "i2"), "--no-cache", "--quiet"]) == 0
+    assert "accuracy" in (tmp_path / "i2" / "curve.csv").read_text().splitlines()[0]
 
 
 def _free_port():
@@ -129,6 +140,7 @@ def _worker(rank, world, port, result_path):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_statistics_equal_single_process(tmp_path):
     path = tmp_path / "dist.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(path)), nprocs=2, join=True)

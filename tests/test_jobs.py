@@ -100,23 +100,52 @@ def test_job_errors_are_one_line():
     assert issubclass(Cancelled, Exception)
 
 
-def test_pipeline_progress_is_per_thread():
-    """Two sessions' jobs on one shared Pipeline: each thread reports to its own callback, so one
-    user's cancel cannot stop another user's job."""
+def test_pipeline_progress_is_per_call(tiny_mlm_pair):
+    """Two sessions' jobs on one shared Pipeline, each passing its own callback: each callback sees
+    only its own thread's work, and one user's cancel stops only that user's job."""
+    from permerge.align import AlignOptions
     from permerge.pipeline import Job, Pipeline
 
-    pipe = Pipeline(Job("a", "b", data="x"), progress="main")
-    seen = {}
+    a, b, text = tiny_mlm_pair
+    pipe = Pipeline(Job(str(a), str(b), data=str(text), tokens=512, eval_blocks=2, device="cpu"))
+    seen, outcome = {"one": set(), "two": set()}, {}
 
-    def worker(name):
-        pipe.progress = name
-        time.sleep(0.05)
-        seen[name] = pipe.progress
+    def worker(name, options, cancel):
+        def cb(stage, done, total, **info):
+            seen[name].add(threading.current_thread().name)
+            if cancel and stage == "interpolation":
+                raise Cancelled("cancelled by the user")
+        try:
+            outcome[name] = pipe.curve(options, 3, progress=cb).barrier
+        except Cancelled:
+            outcome[name] = "cancelled"
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in ("one", "two")]
+    threads = [threading.Thread(target=worker, args=("one", AlignOptions(attention="monotonic"), True), name="one"),
+               threading.Thread(target=worker, args=("two", AlignOptions(), False), name="two")]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert seen == {"one": "one", "two": "two"}
-    assert pipe.progress == "main"
+        t.join(timeout=120)
+    assert seen == {"one": {"one"}, "two": {"two"}}
+    assert outcome["one"] == "cancelled" and isinstance(outcome["two"], float)
+    assert not hasattr(type(pipe), "progress") or not isinstance(getattr(type(pipe), "progress"), property)
+
+
+def test_eta_is_measured_after_warm_up_and_fraction_follows_the_study(monkeypatch):
+    """No estimate from the first (warm-up) step; then the measured throughput; a study's bar
+    follows its curves done (overall), not the current curve's stage alone."""
+    import permerge.jobs as J
+
+    now = [1000.0]
+    monkeypatch.setattr(J.time, "time", lambda: now[0])
+    h = J.JobHandle("k", "job")
+    h.progress("interpolation", 1, 21)  # includes model loading: 30 s
+    now[0] += 1.0
+    h.progress("interpolation", 2, 21)
+    assert h.eta_s() is None  # one timed step after the warm-up is not a rate yet
+    now[0] += 1.0
+    h.progress("interpolation", 3, 21)
+    assert h.eta_s() == pytest.approx(18.0)  # 1 s per point, 18 points left; not 30 s per point
+    h.progress("pair 1/3: interpolation", 1, 21, overall=(1, 4))
+    assert h.snapshot()["fraction"] == pytest.approx((1 + 1 / 21) / 4)
+    assert h.eta_s() is None  # a new stage starts its own warm-up

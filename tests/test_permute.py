@@ -99,3 +99,30 @@ def test_spec_covers_every_weight_that_touches_the_residual():
         perms = {p: res for p in spec.residual_points}
         err = logit_error(b, permute_model(b, spec, perms), probe(name), spec, perms)
         assert err["max_rel_logit_error"] < TOL, (name, err)
+
+
+def test_equivalence_judged_in_float64_no_false_alarm_on_a_wide_model():
+    """4 layers of width 256: a correct permutation's float32 logit error reaches about 3e-5 relative
+    (float32 rounding), which must not raise the alarm; in float64 it is about 1e-13."""
+    from permerge.permute import equivalence
+
+    b = make_model(1, head="mlm", hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_hidden_layers=4)
+    spec = spec_for(b)
+    perms = random_valid_perms(spec, 0)
+    batch = {k: v for k, v in random_batches(1, batch=3, seq=32, seed=7)[0].items() if k != "special_tokens_mask"}
+    verdict = equivalence(b, permute_model(b, spec, perms), batch, spec, perms)
+    assert verdict["equivalent"] and verdict["max_rel_logit_error_float64"] < 1e-11, verdict
+
+
+def test_equivalence_keeps_the_alarm_for_a_real_break():
+    from permerge.permute import equivalence
+
+    kw = CONFIGS["mlm-tied-h5-dk6"]
+    b = make_model(1, **kw)
+    spec = spec_for(b)
+    perms = random_valid_perms(spec, 0)
+    broken_axes = {k: v for k, v in spec.axes.items() if not k.startswith("cls.predictions.transform")}
+    broken = type(spec)(**{**spec.__dict__, "axes": broken_axes})
+    assert equivalence(b, permute_model(b, spec, perms), probe("x"), spec, perms)["equivalent"]
+    verdict = equivalence(b, permute_model(b, broken, perms), probe("x"), spec, perms)
+    assert not verdict["equivalent"] and verdict["max_rel_logit_error_float64"] > 1e-2, verdict

@@ -1,0 +1,328 @@
+"""Small Streamlit helpers shared by the dashboard pages: the per-process registry and job manager,
+the run stored in the session, results kept per run, names of checkpoints, and the progress panel.
+No computation here: pages submit the library's work functions (``permerge.work``) to the job
+manager and draw what comes back.
+"""
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import streamlit as st
+
+from permerge import work, zoo
+from permerge.align import AlignOptions
+from permerge.cache import ResultCache
+from permerge.jobs import JobManager
+from permerge.pipeline import Job
+from permerge.study import PipelineRegistry
+
+RUN_PAGE = "pages/run.py"
+RUN_STATE = "run"  # session_state key of the finished run shown by every page
+PENDING_STATE = "pending_run"
+RESULTS_STATE = "results"  # {run key: {section: job key}}: a study's result belongs to one run
+FORM_STATE = "run_form"  # the Pick-and-run form's values, kept while other pages are shown
+
+ATTENTION_LABELS = {"vanilla": "vanilla (plain average)", "monotonic": "monotonic (head j ↔ head j)",
+                    "ignore-heads": "ignore-heads ⚠ NOT function-preserving", "head-perm": "head-perm (paper's best)"}
+RESIDUAL_LABELS = {"identity": "identity (no residual permutation)", "first": "first (embedding LayerNorm)",
+                   "last": "last (final layer output)", "all": "all (pooled over 2L+1 points)",
+                   "separate": "separate ⚠ NOT function-preserving"}
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> PipelineRegistry:
+    """One pipeline registry (and disk cache) per server process."""
+    return PipelineRegistry(ResultCache())
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> JobManager:
+    return JobManager()
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a finished run on the run page leaves in the session for the other pages."""
+    job: Job
+    options: AlignOptions
+    lambdas: int
+    key: str
+    form: dict = field(default_factory=dict, compare=False, hash=False)  # the form that made it
+
+    @property
+    def pipe(self):
+        return registry().get(self.job)
+
+    @property
+    def about(self) -> dict:
+        return work.about(self.job, self.options, self.lambdas)
+
+
+def job_key(kind: str, **parts) -> str:
+    return kind + ":" + json.dumps(parts, sort_keys=True, default=str)
+
+
+def current_run() -> Run | None:
+    return st.session_state.get(RUN_STATE)
+
+
+def require_run(what: str = "this page") -> Run:
+    """The session's run, or a friendly note with a link to the run page (and the page stops)."""
+    run = current_run()
+    if run is None:
+        st.info(f"No alignment yet: run an alignment first, then come back to {what}.", icon=":material/info:")
+        st.page_link(RUN_PAGE, label="Go to Pick and run", icon=":material/play_arrow:")
+        st.stop()
+    return run
+
+
+# --- names ---------------------------------------------------------------------------------------------
+
+def _bundled() -> dict[str, str]:
+    return {str(Path(e["path"]).resolve()): e["name"] for e in zoo.list_checkpoints()}
+
+
+def name(path: str) -> str:
+    """An unambiguous display name: a bundled checkpoint's zoo name (``zoo:mlm-seed1``), else the
+    path as given (home folder shortened to ``~``)."""
+    p = str(path)
+    try:
+        bundled = _bundled().get(str(Path(p).expanduser().resolve()))
+    except OSError:
+        bundled = None
+    if bundled:
+        return f"zoo:{bundled}"
+    home = str(Path.home())
+    return "~" + p[len(home):] if p.startswith(home + "/") else p
+
+
+def short(path: str) -> str:
+    """The last path component (for file names); see ``name`` for display."""
+    return str(path).rstrip("/").split("/")[-1]
+
+
+def name_md(path: str) -> str:
+    """``name(path)`` as inline HTML with the full path on hover (use with unsafe_allow_html)."""
+    full = html.escape(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
+                       else str(path), quote=True)
+    return f'<code title="{full}">{html.escape(name(path))}</code>'
+
+
+def pair_title(job: Job) -> str:
+    return f"{name(job.model_a)} (A) vs {name(job.model_b)} (B)"
+
+
+def about_caption(about: dict) -> None:
+    """The caption every result carries: which pair, data and options it belongs to."""
+    a = dict(about)
+    if a.get("model_a"):
+        a["pair"] = f"{name(a['model_a'])} | {name(a['model_b'])}"
+    st.caption("Computed for " + work.describe_about(a) + ".")
+
+
+# --- results kept per run ------------------------------------------------------------------------------
+
+def remember(section: str, run: Run, key: str) -> None:
+    st.session_state.setdefault(RESULTS_STATE, {}).setdefault(run.key, {})[section] = key
+
+
+def recall(section: str, run: Run) -> str | None:
+    return st.session_state.get(RESULTS_STATE, {}).get(run.key, {}).get(section)
+
+
+def start(section: str, run: Run, key: str, fn, label: str) -> None:
+    jobs().submit(key, fn, label)
+    remember(section, run, key)
+
+
+def section_result(section: str, run: Run, title: str):
+    """Progress while the run's job for ``section`` runs; its result once done (None otherwise).
+    Results of another run are never returned: they are kept under that run's key."""
+    key = recall(section, run)
+    if key is None:
+        return None
+    job_panel(key, title)
+    res = job_outcome(key)
+    if res is not None and "about" in res and res["about"].get("model_a") not in (None, "", run.job.model_a):
+        return None  # defensive: a result always names its pair
+    return res
+
+
+def run_result(run: Run):
+    """The run's own result (vanilla and aligned curves, check), recomputed from the disk cache
+    through the job manager when this server has not got it (e.g. after a restart)."""
+    h = jobs().get(run.key)
+    if h is None or h.state not in ("done", "queued", "running"):
+        jobs().submit(run.key, work.pair_work(registry(), run.job, run.options, run.lambdas),
+                      label=pair_title(run.job))
+    job_panel(run.key, "Loading this run's result")
+    return job_outcome(run.key)
+
+
+# --- model summaries from configs (cheap: no weights) ----------------------------------------------
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def config_summary(source: str) -> dict:
+    """Layers, heads, widths and parameter count from a checkpoint's config alone."""
+    from permerge.checkpoints import config_summary as summary
+
+    return summary(source)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def pair_check(a: str, b: str) -> str | None:
+    """None when compatible, else the one-line reason (also for unreadable checkpoints)."""
+    from permerge.checkpoints import read_config, validate_pair
+    from permerge.errors import PermergeError
+
+    try:
+        validate_pair(read_config(a), read_config(b))
+    except PermergeError as e:
+        return str(e)
+    return None
+
+
+# --- progress display ---------------------------------------------------------------------------------
+
+def _fmt_s(s) -> str:
+    if s is None:
+        return "–"
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def describe(snap: dict) -> str:
+    stage, info, done, total = snap["stage"] or "starting", snap["info"], snap["done"], snap["total"]
+    if stage.endswith("statistics"):
+        txt = f"{stage}: batch {done}/{total}, {info.get('tokens', 0):,} tokens of statistics"
+    elif stage.endswith("assignment"):
+        txt = f"{stage}: {done}/{total} assignments solved" + (f" ({info['group']})" if "group" in info else "")
+    elif stage.endswith("interpolation"):
+        txt = f"{stage}: {done}/{total} λ points evaluated" + (f" ({info['method']})" if info.get("method") else "")
+    elif total:
+        txt = f"{stage}: {done}/{total}"
+    else:
+        txt = stage
+    if "overall" in info:
+        k, n = info["overall"]
+        txt += f" — {k}/{n} curves done"
+    return txt
+
+
+def _partial_chart(snap: dict) -> None:
+    """The curve being evaluated, drawn as its points come in (coarse grid first)."""
+    import pandas as pd
+
+    from permerge import plots
+
+    rows = snap["info"].get("rows")
+    if not rows or len(rows) < 2:
+        return
+    df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
+    st.plotly_chart(plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far"),
+                    width="stretch", key=f"partial::{snap['key']}")
+
+
+def job_panel(key: str, title: str = "Working", where=None) -> None:
+    """Live progress of a running job (polled every second) with a Cancel button; reruns the page
+    when the job ends so that its result shows.  ``where``: a container (e.g. at the top of the page)."""
+    h = jobs().get(key)
+    if h is None or not h.active:
+        return
+
+    @st.fragment(run_every=1.0)
+    def poll():
+        snap = h.snapshot()
+        if not h.active:
+            st.rerun()
+        st.progress(min(max(snap["fraction"], 0.0), 1.0), text=f"{title} — {describe(snap)}")
+        eta = snap["eta_s"]
+        st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
+                   + (f"; this stage: about {_fmt_s(eta)} left at the rate measured so far" if eta is not None else
+                      "; time left: measuring …" if snap["total"] else ""))
+        _partial_chart(snap)
+        if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
+            h.cancel()
+            st.toast("Cancelling at the next step …")
+
+    if where is not None:
+        with where:
+            poll()
+    else:
+        poll()
+
+
+def job_outcome(key: str):
+    """The result of a finished job (or None); shows its error or cancellation."""
+    h = jobs().get(key)
+    if h is None:
+        return None
+    if h.state == "done":
+        return h.result
+    if h.state == "error":
+        st.error(f"The job failed: {h.error}")
+    elif h.state == "cancelled":
+        st.warning("The job was cancelled; nothing was kept for the stopped stage. Start it again to resume "
+                   "(finished stages come from the cache).")
+    return None
+
+
+# --- export helpers (the Export page) ------------------------------------------------------------------
+
+def default_export_dir(run: Run, lam: float) -> str:
+    root = Path(__file__).resolve().parents[1] / "cache" / "exports"
+    return str(root / work.export_name(run.job, run.options, lam))
+
+
+def merged_model(run: Run, lam: float):
+    """theta(lambda) = lambda * A + (1 - lambda) * B' as a model, and its tokenizer."""
+    return run.pipe.merged(run.options, lam), run.pipe.tokenizer
+
+
+def permutations_bytes(run: Run) -> bytes:
+    return work.permutations_bytes(run.pipe, run.options)
+
+
+# --- which pairs a study runs on ---------------------------------------------------------------------
+
+PAIR_SOURCES = ["this run's pair", "a folder of checkpoints (all its pairs)", "the bundled MLM family"]
+
+
+def pick_pairs(run: Run, prefix: str, max_default: int = 3) -> list[tuple[str, str]]:
+    """A study's pairs: the run's own pair, every pair of a folder of the user's checkpoints (one
+    sub-folder per seed), or the bundled family; with the run's data and settings."""
+    from permerge.errors import PermergeError
+    from permerge.study import family_pairs, folder_pairs
+
+    src = st.radio("Pairs", PAIR_SOURCES, horizontal=True, key=f"{prefix}_source",
+                   help="Studies use this run's data, token budget and evaluation settings.")
+    if src == PAIR_SOURCES[0]:
+        return [(run.job.model_a, run.job.model_b)]
+    if src == PAIR_SOURCES[1]:
+        st.session_state.setdefault(f"{prefix}_folder", str(Path(run.job.model_a).expanduser().parent))
+        folder = st.text_input("Folder whose sub-folders are checkpoints (e.g. seed1/, seed2/, …)", key=f"{prefix}_folder")
+        try:
+            pairs = folder_pairs(folder)
+        except PermergeError as e:
+            st.error(str(e))
+            return []
+        ok = [(a, b) for a, b in pairs if pair_check(a, b) is None]
+        if len(ok) < len(pairs):
+            st.warning(f"{len(pairs) - len(ok)} pair(s) of that folder are not compatible and are left out.")
+        pairs = ok
+    else:
+        pairs = family_pairs([e["path"] for e in zoo.list_checkpoints(kind="mlm")])
+    if not pairs:
+        st.info("No pairs to run.")
+        return []
+    n = st.number_input("How many of its pairs", 1, len(pairs), min(max_default, len(pairs)), key=f"{prefix}_n",
+                        help=f"{len(pairs)} pair(s); each new pair makes one statistics pass.")
+    return pairs[: int(n)]
+
+
+def study_base(run: Run) -> Job:
+    """The run's data and settings, for other pairs."""
+    return Job(**{**run.job.to_dict(), "model_a": "", "model_b": ""})

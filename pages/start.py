@@ -1,0 +1,117 @@
+"""Start here: what a loss barrier is, what alignment changes, what the paper found, what this pair shows."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from permerge import plots
+from permerge.study import barriers_frame, curves_frame
+from dashboard.state import current_run, jobs, short
+
+FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+st.title("Start here")
+st.markdown(
+    "**Merging two transformers.** Take two BERT models **A** and **B** trained the same way but from different random starts. Average their "
+    "weights, θ(λ) = λ·A + (1−λ)·B, and measure the loss as λ goes from 0 (B) to 1 (A). The loss usually rises "
+    "in the middle: the **loss barrier** is how far the worst point of that path lies above the mean of the two "
+    "ends, max over λ of L(θ(λ)) − (L(A) + L(B)) / 2. A barrier near zero means the two models sit in one "
+    "connected valley of the loss landscape, and averaging them works.")
+
+
+def figure_data():
+    """This session's run if it has finished, else the bundled measurement (and a label saying which)."""
+    run = current_run()
+    h = jobs().get(run.key) if run is not None else None
+    if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
+        van, al = h.result["vanilla"], h.result["aligned"]
+        results = [van] if al is van else [van, al]
+        label = (f"Measured on your current run: {short(run.job.model_a)} (A) vs {short(run.job.model_b)} (B), "
+                 f"{run.job.tokens:,} alignment tokens, {run.lambdas} λ points.")
+        return curves_frame(results), barriers_frame(results), label, True
+    curve = FIGURE_DIR / "default-pair-curve.csv"
+    bars = FIGURE_DIR / "default-pair-barrier.json"
+    if not (curve.is_file() and bars.is_file()):
+        return None, None, "", False
+    meta = json.loads(bars.read_text())
+    bdf = pd.DataFrame([{"method": m, "barrier": v["barrier"], "barrier_lambda": v["lambda"], "loss_a": v["loss_a"],
+                         "loss_b": v["loss_b"], "function_preserving": v["function_preserving"]}
+                        for m, v in meta.items()])
+    df = pd.read_csv(curve).merge(bdf[["method", "function_preserving"]], on="method")
+    label = ("Not your run: measured on the bundled pair mlm-seed1 (A) vs mlm-seed2 (B) with the command in "
+             "docs/method.md (16,384 alignment tokens, 21 λ points, 64 held-out blocks). Run an alignment "
+             "and this picture shows your pair.")
+    return df, bdf, label, False
+
+
+df, bdf, label, mine = figure_data()
+if df is not None:
+    st.plotly_chart(plots.curves(df, "loss", bdf, title="Loss along the straight path from B (λ = 0) to A (λ = 1)",
+                                 y_title="dev-set loss (classifier)" if "accuracy" in df.columns else "MLM loss (nats)"),
+                    width="stretch")
+    st.caption(label + " Each vertical bar is a barrier: from the dotted endpoint mean up to the top of its curve.")
+
+st.subheader("What alignment changes")
+st.markdown(
+    "Inside a layer, the order of the hidden units is arbitrary: list B's units in another order (moving the "
+    "rows that compute them and the columns that read them) and B computes exactly the same function. Two models "
+    "from different starts learn similar units in different orders, so plain averaging (**vanilla**) mixes unit "
+    "*i* of A with an unrelated unit *i* of B. **Alignment** first renames B's units to match A's: it runs both "
+    "models on the same text, correlates every unit of A with every unit of B, and picks the one-to-one "
+    "matching with the highest total correlation. The renamed model **B′** still computes B, but now averaging "
+    "it with A combines like with like, and the barrier drops. Attention needs care: a head's units must stay "
+    "together, so the best variant (**Head-Perm**) first matches units inside every pair of heads and then "
+    "matches the heads.")
+
+st.subheader("What the paper found")
+st.markdown(
+    "Verma & Elbayad (2024), *Merging Text Transformer Models from Different Initializations*, on ten "
+    "MultiBERTs (12 layers, width 768):\n"
+    "* Aligning the feed-forward and attention layers lowers the barrier. Among the attention variants "
+    "(their Table 1, feed-forward layers aligned in every row) the barrier falls in the order **Vanilla averaging > Monotonic > Ignore-Heads > Head-Perm**: "
+    "respecting heads *and* letting them change places works best.\n"
+    "* Permuting the **residual stream** hurts (their Table 2): one permutation must then serve every layer's "
+    "input and output, and the First, Last and All variants all gave higher barriers than leaving it alone "
+    "(Identity).\n"
+    "* Between classifiers fine-tuned on GLUE tasks the barriers are smaller, and some curves are "
+    "**M-shaped**: points near λ ≈ 0.15 and 0.85 have *lower* loss than either model.")
+
+st.subheader("What this pair shows")
+if df is None:
+    st.info("Run an alignment on **Pick and run** to see your pair here.")
+else:
+    b = bdf.set_index("method")["barrier"]
+    van = float(b.get("vanilla", float("nan")))
+    others = [m for m in b.index if m != "vanilla"]
+    who = "Your pair" if mine else "The bundled pair"
+    if others:
+        m = others[0]
+        change = (van - float(b[m])) / van if van else float("nan")
+        st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats; after alignment "
+                    f"({m}) it is **{float(b[m]):.3f}**, "
+                    + (f"{change:.0%} lower." if change > 0 else f"{-change:.0%} higher: alignment did not help "
+                       "this pair (small or weakly trained models can behave so).")
+                    + (" The bundled models are small and briefly trained, so their numbers are far from the "
+                       "paper's; the shapes are what to compare." if not mine else ""))
+    else:
+        st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats (this run aligned nothing).")
+
+st.subheader("Where to look next")
+c1, c2 = st.columns(2)
+with c1:
+    st.page_link("pages/run.py", label="Pick and run: choose two models and align them", icon=":material/play_arrow:")
+    st.page_link("pages/permutation.py", label="See the permutation: what moves in the weights",
+                 icon=":material/swap_vert:")
+    st.page_link("pages/correlations.py", label="Correlations: the matched pairs on the diagonal",
+                 icon=":material/grid_on:")
+    st.page_link("pages/features.py", label="Feature correlation: every layer before and after",
+                 icon=":material/show_chart:")
+with c2:
+    st.page_link("pages/interpolation.py", label="Interpolation: the curves, the paper's Fig. 4, classifiers",
+                 icon=":material/timeline:")
+    st.page_link("pages/methods.py", label="Methods: the paper's Tables 1 and 2 on a family of pairs",
+                 icon=":material/table_chart:")
+    st.page_link("pages/data_amount.py", label="Amount of data: how much text matching needs",
+                 icon=":material/bar_chart:")
+    st.page_link("pages/export.py", label="Export: save the merged model", icon=":material/save:")

@@ -1,0 +1,43 @@
+"""GPT-2: a pre-LN decoder.  The residual stream is the raw sum (embeddings, then + attention,
++ MLP per block); its points are read at the embedding sum (the dropout after it), at the input of
+each block's second norm and at each block's output, and every norm reading the stream (ln_1,
+ln_2, ln_f) takes the stream's permutation on its gamma and beta.  ``c_attn`` is one Conv1D
+holding Q, K and V side by side, so the attention permutation is tiled three times on its output
+axis; Conv1D weights are stored [in, out].  The LM head is tied to ``wte``.  Text blocks carry no
+special tokens."""
+from __future__ import annotations
+
+from .spec import Capture, Family, conv1d, embedding, norm
+
+_H = "{base}h.{l}"
+
+GPT2 = Family(
+    name="gpt2",
+    model_types=("gpt2",),
+    classes={"GPT2LMHeadModel": "causal-lm", "GPT2Model": "base"},
+    base="transformer",
+    sizes=lambda c: dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head,
+                         intermediate=c.n_inner or 4 * c.n_embd, embedding=c.n_embd),
+    norm="pre-ln",
+    inputs=("input_ids", "attention_mask"),
+    pair_fields=("model_type", "architecture", "vocab_size", "n_embd", "n_layer", "n_head", "n_inner",
+                 "n_positions", "activation_function", "scale_attn_by_inverse_layer_idx",
+                 "reorder_and_upcast_attn", "tie_word_embeddings"),
+    embeddings=(embedding("embeddings", "{base}wte", "emb"),
+                embedding("embeddings", "{base}wpe", "emb")),
+    layer=(norm("norm", f"{_H}.ln_1", "in"),
+           conv1d("qkv", f"{_H}.attn.c_attn", ("att", 3), "in"),
+           conv1d("attn-out", f"{_H}.attn.c_proj", "res.att", "att"),
+           norm("norm", f"{_H}.ln_2", "res.att"),
+           conv1d("ff-in", f"{_H}.mlp.c_fc", "ff", "res.att"),
+           conv1d("ff-out", f"{_H}.mlp.c_proj", "res.ff", "ff")),
+    final=(norm("norm", "{base}ln_f", "last"),),
+    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),)},
+    captures={"res.emb": Capture("{base}drop", "output"),
+              "att": Capture(f"{_H}.attn.c_proj", "input"),
+              "ff": Capture(f"{_H}.mlp.c_proj", "input"),
+              "res.att": Capture(f"{_H}.ln_2", "input"),
+              "res.ff": Capture(_H, "output")},
+    decoder={"causal-lm": "lm_head.weight"},
+    block_specials=False,
+)

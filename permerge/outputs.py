@@ -1,0 +1,156 @@
+"""Output folders, written safely; shared by the CLI's ``--out`` and the dashboard's Export page.
+
+* ``check_out`` runs before any compute: it refuses a target that is ``/``, the home or working
+  folder (or one of their parents), that contains or lies inside an input (checkpoints, data,
+  evaluation data, the cache), a non-empty folder without ``--overwrite``, a folder that permerge
+  did not write (no marker file), and a location that cannot be written (read-only mount, no
+  space left).
+* ``staged`` writes into a hidden temporary sibling and renames it into place only when complete;
+  a replaced folder is renamed aside first and removed after the rename succeeded.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import OutputError
+
+MARKER = ".permerge-output"  # present in every folder permerge writes; --overwrite needs it
+_PROBE_BYTES = 64 * 1024
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | None = None,
+              cache_dir: str | os.PathLike | None = None, need_bytes: int = 0, what: str = "--out",
+              replace_hint: str = "--overwrite") -> Path:
+    """The resolved output folder, or OutputError with a one-line reason.  ``inputs`` maps a
+    label ("checkpoint A", "--data", ...) to a path; hub ids and missing paths are ignored."""
+    raw = str(out).strip()
+    if not raw:
+        raise OutputError(f"{what} is empty")
+    path = Path(raw).expanduser().resolve()
+    home, cwd = Path.home().resolve(), Path.cwd().resolve()
+    if raw in (".", "..", "~", "/") or path == Path(path.anchor) or _within(home, path) or _within(cwd, path):
+        raise OutputError(f"refusing {what} {raw}: it is (or contains) the root, home or working folder; "
+                          "name a new folder for the results")
+    for label, inp in (inputs or {}).items():
+        if not inp:
+            continue
+        ip = Path(str(inp)).expanduser()
+        if not ip.exists():
+            continue
+        ip = ip.resolve()
+        if _within(ip, path):
+            raise OutputError(f"refusing {what} {raw}: it contains {label} ({inp})")
+        if _within(path, ip):
+            raise OutputError(f"refusing {what} {raw}: it lies inside {label} ({inp})")
+    if cache_dir:
+        cd = Path(str(cache_dir)).expanduser().resolve()
+        if _within(cd, path) or (_within(path, cd) and not _within(path, cd / "exports")):
+            raise OutputError(f"refusing {what} {raw}: it contains or lies inside the cache folder {cache_dir}")
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise OutputError(f"{what} {raw} exists and is not a folder")
+        if any(path.iterdir()):
+            if not overwrite:
+                raise OutputError(f"output folder {raw} exists and is not empty (use {replace_hint} to replace it)")
+            if not (path / MARKER).is_file():
+                raise OutputError(f"refusing to replace {raw}: permerge did not write it (no {MARKER} file); "
+                                  "remove it yourself or choose another folder")
+    check_writable(path, need_bytes, what)
+    return path
+
+
+def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None:
+    """Write (and remove) a small probe file where the folder will be created; check free space."""
+    base = _nearest_existing(path.parent if not path.exists() else path)
+    if not base.is_dir():
+        raise OutputError(f"cannot create {what} {path}: {base} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".permerge-probe-", dir=base)
+    except OSError as e:
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"\0" * _PROBE_BYTES)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    free = shutil.disk_usage(base).free
+    if need_bytes and free < need_bytes:
+        raise OutputError(f"not enough free space for {what} at {base}: about {need_bytes / 2**20:.0f} MiB "
+                          f"needed, {free / 2**20:.0f} MiB free")
+
+
+def _is_write_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
+
+
+@contextmanager
+def staged(final: Path):
+    """``with staged(final) as tmp:`` write into ``tmp``; on success it becomes ``final`` (with the
+    marker file), replacing a previous permerge output atomically; on failure nothing remains."""
+    final = Path(final)
+    created = []
+    p = final.parent
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    tmp = None
+    try:
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        except OSError as e:
+            raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
+        yield tmp
+        try:
+            (tmp / MARKER).write_text("written by permerge; `--overwrite` may replace this folder\n")
+            _commit(tmp, final)
+        except OSError as e:
+            raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if _is_write_error(e) and not isinstance(e, OutputError):
+            msg = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise OutputError(f"cannot write the output at {final}: {msg}") from None
+        raise
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    if not (final.exists() or final.is_symlink()):
+        tmp.rename(final)
+        return
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    final.rename(old)
+    try:
+        tmp.rename(final)
+    except BaseException:
+        old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
