@@ -5,6 +5,13 @@ sum a b^T, all about a per-unit shift (the first batch's mean) so that the float
 does not suffer the E[ab] - E[a]E[b] cancellation; accumulators are float64.  Statistics are
 additive: batches, data prefixes, processes and GPUs combine by ``+`` (or an all-reduce).
 Raw activations are never stored beyond the current batch.
+
+The pass (``collect_stats``) is built for throughput: one matrix product per capture point and
+batch gives the cross block and both sums (a ones column is appended to the shifted features),
+products are float32 (TF32 allowed on CUDA with half-precision forwards) and reach the float64
+accumulators directly on a GPU or through a float32 staging matrix on a CPU, the forwards may run
+under fp16/bf16 autocast, consecutive batches are merged into GPU-sized forwards, and nothing is
+read back from the device inside the loop.
 """
 from __future__ import annotations
 
