@@ -234,8 +234,11 @@ class _Accumulator:
 
     def __init__(self, d_a: int, d_b: int, device, staged: bool):
         self.d_a, self.d_b = d_a, d_b
-        self.big = torch.zeros(d_a + 1, d_b + 1, dtype=torch.float64, device=device)
-        self.stage = torch.zeros(d_a + 1, d_b + 1, dtype=torch.float32, device=device) if staged else None
+        self.device = torch.device(device)
+        # allocated by the first product / fold: no pass spent zero-filling large matrices
+        self.big: torch.Tensor | None = None
+        self.stage: torch.Tensor | None = None
+        self.staged = staged
         self.sq_a = torch.zeros(d_a, dtype=torch.float64, device=device)
         self.sq_b = torch.zeros(d_b, dtype=torch.float64, device=device)
         self.shift_a = self.shift_b = None  # float32, fixed by the first rows
@@ -247,31 +250,45 @@ class _Accumulator:
             self.shift_a = a.float().mean(0)
             self.shift_b = b.float().mean(0)
         A, B = _centred(a, self.shift_a), _centred(b, self.shift_b)
-        if self.stage is not None:
-            self.stage.addmm_(A.T, B)
+        if self.staged:
+            if self.stage is None:
+                self.stage = torch.empty(self.d_a + 1, self.d_b + 1, dtype=torch.float32, device=self.device)
+            if self.staged_rows:
+                self.stage.addmm_(A.T, B)
+            else:  # the staging matrix is free: overwrite it
+                torch.mm(A.T, B, out=self.stage)
             self.staged_rows += A.shape[0]
         else:
-            self.big.add_(A.T @ B)
+            self._into_big(A.T @ B)
         self.sq_a.add_(torch.linalg.vecdot(A, A, dim=0)[:-1])
         self.sq_b.add_(torch.linalg.vecdot(B, B, dim=0)[:-1])
         self.n += A.shape[0]
         if self.staged_rows >= STAGE_ROWS:
             self.fold()
 
+    def _into_big(self, m: torch.Tensor) -> None:
+        if self.big is None:
+            self.big = m.double()
+        else:
+            self.big.add_(m)
+
     def fold(self) -> None:
-        if self.stage is not None and self.staged_rows:
-            self.big.add_(self.stage)
-            self.stage.zero_()
+        if self.staged_rows:
+            self._into_big(self.stage)
             self.staged_rows = 0
 
-    def result(self, device=None) -> PairStats:
-        """The statistics so far as new tensors (on ``device``, default the accumulators')."""
+    def result(self, device=None, copy: bool = True) -> PairStats:
+        """The statistics so far, on ``device`` (default the accumulators').  ``copy=False``
+        may return views of the accumulators (for the final result, read once)."""
         self.fold()
-        device = self.big.device if device is None else torch.device(device)
-        if self.shift_a is None:
+        device = self.device if device is None else torch.device(device)
+        if self.big is None:
             return PairStats.empty(self.d_a, self.d_b, device)
         d_a, d_b, big = self.d_a, self.d_b, self.big
-        take = (lambda t: t.clone()) if device == big.device else (lambda t: t.to(device))  # noqa: E731
+        if device != big.device:
+            take = lambda t: t.to(device)  # noqa: E731
+        else:
+            take = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return PairStats(float(self.n), take(self.shift_a.double()), take(self.shift_b.double()),
                          take(big[:d_a, d_b]), take(big[d_a, :d_b]), take(self.sq_a), take(self.sq_b),
                          take(big[:d_a, :d_b]))
@@ -455,7 +472,7 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
             torch.backends.cuda.matmul.allow_tf32 = tf32
     # final statistics one point at a time, freeing each accumulator as it is read
     home = None if distributed else "cpu"
-    stats = {g: accs.pop(g).result(home) for g in list(accs)}
+    stats = {g: accs.pop(g).result(home, copy=distributed) for g in list(accs)}
     if distributed:
         stats = {g: all_reduce(s) for g, s in stats.items()}
         snapshots = {f: {g: all_reduce(s) for g, s in snap.items()} for f, snap in snapshots.items()}
