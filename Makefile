@@ -36,7 +36,8 @@ browser-deps:
 test: setup browser-deps
 	$(BIN)/python -m pytest -q tests
 
-# The quick loop while editing: everything but the slow and the browser tests (under a minute on 2 cores).
+# The quick loop while editing: everything but the tests marked slow (real alignments of the bundled
+# models, several processes) and browser (headless Chromium); `make test` runs them all.
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow and not browser"
 

@@ -27,9 +27,27 @@ FORM_STATE = "run_form"  # the Pick-and-run form's values, kept while other page
 
 ATTENTION_LABELS = {"vanilla": "vanilla (plain average)", "monotonic": "monotonic (head j ↔ head j)",
                     "ignore-heads": "ignore-heads ⚠ NOT function-preserving", "head-perm": "head-perm (paper's best)"}
-RESIDUAL_LABELS = {"identity": "identity (no residual permutation)", "first": "first (embedding LayerNorm)",
-                   "last": "last (final layer output)", "all": "all (pooled over 2L+1 points)",
+# Family-neutral; residual_labels() names the chosen pair's own residual points.
+RESIDUAL_LABELS = {"identity": "identity (no residual permutation)", "first": "first (the embedding output)",
+                   "last": "last (the final layer's output)", "all": "all (pooled over every residual point)",
                    "separate": "separate ⚠ NOT function-preserving"}
+
+
+def residual_labels(facts: dict | None) -> dict:
+    """RESIDUAL_LABELS in the words of one pair's spec (see ``pair_facts``): what its first and last
+    residual points are, and how many points "all" pools."""
+    if not facts:
+        return dict(RESIDUAL_LABELS)
+    n = facts["residual_points"]
+    if facts["norm"] == "post-ln":  # the points are LayerNorm outputs
+        first, last, every = "embedding LayerNorm", "final layer's LayerNorm", f"{n} LayerNorm outputs"
+    else:  # pre-LN: the raw sum, read where it enters a norm or leaves a block
+        first, last = "embedding sum", "final block's output"
+        every = f"{n} points: embedding sum, input of each {facts['mid_point']}, block outputs"
+    if facts["projected"]:  # a narrower embedding mapped into the stream: the first point is the map's output
+        first = "embedding projection"
+        every = f"{n} points: embedding projection, then LayerNorm outputs"
+    return {**RESIDUAL_LABELS, "first": f"first ({first})", "last": f"last ({last})", "all": f"all (pooled over {every})"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -170,6 +188,43 @@ def config_summary(source: str) -> dict:
     from permerge.checkpoints import config_summary as summary
 
     return summary(source)
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def pair_facts(source: str) -> dict | None:
+    """What the labels of the run page need from a checkpoint's spec (built from its config on the
+    meta device): evaluation kind, special tokens in its text blocks, a pooler group, its residual
+    points; None when the spec cannot be built (the page reports the checkpoint's problem)."""
+    from permerge.checkpoints import config_spec
+
+    try:
+        spec = config_spec(source)
+    except Exception:
+        return None
+    mid = spec.groups["res.0.att"] if "res.0.att" in spec.groups else None
+    return {"family": spec.family, "head": spec.head, "evaluation": spec.evaluation,
+            "specials": spec.table.block_specials, "pooler": bool(spec.groups_of("pooler")),
+            "norm": spec.norm, "residual_points": len(spec.residual_points), "projected": "emb" in spec.groups,
+            "mid_point": mid.capture.rsplit(".", 1)[-1] if mid is not None else None,
+            "special_tokens": _block_special_tokens(source) if spec.table.block_specials else None}
+
+
+def _block_special_tokens(source: str) -> str | None:
+    """The start and end tokens of a text block ("[CLS]/[SEP]", "<s>/</s>") from a local checkpoint's
+    tokenizer files, without loading the tokenizer; None when they are not written there."""
+    folder = Path(source).expanduser()
+    found = {}
+    for f in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            d = json.loads((folder / f).read_text())
+        except (OSError, ValueError):
+            continue
+        for k in ("cls_token", "sep_token"):
+            v = d.get(k)
+            v = v.get("content") if isinstance(v, dict) else v
+            if isinstance(v, str) and k not in found:
+                found[k] = v
+    return f"{found['cls_token']}/{found['sep_token']}" if len(found) == 2 else None
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)

@@ -4,9 +4,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RESIDUAL_LABELS, RUN_STATE, Run,
-                             about_caption, config_summary, job_key, job_outcome, job_panel, jobs, name, name_md,
-                             pair_check, pair_title, registry)
+from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
+                             config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
+                             pair_facts, pair_title, registry, residual_labels)
 from permerge import plots, work, zoo
 from permerge.align import AlignOptions
 from permerge.pipeline import Job
@@ -91,6 +91,12 @@ if model_a and model_a == model_b:
 
 heads = {s.get("head") for s in summaries.values()}
 is_classifier = heads == {"classifier"}
+# The labels below follow the pair's family: its spec, built from A's config (no weights read).
+facts = pair_facts(model_a) if "A" in summaries else None
+family = facts["family"] if facts else None
+evaluation = facts["evaluation"] if facts else None
+loss_name = {"mlm": "Masked-LM", "causal-lm": "Causal-LM"}.get(evaluation)
+has_pooler = bool(facts and facts["pooler"]) and is_classifier
 
 # --- data --------------------------------------------------------------------------------------------
 st.subheader("Data")
@@ -110,8 +116,9 @@ if data_kind == "bundled alignment text":
     data = str(zoo.align_text())
     if not is_classifier:
         eval_data = str(zoo.eval_text())
-        st.caption("Held-out English text bundled with permerge; the MLM loss is measured on the bundled "
-                   "evaluation text with fixed masks.")
+        st.caption("Held-out English text bundled with permerge; the "
+                   + ("next-token loss is measured on the bundled evaluation text." if evaluation == "causal-lm" else
+                      "masked-LM loss is measured on the bundled evaluation text with fixed masks."))
 elif data_kind == "text file":
     data = st.text_input("Text file path", placeholder="/path/to/text.txt", key="data_path").strip()
     if not is_classifier:
@@ -137,17 +144,21 @@ for k, v in (("ff", True), ("attention", "head-perm"), ("residual", "identity"),
              ("device", qp.get("device") if qp.get("device") in ("auto", "cpu", "cuda") else "auto"),
              ("eval_examples", 0), ("exclude_special", False)):
     ss.setdefault(k, v)
-ss["pooler"] = ss.get("pooler", is_classifier) and is_classifier
+ss["pooler"] = ss.get("pooler", has_pooler) and has_pooler
 c1, c2, c3 = st.columns(3)
 with c1:
     ff = st.checkbox("Feed-forward layers (FF)", key="ff")
-    pooler = st.checkbox("Pooler (classifiers)", key="pooler", disabled=not is_classifier,
+    pooler = st.checkbox("Pooler (classifiers)", key="pooler", disabled=not has_pooler,
                          help="Permute the pooler's units and the classifier's columns; classifiers only.")
+    if is_classifier and facts and not has_pooler:
+        st.caption(f"{family} classifiers have no pooler: their head reads the last residual point, "
+                   "which the residual options align.")
 with c2:
     attention = st.selectbox("Attention", list(ATTENTION_LABELS), format_func=ATTENTION_LABELS.get, key="attention")
 with c3:
-    residual = st.selectbox("Residual stream", list(RESIDUAL_LABELS), format_func=RESIDUAL_LABELS.get, key="residual")
-options = AlignOptions(ff=ff, attention=attention, residual=residual, pooler=pooler and is_classifier)
+    res_labels = residual_labels(facts)
+    residual = st.selectbox("Residual stream", list(res_labels), format_func=res_labels.get, key="residual")
+options = AlignOptions(ff=ff, attention=attention, residual=residual, pooler=pooler and has_pooler)
 if not options.function_preserving:
     st.warning("⚠ **Not function-preserving**: with "
                + " and ".join(x for x, bad in (("Ignore-Heads", attention == "ignore-heads"),
@@ -165,10 +176,22 @@ with c2:
 with c3:
     device = st.selectbox("Device", ["auto", "cpu", "cuda"], key="device", help="auto: a CUDA GPU when there is one.")
 with st.expander("Advanced"):
-    eval_blocks = st.number_input("MLM evaluation blocks (128 tokens each)", min_value=1, max_value=4096,
-                                  key="eval_blocks", help="64, as the command line: about 1,200 masked tokens.")
+    eval_blocks = st.number_input(
+        f"{loss_name or 'Language-model'} evaluation blocks (128 tokens each)", min_value=1,
+        max_value=4096, key="eval_blocks",
+        help={"mlm": "64, as the command line: about 1,200 masked tokens.",
+              "causal-lm": "64, as the command line: every token after the first of each block is scored."}.get(
+            evaluation, "Used by masked-LM and causal-LM pairs; this pair is not evaluated on text blocks."))
     eval_examples = st.number_input("Classifier dev examples (0 = all)", min_value=0, key="eval_examples")
-    exclude_special = st.checkbox("Exclude [CLS]/[SEP] from the statistics", key="exclude_special")
+    specials = facts["specials"] if facts else True
+    if not specials:
+        ss["exclude_special"] = False
+    shown = facts.get("special_tokens") if facts else None
+    exclude_special = st.checkbox(
+        f"Exclude the special tokens ({shown}) from the statistics" if shown else
+        "Exclude the tokenizer's special tokens from the statistics", key="exclude_special", disabled=not specials)
+    if not specials:
+        st.caption(f"{family} text blocks are plain token runs: there are no special tokens to exclude.")
 
 ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k in (
     "src_A", "src_B", "bundled_A", "bundled_B", "path_A", "path_B", "data_kind", "data_path", "task", "task_path",

@@ -113,6 +113,20 @@ def config_summary(source: str) -> dict:
             "parameters": n_params}
 
 
+def config_spec(source: str):
+    """The ArchSpec (groups, residual points, evaluation kind) of a checkpoint from its config
+    alone: the model is built on the meta device, so no weights are read or allocated."""
+    import transformers
+
+    from .arch import build_spec
+
+    cfg = read_config(source)
+    arch = _architecture(cfg)
+    with torch.device("meta"):
+        model = getattr(transformers, arch)(cfg)
+    return build_spec(SUPPORTED_MODEL_TYPES[cfg.model_type], model)
+
+
 def validate_pair(cfg_a, cfg_b) -> None:
     """Raise IncompatibleModels naming the first differing field (before any weights load)."""
     arch_a, arch_b = _architecture(cfg_a), _architecture(cfg_b)

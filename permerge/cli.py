@@ -86,15 +86,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_b", metavar="B", help="checkpoint permuted into A's basis")
     p.add_argument("--data", required=True, help="plain text (file or folder of .txt) or a GLUE-format task folder")
     p.add_argument("--tokens", type=_int_at_least(1, "--tokens"), default=None, help="bound on the alignment tokens")
-    p.add_argument("--eval-data", default=None, help="plain text for MLM evaluation (default: held-out tail of --data)")
-    p.add_argument("--eval-blocks", type=_int_at_least(1, "--eval-blocks"), default=64, help="MLM evaluation blocks of 128 tokens (default 64)")
+    p.add_argument("--eval-data", default=None,
+                   help="evaluation data: plain text, or a task folder for classifiers (default: held-out tail of --data)")
+    p.add_argument("--eval-blocks", type=_int_at_least(1, "--eval-blocks"), default=64,
+                   help="evaluation blocks of 128 tokens: masked-LM or causal-LM loss, by the family (default 64)")
     p.add_argument("--ff", dest="ff", action="store_true", default=True, help="align feed-forward groups (default)")
     p.add_argument("--no-ff", dest="ff", action="store_false", help="leave feed-forward groups unaligned")
     p.add_argument("--attention", default="head-perm", choices=["vanilla", "monotonic", "ignore-heads", "head-perm"])
     p.add_argument("--residual", default="identity", choices=["identity", "first", "last", "all", "separate"])
-    p.add_argument("--pooler", action="store_true", help="also align the pooler (classifiers)")
+    p.add_argument("--pooler", action="store_true",
+                   help="also align the pooler (classifiers whose family has one; an error for other pairs)")
     p.add_argument("--absolute", action="store_true", help="match on |correlation| instead of signed correlation")
-    p.add_argument("--exclude-special", action="store_true", help="leave [CLS]/[SEP] tokens out of the statistics")
+    p.add_argument("--exclude-special", action="store_true", help="leave the tokenizer's special tokens out of the statistics")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=16)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
@@ -152,12 +155,27 @@ def _check_inputs(args) -> None:
     from .pipeline import resolve_device
 
     validate_pair(read_config(args.model_a), read_config(args.model_b))
+    if args.pooler:
+        _check_pooler(args.model_a)
     resolve_device(args.device)
     for path, what in ((args.data, "--data"), (args.eval_data, "--eval-data")):
         if path:
             check_data_path(path, what)
             if not is_task_folder(path):
                 text_files(path)  # every .txt of a folder: regular files only
+
+
+def _check_pooler(source: str) -> None:
+    """--pooler needs a pooler group in the pair's spec (built from the config alone)."""
+    from .arch import FAMILIES
+    from .checkpoints import config_spec
+
+    spec = config_spec(source)
+    if not spec.groups_of("pooler"):
+        have = ", ".join(f.name for f in FAMILIES if f.pooler is not None)
+        what = "classifier" if spec.head == "classifier" else f"{spec.head} model"
+        raise PermergeError(f"--pooler: this {spec.family} {what} has no pooler to align "
+                            f"(only {have} classifiers have one); leave --pooler out")
 
 
 def _pipeline(args, distributed: bool, rank: int):
@@ -284,6 +302,7 @@ def cmd_zoo(args) -> int:
         if args.json:
             print(json.dumps(entries, indent=2, default=float))
         else:
+            print(f"{'name':<24} {'kind':<11} {'task':<12} metrics")
             for e in entries:
                 metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                     for k, v in (e.get("metrics") or {}).items())

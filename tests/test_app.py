@@ -115,7 +115,7 @@ def start_small_run(lambdas: int):
     at = run_page()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", lambdas)
-    _set(at, "MLM evaluation blocks (128 tokens each)", 4)
+    _set(at, "Masked-LM evaluation blocks (128 tokens each)", 4)
     [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
     at.run()
     [b for b in at.button if b.label == "Run alignment"][0].click().run()

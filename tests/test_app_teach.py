@@ -137,7 +137,7 @@ def ran():
     at.switch_page("pages/run.py").run()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", 3)
-    _set(at, "MLM evaluation blocks (128 tokens each)", 4)
+    _set(at, "Masked-LM evaluation blocks (128 tokens each)", 4)
     [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
     at.run()
     [b for b in at.button if b.label == "Run alignment"][0].click().run()
@@ -340,7 +340,7 @@ def run_with(**choices) -> AppTest:
     at.switch_page("pages/run.py").run()
     _set(at, "Alignment tokens", 2048)
     _set(at, "λ points", 3)
-    _set(at, "MLM evaluation blocks (128 tokens each)", 4)
+    _set(at, "Masked-LM evaluation blocks (128 tokens each)", 4)
     [s for s in at.selectbox if s.label == "Device"][0].set_value("cpu")
     for label, value in choices.items():
         [s for s in at.selectbox if s.label == label][0].set_value(value)
