@@ -53,7 +53,7 @@ def _export_work(run, lam: float, target: Path, overwrite: bool):
         model, tok = merged_model(run, lam)
         progress("saving the merged model", 1, 2)
         _check(target, overwrite)  # again: the folder may have appeared meanwhile
-        with staged(target) as tmp:
+        with staged(target, overwrite) as tmp:
             save_model(model, tok, tmp)
         progress("saved", 2, 2)
         return str(target)

@@ -248,7 +248,7 @@ def cmd_align(args) -> int:
     model_bp = pipe.permuted(options)
     check = pipe.function_check(options, model_bp)
     a, b = pipe.pair
-    with staged(final) as tmp:
+    with staged(final, args.overwrite) as tmp:
         save_model(model_bp.cpu(), pipe.tokenizer, tmp / "model")
         save_file(permutations_tensors(al), str(tmp / "permutations.safetensors"))
         stats = pipe.stats()
@@ -285,7 +285,7 @@ def cmd_interpolate(args) -> int:
     results = [pipe.curve(VANILLA, args.lambdas)]
     if options != VANILLA:
         results.append(pipe.curve(options, args.lambdas))
-    with staged(final) as tmp:
+    with staged(final, args.overwrite) as tmp:
         curve_table(results).to_csv(tmp / "curve.csv", index=False)
         (tmp / "barrier.json").write_text(json.dumps(barrier_summary(results), indent=2, default=float))
     for r in results:

@@ -6,7 +6,10 @@
   did not write (no marker file), and a location that cannot be written (read-only mount, no
   space left).
 * ``staged`` writes into a hidden temporary sibling and renames it into place only when complete;
-  a replaced folder is renamed aside first and removed after the rename succeeded.
+  a replaced folder is renamed aside first and removed after the rename succeeded.  The rules on
+  an existing folder are checked again at that moment (a folder may appear during a long run):
+  a non-empty one is replaced only with ``overwrite`` and the marker file, otherwise the results
+  stay in the temporary folder and the error says where.
 """
 from __future__ import annotations
 
@@ -105,17 +108,23 @@ def _is_write_error(e: BaseException) -> bool:
     return isinstance(e, OSError) or type(e).__name__ == "SafetensorError"
 
 
+class _Refused(OutputError):
+    """``final`` may not be replaced at commit time; the staged folder is kept."""
+
+
 @contextmanager
-def staged(final: Path):
-    """``with staged(final) as tmp:`` write into ``tmp``; on success it becomes ``final`` (with the
-    marker file), replacing a previous permerge output atomically; on failure nothing remains."""
+def staged(final: Path, overwrite: bool = False):
+    """``with staged(final, overwrite) as tmp:`` write into ``tmp``; on success it becomes ``final``
+    (with the marker file), replacing a previous permerge output atomically (only with
+    ``overwrite``); on failure nothing remains, except when ``final`` may not be replaced: then
+    the finished results stay in ``tmp`` and the OutputError names it."""
     final = Path(final)
     created = []
     p = final.parent
     while not p.exists():
         created.append(p)
         p = p.parent
-    tmp = None
+    tmp, kept = None, False
     try:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -125,10 +134,15 @@ def staged(final: Path):
         yield tmp
         try:
             (tmp / MARKER).write_text("written by permerge; `--overwrite` may replace this folder\n")
-            _commit(tmp, final)
+            _commit(tmp, final, overwrite)
+        except _Refused as e:
+            kept = True  # the finished results stay in tmp
+            raise OutputError(f"{e}; the results were kept in {tmp}") from None
         except OSError as e:
             raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
     except BaseException as e:
+        if kept:
+            raise
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         for d in created:  # innermost first
@@ -142,10 +156,18 @@ def staged(final: Path):
         raise
 
 
-def _commit(tmp: Path, final: Path) -> None:
+def _commit(tmp: Path, final: Path, overwrite: bool = False) -> None:
     if not (final.exists() or final.is_symlink()):
         tmp.rename(final)
         return
+    # check_out ran before the compute; the folder may have appeared or changed since
+    if final.is_symlink() or not final.is_dir():
+        raise _Refused(f"refusing to replace {final}: it is not a folder (it appeared during the run)")
+    if any(final.iterdir()):
+        if not overwrite:
+            raise _Refused(f"refusing to replace {final}: it is not empty (it appeared or changed during the run)")
+        if not (final / MARKER).is_file():
+            raise _Refused(f"refusing to replace {final}: permerge did not write it (no {MARKER} file)")
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     final.rename(old)
     try:

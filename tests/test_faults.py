@@ -183,10 +183,40 @@ def test_staged_output_is_atomic(tmp_path):
             (tmp / "v2").write_text("2")
             raise RuntimeError("interrupted")
     assert (final / "v1").is_file() and not (final / "v2").exists()  # the old output survives a failure
-    with staged(final) as tmp:
+    with staged(final, overwrite=True) as tmp:
         (tmp / "v2").write_text("2")
     assert sorted(p.name for p in final.iterdir()) == [MARKER, "v2"]
     assert [p.name for p in final.parent.iterdir()] == ["out"]  # no .old- or .partial- leftovers
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_staged_keeps_a_folder_that_appears_during_the_run(tmp_path, overwrite):
+    """check_out passed before the compute; a user folder created meanwhile is never replaced."""
+    from permerge.errors import OutputError
+    from permerge.outputs import MARKER, staged
+
+    final = tmp_path / "out"
+    with pytest.raises(OutputError) as ei:
+        with staged(final, overwrite=overwrite) as tmp:
+            (tmp / "result").write_text("r")
+            final.mkdir()  # the user's folder appears while the run computes
+            (final / "notes.txt").write_text("mine")
+    msg = str(ei.value)
+    assert "\n" not in msg and str(final) in msg and str(tmp) in msg
+    assert sorted(p.name for p in final.iterdir()) == ["notes.txt"]  # the user's file is intact
+    assert (final / "notes.txt").read_text() == "mine"
+    assert (tmp / "result").is_file() and (tmp / MARKER).is_file()  # the results are kept where it says
+    assert not list(tmp_path.glob(".out.old-*"))
+
+
+def test_staged_replaces_an_empty_folder_that_appears(tmp_path):
+    from permerge.outputs import MARKER, staged
+
+    final = tmp_path / "out"
+    with staged(final) as tmp:
+        (tmp / "result").write_text("r")
+        final.mkdir()
+    assert sorted(p.name for p in final.iterdir()) == [MARKER, "result"]
 
 
 # --- 3. damaged caches ---------------------------------------------------------------------------------
