@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -28,6 +29,9 @@ import time
 from pathlib import Path
 
 from .errors import CacheError, warn
+
+_DISKCACHE_FILE = re.compile(r"cache\.db(-wal|-shm|-journal)?")
+_DISKCACHE_DIR = re.compile(r"[0-9a-f]{2}")
 
 FORMAT_VERSION = 1
 _MISSING = object()
@@ -172,7 +176,9 @@ class ResultCache:
             n += 1
         aside.mkdir()
         for p in self.directory.iterdir():
-            if p.name.startswith("cache.db") or (p.is_dir() and len(p.name) == 2):
+            # only what diskcache owns: its database files and its two-hex-digit value folders
+            # (--cache-dir may name a folder that also holds the user's own files)
+            if _DISKCACHE_FILE.fullmatch(p.name) and p.is_file() or _DISKCACHE_DIR.fullmatch(p.name) and p.is_dir():
                 shutil.move(str(p), str(aside / p.name))
         warn(f"the cache in {self.directory} is damaged ({str(err).splitlines()[0]}); moved it to {aside} "
              "and starting an empty cache (results are recomputed)")

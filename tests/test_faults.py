@@ -258,6 +258,31 @@ def test_damaged_cache_is_moved_aside_and_recomputed(tiny_mlm_pair, tmp_path, ca
     assert "warning" not in capsys.readouterr().err
 
 
+def test_damaged_cache_leaves_the_users_files_in_place(tmp_path):
+    """--cache-dir may name a folder with the user's own files: only diskcache's move aside."""
+    from permerge.cache import ResultCache
+
+    cache = tmp_path / "mine"
+    c = ResultCache(cache)
+    c.set("k", b"x" * 100_000)  # large enough for a value file in a hex folder
+    c.close()
+    hexdirs = sorted(p.name for p in cache.iterdir() if p.is_dir() and p.name not in ("locks",))
+    assert hexdirs, "diskcache should have written a value folder"
+    (cache / "en").mkdir()
+    (cache / "en" / "vocab.txt").write_text("user")
+    (cache / "ab.txt").write_text("user")  # two-character-ish names that are not diskcache's
+    (cache / "cache.db.bak").write_text("user")
+    (cache / "cache.db").write_bytes(os.urandom(5000))
+    with pytest.warns(Warning, match="damaged"):
+        c = ResultCache(cache)
+    c.close()
+    assert (cache / "en" / "vocab.txt").read_text() == "user"
+    assert (cache / "ab.txt").read_text() == "user" and (cache / "cache.db.bak").read_text() == "user"
+    aside = list(cache.glob("corrupt-*"))
+    assert len(aside) == 1 and (aside[0] / "cache.db").is_file()
+    assert sorted(p.name for p in aside[0].iterdir() if p.is_dir()) == hexdirs
+
+
 def test_cache_dir_that_is_a_file(tiny_mlm_pair, tmp_path, capsys):
     a, b, text = tiny_mlm_pair
     f = tmp_path / "file"
