@@ -81,6 +81,20 @@ def _logits(out, dtype=torch.float32) -> torch.Tensor:
 EQUIVALENCE_TOL = 1e-9  # relative, in float64
 
 
+def _cpu_float64_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of ``model`` on the CPU.  Each parameter and buffer is copied straight to the
+    CPU (no second copy of the weights on the model's device); tied weights stay tied."""
+    def cpu(t):
+        return t.detach().to("cpu", torch.float64 if t.is_floating_point() else t.dtype, copy=True)
+
+    memo = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(cpu(p), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = cpu(b)
+    return copy.deepcopy(model, memo).to("cpu", torch.float64)
+
+
 @torch.no_grad()
 def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
                 perms: dict[str, np.ndarray] | None = None, tol: float = EQUIVALENCE_TOL) -> dict:
@@ -90,8 +104,8 @@ def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpe
     axis) gives an error of the order of the logits.  In float32 the same check on a correct
     permutation reaches 1e-5 relative on realistic models, which is why it is not judged there.
     Returns ``max_rel_logit_error_float64``, ``equivalence_tolerance`` and ``equivalent``."""
-    b64 = copy.deepcopy(model_b).to("cpu", torch.float64)
-    bp64 = copy.deepcopy(model_bp).to("cpu", torch.float64)
+    b64 = _cpu_float64_copy(model_b)
+    bp64 = _cpu_float64_copy(model_bp)
     err = logit_error(b64, bp64, {k: v.to("cpu") for k, v in batch.items()}, spec, perms, dtype=torch.float64)
     rel = err["max_rel_logit_error"]
     return {"max_rel_logit_error_float64": rel, "equivalence_tolerance": tol, "equivalent": bool(rel < tol)}

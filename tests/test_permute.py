@@ -114,6 +114,29 @@ def test_equivalence_judged_in_float64_no_false_alarm_on_a_wide_model():
     assert verdict["equivalent"] and verdict["max_rel_logit_error_float64"] < 1e-11, verdict
 
 
+def test_equivalence_copies_the_weights_straight_to_the_cpu(monkeypatch):
+    """The float64 check must not duplicate the models' weights on their device first (on a GPU
+    that briefly doubled the memory): no parameter or buffer goes through ``deepcopy``."""
+    from permerge.permute import _cpu_float64_copy, equivalence
+
+    b = make_model(1, **CONFIGS["mlm-tied-h5-dk6"])
+    spec = spec_for(b)
+    perms = random_valid_perms(spec, 0)
+    bp = permute_model(b, spec, perms)
+    copied = []
+    real = torch.Tensor.__deepcopy__
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", lambda t, memo: copied.append(t.shape) or real(t, memo))
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__",
+                        lambda t, memo: copied.append(t.shape) or real(t, memo))
+    assert equivalence(b, bp, probe("x"), spec, perms)["equivalent"]
+    big = [s for s in copied if s.numel() > 1]
+    assert not big, big
+    c = _cpu_float64_copy(b)
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in c.parameters())
+    assert all(p.dtype == torch.float32 for p in b.parameters())  # the original is untouched
+    assert c.get_output_embeddings().weight is c.get_input_embeddings().weight  # ties kept
+
+
 def test_equivalence_keeps_the_alarm_for_a_real_break():
     from permerge.permute import equivalence
 
