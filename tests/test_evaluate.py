@@ -157,3 +157,24 @@ def test_a_folder_of_checkpoints_gives_all_its_pairs(tmp_path):
         folder_pairs(str(tmp_path / "notes"))
     assert short_names(["/x/m/seed1", "/y/m/seed1"]) == {"/x/m/seed1": "x/m/seed1", "/y/m/seed1": "y/m/seed1"}
     assert pair_name("/x/seed1", "/x/seed2") == "seed1 | seed2"
+
+
+def test_causal_lm_loss_matches_transformers_labels_loss():
+    """The causal-LM loss is next-token cross-entropy exactly as transformers computes it with
+    ``labels=input_ids`` (which shifts by one inside the model); a wrong shift would not match."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from permerge.evaluate import causal_evalset
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=61, n_positions=32, n_embd=24, n_head=4, n_layer=2, initializer_range=0.3,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).eval()
+    x = torch.randint(0, cfg.vocab_size, (5, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(input_ids=x, labels=x).loss.item()
+        unshifted = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), x.flatten()).item()
+    assert abs(unshifted - want) > 1e-2  # the comparison can tell a shift error apart
+    got = evaluate(model, causal_evalset(x, batch_size=2, inputs=("input_ids", "attention_mask")))
+    assert abs(got["loss"] - want) < 1e-6 * max(1.0, abs(want)), (got, want)
+    assert got["perplexity"] == pytest.approx(math.exp(want), rel=1e-6)
