@@ -150,10 +150,7 @@ class Pipeline:
                 D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
             align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
-            if job.eval_examples:
-                dev = D.Task(dev.name, dev.texts_a[:job.eval_examples],
-                             dev.texts_b[:job.eval_examples] if dev.texts_b else None,
-                             dev.labels[:job.eval_examples], dev.regression, dev.num_labels)
+            dev = self._eval_cut(dev)
             if ev is None:
                 text = "\n".join(dev.texts_a + (dev.texts_b or []))
                 ev = self._mlm_eval(D.text_blocks(tok, text, self.block)[: job.eval_blocks])
@@ -163,20 +160,19 @@ class Pipeline:
             blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
             if head == "classifier":
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-                if not align:
+                if not align:  # before reading the evaluation folder
                     raise DataError("no alignment data")
                 ev = self._classifier_eval(job.eval_data)
-                ev.inputs = self.spec.inputs  # the keys this family's models take
-                return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), None)
-            if job.eval_data:
-                eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
-            else:  # hold out the tail of the data for evaluation
-                k = min(job.eval_blocks, len(blocks) // 2)
-                if k == 0:
-                    raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
-                blocks, eval_blocks = blocks[:-k], blocks[-k:]
-            align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-            ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
+            else:
+                if job.eval_data:
+                    eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
+                else:  # hold out the tail of the data for evaluation
+                    k = min(job.eval_blocks, len(blocks) // 2)
+                    if k == 0:
+                        raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
+                    blocks, eval_blocks = blocks[:-k], blocks[-k:]
+                align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
+                ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
             task = None
         if not align:
             raise DataError("no alignment data")
@@ -192,11 +188,16 @@ class Pipeline:
             raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
         dev = D.read_task(folder, "dev")
         D.check_task_labels(dev, self.pair[0].config.num_labels)
-        if self.job.eval_examples:
-            dev = D.Task(dev.name, dev.texts_a[:self.job.eval_examples],
-                         dev.texts_b[:self.job.eval_examples] if dev.texts_b else None,
-                         dev.labels[:self.job.eval_examples], dev.regression, dev.num_labels)
+        dev = self._eval_cut(dev)
         return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), regression=dev.regression)
+
+    def _eval_cut(self, dev: D.Task) -> D.Task:
+        """The first ``eval_examples`` examples of a task (all of them when it is 0)."""
+        n = self.job.eval_examples
+        if not n:
+            return dev
+        return D.Task(dev.name, dev.texts_a[:n], dev.texts_b[:n] if dev.texts_b else None, dev.labels[:n],
+                      dev.regression, dev.num_labels)
 
     def _mlm_eval(self, blocks) -> EvalSet:
         if len(blocks) == 0:
@@ -262,7 +263,7 @@ class Pipeline:
 
     def probe_batch(self) -> dict:
         b = self.prepared.align_batches[0]
-        return {k: b[k][:8] for k in self.spec.inputs if k in b}
+        return {k: v[:8] for k, v in self.spec.model_inputs(b).items()}
 
     def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
         """B' against B on a probe batch of the alignment data: the float32 errors on the run's

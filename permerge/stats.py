@@ -437,7 +437,7 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
         for idx, last in _device_chunks(batches, lambda i: i % world == rank, set(cut_at), batch_tokens):
             if idx:
                 batch = _merge(batches, idx)
-                b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in spec.inputs}
+                b = {k: v.to(device, non_blocking=True) for k, v in spec.model_inputs(batch).items()}
                 keep = batch["attention_mask"].bool()  # on the host: no device round trip
                 if exclude_special and "special_tokens_mask" in batch:
                     keep &= ~batch["special_tokens_mask"].bool()
