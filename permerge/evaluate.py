@@ -14,41 +14,41 @@ import torch.nn.functional as F
 class EvalSet:
     """Fixed evaluation batches.  kind "mlm": input_ids with masks applied and labels (-100 off the
     selected tokens); kind "causal-lm": token blocks, every next token scored; kind
-    "classification": encoded sentences and labels.  ``inputs``: the keys the model takes (from its
-    family's table)."""
+    "classification": encoded sentences and labels.  ``inputs``: the keys the model takes (its
+    family's, ``ArchSpec.inputs``); other entries of a batch are not passed to the model."""
     kind: str
     batches: list[dict]
+    inputs: tuple
     regression: bool = False
-    inputs: tuple = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def mlm_evalset(masked: dict, batch_size: int = 32) -> EvalSet:
+def mlm_evalset(masked: dict, inputs, batch_size: int = 32) -> EvalSet:
     ids, labels = masked["input_ids"], masked["labels"]
     batches = [{"input_ids": ids[i:i + batch_size], "attention_mask": torch.ones_like(ids[i:i + batch_size]),
                 "token_type_ids": torch.zeros_like(ids[i:i + batch_size]), "labels": labels[i:i + batch_size]}
                for i in range(0, len(ids), batch_size)]
-    return EvalSet("mlm", batches)
+    return EvalSet("mlm", batches, tuple(inputs))
 
 
-def causal_evalset(blocks: torch.Tensor, batch_size: int = 32, inputs=("input_ids", "attention_mask")) -> EvalSet:
+def causal_evalset(blocks: torch.Tensor, inputs, batch_size: int = 32) -> EvalSet:
     """Next-token prediction on fixed blocks: every token after the first is scored."""
     batches = [{"input_ids": blocks[i:i + batch_size], "attention_mask": torch.ones_like(blocks[i:i + batch_size])}
                for i in range(0, len(blocks), batch_size)]
-    return EvalSet("causal-lm", batches, inputs=tuple(inputs))
+    return EvalSet("causal-lm", batches, tuple(inputs))
 
 
-def exact_evalset(blocks: torch.Tensor, special_ids, mask_token_id: int) -> EvalSet:
+def exact_evalset(blocks: torch.Tensor, special_ids, mask_token_id: int, inputs) -> EvalSet:
     """Pseudo-perplexity of Salazar et al. (2020): every non-special token of every block is masked
     alone and scored.  One forward pass per token: the optional slow mode."""
     batches = []
     for row in blocks:
         pos = torch.tensor([i for i, t in enumerate(row.tolist()) if t not in set(special_ids)], dtype=torch.long)
         batches.append({"block": row, "positions": pos, "mask_token_id": mask_token_id})
-    return EvalSet("mlm-exact", batches)
+    return EvalSet("mlm-exact", batches, tuple(inputs))
 
 
 @torch.no_grad()
-def _exact_nll(model, b: dict, device, head, chunk: int = 64, keys=None) -> tuple[float, int]:
+def _exact_nll(model, b: dict, device, head, keys, chunk: int = 64) -> tuple[float, int]:
     row, pos = b["block"].to(device), b["positions"].to(device)
     total = 0.0
     for i in range(0, len(pos), chunk):
@@ -56,7 +56,7 @@ def _exact_nll(model, b: dict, device, head, chunk: int = 64, keys=None) -> tupl
         ids = row.expand(len(p), -1).clone()
         ids[torch.arange(len(p), device=device), p] = b["mask_token_id"]
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
-        inputs = {k: v for k, v in inputs.items() if keys is None or k in keys}
+        inputs = {k: v for k, v in inputs.items() if k in keys}
         if head is not None:
             h = model.base_model(**inputs).last_hidden_state[torch.arange(len(p), device=device), p]
             logits = head(h).float()

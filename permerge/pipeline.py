@@ -172,24 +172,29 @@ class Pipeline:
                         raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
                     blocks, eval_blocks = blocks[:-k], blocks[-k:]
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
-                ev = {"mlm": self._mlm_eval, "causal-lm": causal_evalset}.get(self.spec.evaluation, lambda _: EvalSet("none", []))(eval_blocks)
+                if self.spec.evaluation == "mlm":
+                    ev = self._mlm_eval(eval_blocks)
+                elif self.spec.evaluation == "causal-lm":
+                    ev = causal_evalset(eval_blocks, self.spec.inputs)
+                else:
+                    ev = EvalSet("none", [], self.spec.inputs)
             task = None
         if not align:
             raise DataError("no alignment data")
-        ev.inputs = self.spec.inputs  # the keys this family's models take
         return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
 
     def _classifier_eval(self, folder: str | None) -> EvalSet:
         """A classifier aligned on plain text is evaluated on a task folder's dev.tsv when one is
         given (``eval_data``), else not at all (the alignment and the B' check still run)."""
         if not folder:
-            return EvalSet("none", [])
+            return EvalSet("none", [], self.spec.inputs)
         if not D.is_task_folder(folder):
             raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
         dev = D.read_task(folder, "dev")
         D.check_task_labels(dev, self.pair[0].config.num_labels)
         dev = self._eval_cut(dev)
-        return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), regression=dev.regression)
+        return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), self.spec.inputs,
+                       regression=dev.regression)
 
     def _eval_cut(self, dev: D.Task) -> D.Task:
         """The first ``eval_examples`` examples of a task (all of them when it is 0)."""
@@ -204,8 +209,8 @@ class Pipeline:
             raise DataError("no evaluation blocks")
         if self.job.exact_pppl:
             tok = self.tokenizer
-            return exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id)
-        return mlm_evalset(D.mlm_masks(self.tokenizer, blocks, seed=self.job.mask_seed), batch_size=32)
+            return exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id, self.spec.inputs)
+        return mlm_evalset(D.mlm_masks(self.tokenizer, blocks, seed=self.job.mask_seed), self.spec.inputs, batch_size=32)
 
     @property
     def stats_key(self) -> str:

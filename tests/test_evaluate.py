@@ -7,6 +7,7 @@ import torch
 
 from conftest import CONFIGS, VOCAB, make_model, write_tokenizer
 from permerge import data as D
+from permerge.arch import spec_for
 from permerge.evaluate import evaluate, mlm_evalset
 from permerge.interpolate import barrier, interpolate_state, lambda_grid, mean_sem
 
@@ -40,7 +41,7 @@ def test_mlm_loss_on_masked_positions_only_equals_full_logits(tok):
     kw = dict(CONFIGS["mlm-untied-h3-dk12"], vocab_size=len(VOCAB))
     model = make_model(3, **kw)
     blocks = torch.randint(5, len(VOCAB), (6, 32), generator=torch.Generator().manual_seed(1))
-    ev = mlm_evalset(D.mlm_masks(tok, blocks, seed=0), batch_size=4)
+    ev = mlm_evalset(D.mlm_masks(tok, blocks, seed=0), spec_for(model).inputs, batch_size=4)
     fast = evaluate(model, ev, mlm_head="cls")
     full = evaluate(model, ev)
     assert fast["loss"] == pytest.approx(full["loss"], rel=1e-5)
@@ -86,7 +87,7 @@ def test_exact_pseudo_perplexity_masks_each_token_alone(tok):
     model = make_model(4, **kw)
     blocks = torch.randint(5, len(VOCAB), (2, 10), generator=torch.Generator().manual_seed(2))
     blocks[:, 0], blocks[:, -1] = tok.cls_token_id, tok.sep_token_id
-    got = evaluate(model, exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id), mlm_head="cls")
+    got = evaluate(model, exact_evalset(blocks, tok.all_special_ids, tok.mask_token_id, spec_for(model).inputs), mlm_head="cls")
     nll, n = 0.0, 0
     with torch.no_grad():
         for row in blocks:
@@ -175,6 +176,6 @@ def test_causal_lm_loss_matches_transformers_labels_loss():
         want = model(input_ids=x, labels=x).loss.item()
         unshifted = torch.nn.functional.cross_entropy(model(input_ids=x).logits.flatten(0, 1), x.flatten()).item()
     assert abs(unshifted - want) > 1e-2  # the comparison can tell a shift error apart
-    got = evaluate(model, causal_evalset(x, batch_size=2, inputs=("input_ids", "attention_mask")))
+    got = evaluate(model, causal_evalset(x, spec_for(model).inputs, batch_size=2))
     assert abs(got["loss"] - want) < 1e-6 * max(1.0, abs(want)), (got, want)
     assert got["perplexity"] == pytest.approx(math.exp(want), rel=1e-6)
