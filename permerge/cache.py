@@ -223,7 +223,7 @@ class ResultCache:
                  "continuing without caching it")
             return False
 
-    def get_or_compute(self, key: str, compute, poll: float = 0.2, **_):
+    def get_or_compute(self, key: str, compute, poll: float = 0.2):
         """Return the cached value, or compute it once across processes and store it."""
         value = self.get(key, _MISSING)
         if value is not _MISSING:
@@ -262,7 +262,7 @@ class NoCache:
     def set(self, key, value):
         pass
 
-    def get_or_compute(self, key, compute, **_):
+    def get_or_compute(self, key, compute, poll: float = 0.2):
         return compute()
 
     def close(self):

@@ -227,18 +227,6 @@ def _parse_labels(values: list[str], where) -> tuple[list[float], bool, int]:
     return [float(x) for x in nums], True, 1
 
 
-def lab_is_float(values: list[str]) -> bool:
-    try:
-        return any("." in v for v in values) and all(float(v) == float(v) for v in values)
-    except ValueError:
-        return False
-
-
-def _label_ids(values: list[str]) -> tuple[list[float], int]:
-    labels, _, k = _parse_labels(values, lambda i: f"label {i + 1}")
-    return labels, k
-
-
 def check_task_labels(task: Task, num_labels: int) -> None:
     """The task's labels fit the checkpoints' head: regression for one output, class ids below
     ``num_labels`` otherwise; the first misfit is named with its file and line."""
