@@ -25,6 +25,7 @@ import shutil
 import socket
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -143,7 +144,8 @@ class ResultCache:
             raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".probe-{os.getpid()}"
+            # per process and thread: several sessions of one dashboard open the cache at once
+            probe = self.directory / f".probe-{os.getpid()}-{threading.get_ident()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
