@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,36 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is fastest and immune to a busy neighbour
+
+
+def _have_default_pair() -> bool:
+    from permerge import zoo
+
+    names = {e["name"] for e in zoo.list_checkpoints()}
+    return all(n in names for n in zoo.DEFAULT_PAIR)
+
+
+HAVE_PAIR = _have_default_pair()  # the bundled default pair (mlm-seed1, mlm-seed2) is built
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """A fresh result cache for the requesting module, and the app's working directory.  Module
+    scope: each dashboard test module gets its own cache (``pytestmark = usefixtures("app_env")``)."""
+    old = os.environ.get("PERMERGE_CACHE")
+    os.environ["PERMERGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    from dashboard import state
+
+    state.registry.clear()  # the per-process registry must use this module's cache
+    yield
+    state.registry.clear()
+    os.chdir(cwd)
+    if old is None:
+        os.environ.pop("PERMERGE_CACHE", None)
+    else:
+        os.environ["PERMERGE_CACHE"] = old
 
 # Random configurations: odd head counts, head widths that are not powers of two, tied and untied
 # decoders, classifiers (3-way and regression) and a bare encoder.
@@ -21,6 +52,24 @@ CONFIGS = {
     "reg-h2-dk10": dict(head="cls", hidden_size=20, num_attention_heads=2, intermediate_size=24, num_hidden_layers=1, num_labels=1),
     "base-h4-dk9": dict(head="base", hidden_size=36, num_attention_heads=4, intermediate_size=29, num_hidden_layers=2),
 }
+
+
+def random_valid_perms(spec, seed):
+    """Random permutations that keep the function: whole heads and a permutation within each head
+    for attention groups, one permutation shared by every residual group."""
+    rng = np.random.default_rng(seed)
+    perms = {}
+    res = rng.permutation(spec.hidden)
+    for name, g in spec.groups.items():
+        if g.kind == "att":
+            dk = g.size // g.heads
+            outer = rng.permutation(g.heads)
+            perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
+        elif g.kind == "res":
+            perms[name] = res
+        else:
+            perms[name] = rng.permutation(g.size)
+    return perms
 
 
 def make_model(seed: int, head="mlm", vocab_size=97, **kw):

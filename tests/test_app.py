@@ -1,6 +1,5 @@
 """Every dashboard page under Streamlit's AppTest: without a result, then after a real run on the
 bundled default pair (small settings: 2048 tokens, 5 lambdas, 4 evaluation blocks)."""
-import os
 import time
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from conftest import HAVE_PAIR  # noqa: E402
 from permerge import zoo  # noqa: E402
 
 PAGES = {
@@ -19,26 +19,7 @@ PAGES = {
     "pages/data_amount.py": "Amount of data",
     "pages/export.py": "Export",
 }
-HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def app_env(tmp_path_factory):
-    """A fresh result cache for this module, and the app's working directory."""
-    old = os.environ.get("PERMERGE_CACHE")
-    os.environ["PERMERGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    from dashboard import state
-
-    state.registry.clear()  # the per-process registry must use this module's cache
-    yield
-    state.registry.clear()
-    os.chdir(cwd)
-    if old is None:
-        os.environ.pop("PERMERGE_CACHE", None)
-    else:
-        os.environ["PERMERGE_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,6 @@
 Streamlit's AppTest before and after a small run on the bundled default pair, and the figure
 builders' shared colours and labels."""
 import json
-import os
 import time
 from pathlib import Path
 
@@ -13,10 +12,10 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from permerge import plots, views, zoo  # noqa: E402
+from conftest import HAVE_PAIR  # noqa: E402
+from permerge import plots, views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
 _skip_without_pair = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
 
 
@@ -24,22 +23,7 @@ def needs_pair(test):  # a real run of the bundled pair: slow (left out by `make
     return pytest.mark.slow(_skip_without_pair(test))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def app_env(tmp_path_factory):
-    old = os.environ.get("PERMERGE_CACHE")
-    os.environ["PERMERGE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    from dashboard import state as ui_state
-
-    ui_state.registry.clear()
-    yield
-    ui_state.registry.clear()
-    os.chdir(cwd)
-    if old is None:
-        os.environ.pop("PERMERGE_CACHE", None)
-    else:
-        os.environ["PERMERGE_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
 
 
 def fresh() -> AppTest:

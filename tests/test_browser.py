@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from permerge import zoo
+from conftest import HAVE_PAIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
-HAVE_PAIR = all(n in {e["name"] for e in zoo.list_checkpoints()} for n in zoo.DEFAULT_PAIR)
 
 pytestmark = [
     pytest.mark.browser,

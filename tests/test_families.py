@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_batches
+from conftest import random_batches, random_valid_perms
 from permerge.align import AlignOptions, compute_alignment
 from permerge.arch import FAMILIES, spec_for
 from permerge.match import ATTENTION_VARIANTS, RESIDUAL_VARIANTS
@@ -90,22 +90,6 @@ def batches(spec, n=2, seed=3):
 
 def probe(spec):
     return spec.model_inputs(random_batches(1, batch=3, seq=12, seed=7, vocab=VOCAB)[0])
-
-
-def random_valid_perms(spec, seed):
-    rng = np.random.default_rng(seed)
-    perms = {}
-    res = rng.permutation(spec.hidden)
-    for name, g in spec.groups.items():
-        if g.kind == "att":
-            dk = g.size // g.heads
-            outer = rng.permutation(g.heads)
-            perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
-        elif g.kind == "res":
-            perms[name] = res
-        else:
-            perms[name] = rng.permutation(g.size)
-    return perms
 
 
 def test_every_family_has_cases():

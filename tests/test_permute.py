@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CONFIGS, make_model, random_batches
+from conftest import CONFIGS, make_model, random_batches, random_valid_perms
 from permerge.align import AlignOptions, compute_alignment
 from permerge.arch import spec_for
 from permerge.match import ATTENTION_VARIANTS, RESIDUAL_VARIANTS
@@ -13,22 +13,6 @@ from permerge.permute import logit_error, permute_model
 from permerge.stats import collect_stats
 
 TOL = 1e-5
-
-
-def random_valid_perms(spec, seed):
-    rng = np.random.default_rng(seed)
-    perms = {}
-    res = rng.permutation(spec.hidden)
-    for name, g in spec.groups.items():
-        if g.kind == "att":
-            dk = g.size // g.heads
-            outer = rng.permutation(g.heads)
-            perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
-        elif g.kind == "res":
-            perms[name] = res
-        else:
-            perms[name] = rng.permutation(g.size)
-    return perms
 
 
 def probe(name):
