@@ -235,11 +235,6 @@ def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[lis
     return fig
 
 
-def reorder_columns(C: np.ndarray, perm) -> np.ndarray:
-    """B's columns in A's order: column i of the result is B′'s unit i = B's unit perm[i]."""
-    return np.asarray(C)[:, np.asarray(perm)]
-
-
 def head_block(C: np.ndarray, heads: int, j: int, k: int) -> np.ndarray:
     """The d_k x d_k block of head j of A against head k of the given columns."""
     dk = C.shape[0] // heads

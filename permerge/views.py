@@ -168,7 +168,8 @@ def correlation_work(registry, job, options, group: str):
         return {"groups": groups, "sizes": {x: spec.groups[x].size for x in groups},
                 "kinds": {x: spec.groups[x].kind for x in groups}, "group": g,
                 "spec_group": spec.groups[g], "C": C,
-                "after": np.asarray(C)[:, np.asarray(res.perm)], "result": res,
+                "after": np.asarray(C)[:, np.asarray(res.perm)],  # column i: B's unit perm[i] = B′'s unit i
+                "result": res,
                 "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
                 "about": about(job, options, group=g)}
     return work
