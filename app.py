@@ -1,5 +1,5 @@
-"""permerge dashboard: align two BERT checkpoints by permutation matching, merge them along lambda,
-and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
+"""permerge dashboard: align two transformer checkpoints of one family by permutation matching,
+merge them along lambda, and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
 from dashboard.state import current_run, name_md
