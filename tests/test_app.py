@@ -167,6 +167,15 @@ def test_run_then_every_page(tmp_path):
     assert len(at.get("plotly_chart")) == 1
     at.radio[0].set_value("every group aligned").run()
     _wait_job(at, lambda: _key_of("features"))
+    import plotly.io as pio
+
+    from permerge import plots
+
+    fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
+    after = {t.line.color for t in fig.data if t.name == "after"}
+    assert after == {plots.method_color("FF + attn:head-perm + res:separate")}  # the shown options' colour
+    before = {t.line.color for t in fig.data if t.name == "before"}
+    assert before == {plots.method_color("vanilla")}
 
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
