@@ -180,6 +180,11 @@ def test_run_then_every_page(tmp_path):
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2
+    if zoo.list_checkpoints(kind="classifier"):  # the classifier section opens on a task the models learned
+        picked = at.multiselect(key="cls_tasks").value
+        assert picked and set(picked) <= set(zoo.learned_tasks()), picked
+        for t in {e["task"] for e in zoo.list_checkpoints(kind="classifier")} - set(zoo.learned_tasks()):
+            assert any("Near chance" in c.value and f"{t}: dev accuracy" in c.value for c in at.caption), t
     [b for b in at.button if b.label == "Compute the Fig. 4 variants"][0].click().run()
     _wait_section(at, "fig4")
     assert len(at.get("plotly_chart")) == 4
