@@ -1,12 +1,15 @@
-"""Statistics-pass throughput against its floor, and assignment time per group.
+"""Statistics-pass throughput against its floor, assignment times, and the precision trade.
 
 The floor is the two forward passes alone (model A's then model B's encoder on the same batches,
-no hooks; the statistics pass runs the encoders only, as every capture point lies there),
-measured in the same run; the figure is the ratio  statistics pass / floor  (1.0 = free).
+no hooks, in the same precision; the statistics pass runs the encoders only, as every capture
+point lies there), measured in the same run; the figure is the ratio  statistics pass / floor
+(1.0 = free).  Wall seconds and process CPU seconds are both reported: on a CPU run with one
+thread (--threads 1) the CPU seconds are the work done, whatever else shares the cores.
 
     python bench/bench_stats.py                       # the bundled default pair, if present
     python bench/bench_stats.py --random bert-base    # two random bert-base-sized models
     python bench/bench_stats.py A B --data PATH --tokens 65536 --device cuda
+    python bench/bench_stats.py --precision-check fp16,bf16   # low-precision forwards vs fp32
 """
 from __future__ import annotations
 
@@ -16,18 +19,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from permerge import data as D  # noqa: E402
-from permerge.align import AlignOptions, compute_alignment  # noqa: E402
+from permerge.align import AlignOptions, assignment_workers, compute_alignment, correlation  # noqa: E402
 from permerge.arch import spec_for  # noqa: E402
+from permerge.match import assign, match_attention  # noqa: E402
 from permerge.pipeline import resolve_device  # noqa: E402
-from permerge.stats import collect_stats  # noqa: E402
+from permerge.stats import _autocast, collect_stats, resolve_precision  # noqa: E402
 
 SIZES = {"bert-base": dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, num_hidden_layers=12),
-         "small": dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_hidden_layers=4)}
+         "small": dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024, num_hidden_layers=4),
+         "tiny": dict(hidden_size=64, num_attention_heads=4, intermediate_size=256, num_hidden_layers=2)}
+OPTIONS = AlignOptions(attention="head-perm", residual="all")
 
 
 def random_pair(size: str):
@@ -49,21 +56,121 @@ def random_batches(tokens: int, batch: int, vocab: int):
              "token_type_ids": torch.zeros(batch, 128, dtype=torch.long)} for _ in range(n)]
 
 
+def load_setup(model_a=None, model_b=None, data=None, random=None, tokens=32768, batch_size=16):
+    """(model A, model B, batches, description): a checkpoint pair, the bundled pair, or random models."""
+    if random is None and not model_a:
+        from permerge import zoo
+        try:
+            model_a, model_b = map(str, zoo.default_pair())
+            data = data or str(zoo.align_text())
+        except Exception:
+            random = "small"
+    if random:
+        a, b = random_pair(random)
+        return a, b, random_batches(tokens, batch_size, a.config.vocab_size), f"random {random}"
+    from permerge.checkpoints import load_pair
+
+    ca, cb = load_pair(model_a, model_b)
+    tok = cb.tokenizer or ca.tokenizer
+    blocks = D.text_blocks(tok, D.read_text(data))
+    batches = D.limit_tokens(D.block_batches(blocks, batch_size), tokens)
+    return ca.model, cb.model, batches, f"{Path(model_a).name} vs {Path(model_b).name}"
+
+
 def sync(device):
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
 @torch.no_grad()
-def forward_floor(a, b, batches, device):
+def forward_floor(a, b, batches, device, precision="fp32", batch_tokens=None):
+    """Both encoders over the batches (merged into forwards of ``batch_tokens`` as the pass does)."""
+    from permerge.stats import CUDA_BATCH_TOKENS, _merge
+
+    if batch_tokens is None:
+        batch_tokens = CUDA_BATCH_TOKENS if str(device).startswith("cuda") else 0
+    per = max(1, batch_tokens // batches[0]["input_ids"].numel()) if batch_tokens else 1
     sync(device)
+    t, c = time.perf_counter(), time.process_time()
+    for i in range(0, len(batches), per):
+        x = _merge(batches, list(range(i, min(i + per, len(batches)))))
+        x = {k: v.to(device, non_blocking=True) for k, v in x.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        with _autocast(torch.device(device).type, precision):
+            a.base_model(**x)  # the encoders alone: the statistics pass needs no head either
+            b.base_model(**x)
+    sync(device)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def stats_ratio(a, b, spec, batches, device, precision, repeats=3, batch_tokens=None):
+    """Best-of-``repeats`` floor and statistics pass, interleaved; peak GPU memory of the pass."""
+    forward_floor(a, b, batches[:1], device, precision, batch_tokens)  # warm-up
+    floors, passes, peak = [], [], None
+    res = None
+    for _ in range(repeats):  # interleave so drift hits both alike
+        floors.append(forward_floor(a, b, batches, device, precision, batch_tokens))
+        res = None
+        if str(device).startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        sync(device)
+        t, c = time.perf_counter(), time.process_time()
+        res = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,), precision=precision,
+                            batch_tokens=batch_tokens)
+        sync(device)
+        passes.append((time.perf_counter() - t, time.process_time() - c))
+        if str(device).startswith("cuda"):
+            peak = (torch.cuda.max_memory_allocated(), base)
+    return {"floor": min(w for w, _ in floors), "stat": min(w for w, _ in passes),
+            "floor_cpu": min(c for _, c in floors), "stat_cpu": min(c for _, c in passes),
+            "peak_bytes": peak[0] if peak else None, "model_bytes": peak[1] if peak else None, "res": res}
+
+
+def assignment_times(spec, points, workers=None):
+    """Wall seconds of all groups' assignments one after another and on the thread pool, and
+    the largest single solve of each kind (correlation matrices included in the totals)."""
     t = time.perf_counter()
-    for x in batches:
-        x = {k: v.to(device) for k, v in x.items() if k != "special_tokens_mask"}
-        a.base_model(**x)  # the encoders alone: the statistics pass needs no head either
-        b.base_model(**x)
-    sync(device)
-    return time.perf_counter() - t
+    one = compute_alignment(spec, points, OPTIONS, workers=1)
+    sequential = time.perf_counter() - t
+    w = workers or assignment_workers()
+    t = time.perf_counter()
+    many = compute_alignment(spec, points, OPTIONS, workers=w)
+    parallel = time.perf_counter() - t
+    assert all(np.array_equal(one.groups[g].perm, many.groups[g].perm) for g in one.groups)
+    largest = {}
+    for kind in ("ff", "att", "res"):
+        names = [g for g, grp in spec.groups.items() if grp.kind == kind and g in points]
+        if not names:
+            continue
+        C = correlation(points, spec, names[0] if kind != "res" else "pooled")
+        t = time.perf_counter()
+        if kind == "att":
+            match_attention(C, spec.groups[names[0]].heads, "head-perm")
+        else:
+            assign(C)
+        largest[kind] = (C.shape[0], time.perf_counter() - t)
+    return {"sequential": sequential, "parallel": parallel, "workers": w, "largest": largest}
+
+
+def precision_check(a, b, spec, batches, device, precisions, reference=None):
+    """Low-precision statistics against the fp32 path: the largest correlation difference and
+    the smallest share of identical permutation entries, over all groups of each kind.  (The
+    fp32 path itself is within ~1e-6 of a float64 reference: tests/test_stats.py.)"""
+    ref = reference or collect_stats(a, b, spec, batches, device=device, fractions=(1.0,), precision="fp32").points
+    ref_al = compute_alignment(spec, ref, OPTIONS)
+    out = {}
+    for p in precisions:
+        got = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,), precision=p).points
+        al = compute_alignment(spec, got, OPTIONS)
+        row = {}
+        for g, grp in spec.groups.items():
+            d = float(np.abs(got[g].correlation() - ref[g].correlation()).max())
+            agree = float((al.groups[g].perm == ref_al.groups[g].perm).mean())
+            e, s = row.get(grp.kind, (0.0, 1.0))
+            row[grp.kind] = (max(e, d), min(s, agree))
+        out[p] = row
+    return out
 
 
 def main(argv=None):
@@ -76,69 +183,57 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="statistics-pass precision; the floor runs the forwards in the same precision")
+    ap.add_argument("--precision-check", default="", help="comma-separated low precisions to compare with fp32")
+    ap.add_argument("--no-assign", action="store_true", help="skip the assignment timings")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-
-    if args.random or not args.model_a:
-        if not args.random:
-            from permerge import zoo
-            try:
-                args.model_a, args.model_b = map(str, zoo.default_pair())
-                args.data = args.data or str(zoo.align_text())
-            except Exception:
-                args.random = "small"
-    if args.random:
-        a, b = random_pair(args.random)
-        batches = random_batches(args.tokens, args.batch_size, a.config.vocab_size)
-        what = f"random {args.random}"
-    else:
-        from permerge.checkpoints import load_pair
-
-        ca, cb = load_pair(args.model_a, args.model_b)
-        a, b = ca.model, cb.model
-        tok = cb.tokenizer or ca.tokenizer
-        blocks = D.text_blocks(tok, D.read_text(args.data))
-        batches = D.limit_tokens(D.block_batches(blocks, args.batch_size), args.tokens)
-        what = f"{args.model_a} vs {args.model_b}"
+    precision = resolve_precision(args.precision, device)
+    a, b, batches, what = load_setup(args.model_a, args.model_b, args.data, args.random, args.tokens, args.batch_size)
     a.to(device)
     b.to(device)
     spec = spec_for(a)
     tokens = sum(int(x["attention_mask"].sum()) for x in batches)
 
-    forward_floor(a, b, batches[:1], device)  # warm-up
-    floors, passes = [], []
-    for _ in range(args.repeats):  # interleave so drift hits both alike
-        floors.append(forward_floor(a, b, batches, device))
-        sync(device)
-        t = time.perf_counter()
-        res = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,))
-        sync(device)
-        passes.append(time.perf_counter() - t)
-    floor, stat = min(floors), min(passes)
-
+    r = stats_ratio(a, b, spec, batches, device, precision, args.repeats)
     print(f"# statistics pass vs two forward passes ({what}; {tokens} tokens; device {device}; "
           f"torch {torch.__version__}; {platform.processor() or platform.machine()}; "
-          f"threads {torch.get_num_threads()}; best of {args.repeats})")
-    print("| measure | seconds | tokens/s | ratio to floor |")
-    print("| --- | --- | --- | --- |")
-    print(f"| two forward passes (floor) | {floor:.3f} | {tokens / floor:,.0f} | 1.00 |")
-    print(f"| statistics pass ({len(spec.groups)} capture points) | {stat:.3f} | {tokens / stat:,.0f} | {stat / floor:.2f} |")
+          f"threads {torch.get_num_threads()}; precision {precision}; best of {args.repeats})")
+    print("| measure | seconds | tokens/s | ratio to floor | CPU seconds | CPU-time ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| two forward passes (floor) | {r['floor']:.3f} | {tokens / r['floor']:,.0f} | 1.00 | "
+          f"{r['floor_cpu']:.3f} | 1.00 |")
+    print(f"| statistics pass ({len(spec.groups)} capture points) | {r['stat']:.3f} | {tokens / r['stat']:,.0f} | "
+          f"{r['stat'] / r['floor']:.2f} | {r['stat_cpu']:.3f} | {r['stat_cpu'] / r['floor_cpu']:.2f} |")
+    if r["peak_bytes"] is not None:
+        print(f"\npeak GPU memory during the pass: {r['peak_bytes'] / 2**30:.2f} GiB "
+              f"(of which {r['model_bytes'] / 2**30:.2f} GiB held before it: the two models)")
 
-    print("\n# assignment time per group (Head-Perm attention, All residual)")
-    print("| group | width | seconds |")
-    print("| --- | --- | --- |")
-    timings = {}
+    if not args.no_assign:
+        t = assignment_times(spec, r["res"].points)
+        print(f"\n# assignments, all {len(spec.groups)} groups (Head-Perm attention, All residual; "
+              "correlation matrices included)")
+        print("| measure | seconds |")
+        print("| --- | --- |")
+        print(f"| one after another | {t['sequential']:.3f} |")
+        print(f"| thread pool ({t['workers']} workers) | {t['parallel']:.3f} |")
+        for kind, (width, s) in t["largest"].items():
+            heads = spec.heads if kind == 'att' else 0
+            print(f"| one {kind} group ({width} wide{f', {heads * heads}+1 solves' if heads else ''}) | {s:.3f} |")
 
-    def progress(stage, done, total, group=None, **_):
-        timings[group] = time.perf_counter()
-
-    t0 = time.perf_counter()
-    prev = t0
-    compute_alignment(spec, res.points, AlignOptions(attention="head-perm", residual="all"), progress=progress)
-    for g, t in timings.items():
-        print(f"| {g} | {spec.groups[g].size} | {t - prev:.3f} |")
-        prev = t
-    print(f"| all groups (incl. correlation matrices) | | {time.perf_counter() - t0:.3f} |")
+    if args.precision_check:
+        chk = precision_check(a, b, spec, batches, device, args.precision_check.split(","))
+        print("\n# low-precision forwards against the fp32 path (max |C - C_fp32|; min share of "
+              "identical permutation entries), per group kind")
+        kinds = list(next(iter(chk.values())))
+        print("| precision | " + " | ".join(kinds) + " |")
+        print("| --- |" + " --- |" * len(kinds))
+        for p, row in chk.items():
+            print(f"| {p} | " + " | ".join(f"{row[k][0]:.1e}; {100 * row[k][1]:.1f}%" for k in kinds) + " |")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ st.subheader("What to align")
 for k, v in (("ff", True), ("attention", "head-perm"), ("residual", "identity"), ("tokens", q_int("tokens", 16384, 256, 10_000_000)),
              ("lambdas", q_int("lambdas", 21, 3, 101)), ("eval_blocks", q_int("eval_blocks", 64, 1, 4096)),
              ("device", qp.get("device") if qp.get("device") in ("auto", "cpu", "cuda") else "auto"),
-             ("eval_examples", 0), ("exclude_special", False)):
+             ("eval_examples", 0), ("exclude_special", False), ("precision", "auto")):
     ss.setdefault(k, v)
 ss["pooler"] = ss.get("pooler", has_pooler) and has_pooler
 c1, c2, c3 = st.columns(3)
@@ -192,11 +192,16 @@ with st.expander("Advanced"):
         "Exclude the tokenizer's special tokens from the statistics", key="exclude_special", disabled=not specials)
     if not specials:
         st.caption(f"{family} text blocks are plain token runs: there are no special tokens to exclude.")
+    precision = st.selectbox(
+        "Statistics-pass precision", ["auto", "fp32", "fp16", "bf16"], key="precision",
+        help="Precision of the two models' forward passes while statistics are collected (the products and sums "
+             "stay float32/float64). auto: fp16 on a GPU, fp32 on the CPU. bf16 is faster on some GPUs but its "
+             "correlations are measurably less exact (see bench/README.md).")
 
 ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k in (
     "src_A", "src_B", "bundled_A", "bundled_B", "path_A", "path_B", "data_kind", "data_path", "task", "task_path",
     "eval_task", "eval_task_path", "ff", "pooler", "attention", "residual", "tokens", "lambdas", "device",
-    "eval_blocks", "eval_examples", "exclude_special", "_form_head")}
+    "eval_blocks", "eval_examples", "exclude_special", "precision", "_form_head")}
 
 data_problem = None
 for what, path in (("data", data), ("evaluation data", eval_data)):
@@ -217,6 +222,7 @@ ready = bool(model_a and model_b and data) and not problems and not reason and n
 job = None
 if ready:
     job = Job(model_a=model_a, model_b=model_b, data=data, eval_data=eval_data, tokens=int(tokens),
+              precision=precision,
               device=device, eval_blocks=int(eval_blocks), eval_examples=int(eval_examples) or None,
               exclude_special=exclude_special)
 key = job_key("pair", job=job.to_dict() if job else None, options=options.to_dict(), lambdas=int(lambdas))

@@ -5,13 +5,16 @@ never needs a second pass over the data.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from .arch import ArchSpec
 from .match import ATTENTION_VARIANTS, NON_PRESERVING, RESIDUAL_VARIANTS, AttentionMatch, assign, \
-    match_attention, match_residual
+    match_attention, residual_keys
 from .stats import PairStats, pooled
 
 
@@ -75,36 +78,92 @@ def _mean_matched(C: np.ndarray, perm: np.ndarray) -> float:
     return float(C[np.arange(len(perm)), perm].mean())
 
 
+def assignment_workers() -> int:
+    """Threads for the assignments: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: AlignOptions,
-                      progress=None) -> Alignment:
-    """Permutations for every group of ``spec`` (identity where the options leave it alone)."""
+                      progress=None, workers: int | None = None) -> Alignment:
+    """Permutations for every group of ``spec`` (identity where the options leave it alone).
+
+    The groups' correlation matrices and assignments are independent: they run on ``workers``
+    threads (default: every CPU; SciPy's solver and numpy release the GIL), the widest first, so
+    the wall time approaches that of the largest single solve.  The result is exactly that of
+    solving them one after another."""
+    names = [g for g in spec.groups if g in points]
+    res_keys = residual_keys(list(spec.residual_points), options.residual)
     corr_cache: dict[str, np.ndarray] = {}
+    lock = threading.Lock()
 
     def corr(key: str) -> np.ndarray:
-        if key not in corr_cache:
-            corr_cache[key] = correlation(points, spec, key)
-        return corr_cache[key]
+        with lock:
+            if key in corr_cache:
+                return corr_cache[key]
+        C = correlation(points, spec, key)
+        with lock:
+            return corr_cache.setdefault(key, C)
 
-    res = match_residual(corr, list(spec.residual_points), options.residual, options.absolute)
-    out = Alignment(options)
-    names = [g for g in spec.groups if g in points]
-    for i, name in enumerate(names):
+    def solve_group(name: str):
         grp = spec.groups[name]
         C = corr(name)
-        am = AttentionMatch(np.arange(grp.size))
-        aligned = False
         if grp.kind == "ff" and options.ff:
-            am, aligned = AttentionMatch(assign(C, options.absolute)), True
-        elif grp.kind == "att" and options.attention != "vanilla":
-            am, aligned = match_attention(C, grp.heads, options.attention, options.absolute), True
-        elif grp.kind == "res" and name in res:
-            am, aligned = AttentionMatch(res[name]), True
-        elif grp.kind == "pooler" and options.pooler:
-            am, aligned = AttentionMatch(assign(C, options.absolute)), True
+            return AttentionMatch(assign(C, options.absolute)), True
+        if grp.kind == "att" and options.attention != "vanilla":
+            return match_attention(C, grp.heads, options.attention, options.absolute), True
+        if grp.kind == "pooler" and options.pooler:
+            return AttentionMatch(assign(C, options.absolute)), True
+        return None, False  # a residual point (its permutation comes from res_keys) or left alone
+
+    tasks = [(("res", k), k) for k in dict.fromkeys(res_keys.values())] + [(("group", g), g) for g in names]
+    width = lambda key: spec.hidden if key == "pooled" else spec.groups[key].size  # noqa: E731
+    tasks.sort(key=lambda t: -width(t[1]))  # longest first: the pool ends when the largest solve does
+    results: dict[tuple, object] = {}
+    done_groups = 0
+
+    def run(task):
+        kind, key = task
+        return assign(corr(key), options.absolute) if kind == "res" else solve_group(key)
+
+    def finished(task, value):
+        nonlocal done_groups
+        results[task] = value
+        if task[0] == "group":
+            done_groups += 1
+            if progress:
+                progress("assignment", done_groups, len(names), group=task[1])
+
+    n_workers = min(workers or assignment_workers(), len(tasks)) if tasks else 1
+    if n_workers <= 1:
+        for task, _ in tasks:
+            finished(task, run(task))
+    else:
+        with ThreadPoolExecutor(n_workers, thread_name_prefix="permerge-assign") as pool:
+            pending = {pool.submit(run, task): task for task, _ in tasks}
+            try:
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        finished(pending.pop(f), f.result())
+            except BaseException:  # a cancelled run (or a failed solve) stops what has not started
+                for f in pending:
+                    f.cancel()
+                raise
+
+    out = Alignment(options)
+    for name in names:
+        grp = spec.groups[name]
+        C = corr(name)
+        am, aligned = results["group", name]
+        if grp.kind == "res" and name in res_keys:
+            am, aligned = AttentionMatch(results["res", res_keys[name]]), True
+        if am is None:
+            am = AttentionMatch(np.arange(grp.size))
         out.groups[name] = GroupResult(name, grp.kind, am.perm, float(np.mean(np.diag(C))),
                                        _mean_matched(C, am.perm), aligned, am.head_cost, am.outer)
-        if progress:
-            progress("assignment", i + 1, len(names), group=name)
     return out
 
 

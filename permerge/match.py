@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 ATTENTION_VARIANTS = ("vanilla", "monotonic", "ignore-heads", "head-perm")
 RESIDUAL_VARIANTS = ("identity", "first", "last", "all", "separate")
@@ -16,7 +15,12 @@ NON_PRESERVING = {("attention", "ignore-heads"), ("residual", "separate")}
 
 
 def assign(C: np.ndarray, absolute: bool = False) -> np.ndarray:
-    """Exact linear assignment maximising sum_i C[i, perm[i]] (Jonker-Volgenant via SciPy)."""
+    """Exact linear assignment maximising sum_i C[i, perm[i]] (Jonker-Volgenant via SciPy).
+
+    SciPy's solver releases the GIL, so independent solves run concurrently in threads (see
+    align.compute_alignment)."""
+    from scipy.optimize import linear_sum_assignment  # imported on first use: scipy.optimize is slow to import
+
     C = np.asarray(C, dtype=np.float64)
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"assignment needs a square matrix, got {C.shape}")
@@ -65,15 +69,23 @@ def match_attention(C: np.ndarray, heads: int, variant: str, absolute: bool = Fa
     raise ValueError(f"unknown attention variant {variant!r}; choose one of {ATTENTION_VARIANTS}")
 
 
-def match_residual(corr_at, points: list[str], variant: str, absolute: bool = False) -> dict[str, np.ndarray]:
-    """Residual permutations per point.  ``corr_at(key)`` returns a correlation matrix for a point
-    name, or for the key "pooled" (the statistics of all points summed before normalising)."""
+def residual_keys(points: list[str], variant: str) -> dict[str, str]:
+    """Which correlation each residual point's permutation is solved on: the point itself
+    ("separate"), the first or last point, or "pooled" (all points' statistics summed, "all");
+    empty for "identity"."""
     if variant == "identity":
         return {}
     if variant == "separate":
-        return {pt: assign(corr_at(pt), absolute) for pt in points}
+        return {pt: pt for pt in points}
     key = {"first": points[0], "last": points[-1], "all": "pooled"}.get(variant)
     if key is None:
         raise ValueError(f"unknown residual variant {variant!r}; choose one of {RESIDUAL_VARIANTS}")
-    perm = assign(corr_at(key), absolute)
-    return {pt: perm for pt in points}
+    return {pt: key for pt in points}
+
+
+def match_residual(corr_at, points: list[str], variant: str, absolute: bool = False) -> dict[str, np.ndarray]:
+    """Residual permutations per point.  ``corr_at(key)`` returns a correlation matrix for a point
+    name, or for the key "pooled" (the statistics of all points summed before normalising)."""
+    keys = residual_keys(points, variant)
+    solved = {k: assign(corr_at(k), absolute) for k in dict.fromkeys(keys.values())}
+    return {pt: solved[k] for pt, k in keys.items()}

@@ -28,7 +28,7 @@ from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_eval
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
                           lambda_grid)
 from .permute import equivalence, logit_error, permute_model
-from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats
+from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision
 
 
 def resolve_device(device: str) -> str:
@@ -56,6 +56,7 @@ class Job:
     exclude_special: bool = False
     mask_seed: int = 0
     exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
+    precision: str = "auto"  # statistics-pass forwards: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,7 +210,8 @@ class Pipeline:
     def stats_key(self) -> str:
         a, b = self.pair
         return make_key("stats", a=a.content_hash, b=b.content_hash, data=self.prepared.data_hash,
-                        fractions=list(self.job.fractions), exclude_special=self.job.exclude_special)
+                        fractions=list(self.job.fractions), exclude_special=self.job.exclude_special,
+                        precision=resolve_precision(self.job.precision, self.device))
 
     def _cb(self, progress):
         return progress if progress is not None else self.progress
@@ -220,7 +222,7 @@ class Pipeline:
             a, b = self.pair
             res = collect_stats(a.model, b.model, self.spec, self.prepared.align_batches, device=self.device,
                                 fractions=self.job.fractions, exclude_special=self.job.exclude_special,
-                                progress=self._cb(progress), distributed=self.distributed)
+                                progress=self._cb(progress), distributed=self.distributed, precision=self.job.precision)
             self.timings["statistics_s"] = time.perf_counter() - t
             return res.to_numpy()
 
@@ -233,9 +235,9 @@ class Pipeline:
         memo = self._alignments
         if (options, fraction) not in memo:
             def compute():
+                points = self.stats(progress).at(fraction)  # timed on its own, not as assignment time
                 t = time.perf_counter()
-                al = compute_alignment(self.spec, self.stats(progress).at(fraction), options,
-                                       progress=self._cb(progress))
+                al = compute_alignment(self.spec, points, options, progress=self._cb(progress))
                 self.timings["assignment_s"] = time.perf_counter() - t
                 return al
 
@@ -305,6 +307,8 @@ class Pipeline:
                        fraction=None if vanilla else fraction, lambdas=lambdas, device_kind=self.device.split(":")[0])
 
         def compute():
+            if not vanilla:  # statistics and assignments keep their own timings
+                self.alignment(options, fraction, progress)
             t = time.perf_counter()
             grid = lambda_grid(lambdas)
             points = self._points(options, fraction, grid, cb)

@@ -5,6 +5,13 @@ sum a b^T, all about a per-unit shift (the first batch's mean) so that the float
 does not suffer the E[ab] - E[a]E[b] cancellation; accumulators are float64.  Statistics are
 additive: batches, data prefixes, processes and GPUs combine by ``+`` (or an all-reduce).
 Raw activations are never stored beyond the current batch.
+
+The pass (``collect_stats``) is built for throughput: one matrix product per capture point and
+batch gives the cross block and both sums (a ones column is appended to the shifted features),
+products are float32 (TF32 allowed on CUDA with half-precision forwards) and reach the float64
+accumulators directly on a GPU or through a float32 staging matrix on a CPU, the forwards may run
+under fp16/bf16 autocast, consecutive batches are merged into GPU-sized forwards, and nothing is
+read back from the device inside the loop.
 """
 from __future__ import annotations
 
@@ -94,22 +101,27 @@ class PairStats:
 
     def correlation(self) -> np.ndarray:
         """Pearson correlation C[i, j] = cov(a_i, b_j) / (sigma_a_i sigma_b_j), population
-        statistics, float64.  A unit with (numerically) zero variance correlates 0 with all."""
+        statistics, float64.  A unit with (numerically) zero variance correlates 0 with all.
+        Computed with numpy (single-threaded, releases the GIL) so that several run at once."""
         if self.n == 0:
             raise StatisticsError("no tokens were seen: the statistics are empty")
         n = self.n
-        ma, mb = self.sum_a / n, self.sum_b / n
-        var_a = (self.sumsq_a / n - ma * ma).clamp_min(0)
-        var_b = (self.sumsq_b / n - mb * mb).clamp_min(0)
-        cov = self.cross / n - torch.outer(ma, mb)
-        sd_a, sd_b = var_a.sqrt(), var_b.sqrt()
+        f = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+        sum_a, sum_b, sumsq_a, sumsq_b = f(self.sum_a), f(self.sum_b), f(self.sumsq_a), f(self.sumsq_b)
+        ma, mb = sum_a / n, sum_b / n
+        var_a = np.maximum(sumsq_a / n - ma * ma, 0.0)
+        var_b = np.maximum(sumsq_b / n - mb * mb, 0.0)
+        sd_a, sd_b = np.sqrt(var_a), np.sqrt(var_b)
         # zero variance, relative to the feature's magnitude, means a dead/constant unit
-        dead_a = var_a <= 1e-12 * (1.0 + self.mean_a() ** 2)
-        dead_b = var_b <= 1e-12 * (1.0 + self.mean_b() ** 2)
-        corr = cov / torch.outer(torch.where(dead_a, 1.0, sd_a), torch.where(dead_b, 1.0, sd_b))
+        dead_a = var_a <= 1e-12 * (1.0 + (f(self.shift_a) + ma) ** 2)
+        dead_b = var_b <= 1e-12 * (1.0 + (f(self.shift_b) + mb) ** 2)
+        corr = f(self.cross) / n  # a new array: the statistics are left untouched
+        corr -= np.outer(ma, mb)
+        corr /= np.where(dead_a, 1.0, sd_a)[:, None]
+        corr /= np.where(dead_b, 1.0, sd_b)[None, :]
         corr[dead_a, :] = 0.0
         corr[:, dead_b] = 0.0
-        return corr.clamp(-1.0, 1.0).cpu().numpy()
+        return np.clip(corr, -1.0, 1.0, out=corr)
 
     # --- serialisation (for the cache and for torch.distributed) ---------------------------
     def to_numpy(self) -> dict:
@@ -153,12 +165,6 @@ def all_reduce(stats: PairStats) -> PairStats:
     return s
 
 
-def check_finite(x: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).sum().item()
-        raise StatisticsError(f"{bad} non-finite feature values (NaN or inf) at {where}")
-
-
 def snapshot_batches(n_batches: int, fractions) -> dict[float, int]:
     """Number of batches (a prefix) after which each data-fraction snapshot is taken."""
     return {float(f): max(1, math.ceil(f * n_batches - 1e-9)) for f in fractions}
@@ -194,47 +200,219 @@ class StatsResult:
 
 
 DEFAULT_FRACTIONS = (0.01, 0.03, 0.1, 0.3, 1.0)
+PRECISIONS = ("fp32", "fp16", "bf16")
+_LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# rows a float32 staging product may gather before it is folded into the float64 accumulator:
+# each fold adds at most one float32 rounding of the running sum, so 2^16 rows keep the
+# correlations within ~1e-6 of an all-float64 accumulation
+STAGE_ROWS = 1 << 16
+CUDA_BATCH_TOKENS = 8192  # tokens per forward on a GPU (consecutive batches are merged)
+
+
+def resolve_precision(precision: str | None, device) -> str:
+    """The forwards' precision.  ``auto`` (or None): fp16 autocast on a CUDA device, float32
+    elsewhere.  Measured on the bundled pair (bench/README.md): fp16 forwards keep every
+    correlation within 1e-3 of the float64 reference and the permutations identical; bf16
+    forwards (8 significant bits against fp16's 11) miss both bars, so bf16 is offered but is not
+    the default.  A CPU runs float32, the exact path, unless asked otherwise."""
+    if precision in (None, "auto"):
+        return "fp16" if torch.device(device).type == "cuda" else "fp32"
+    if precision not in PRECISIONS:
+        raise StatisticsError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+    return precision
+
+
+class _Accumulator:
+    """Device-side sums of one capture point during the pass.
+
+    ``big`` is the float64 (d_a+1) x (d_b+1) matrix [[sum a b^T, sum a], [sum b^T, n]] of the
+    shifted features: one matrix product of the features with a ones column appended gives the
+    cross block and both sums at once.  On the CPU the products go into a float32 staging
+    matrix (BLAS adds into it for free) that is folded into ``big`` every STAGE_ROWS rows; on a
+    GPU each product is added to ``big`` directly (the fold costs nothing there, the staging
+    matrix would cost memory)."""
+
+    def __init__(self, d_a: int, d_b: int, device, staged: bool):
+        self.d_a, self.d_b = d_a, d_b
+        self.device = torch.device(device)
+        # allocated by the first product / fold: no pass spent zero-filling large matrices
+        self.big: torch.Tensor | None = None
+        self.stage: torch.Tensor | None = None
+        self.staged = staged
+        self.sq_a = torch.zeros(d_a, dtype=torch.float64, device=device)
+        self.sq_b = torch.zeros(d_b, dtype=torch.float64, device=device)
+        self.shift_a = self.shift_b = None  # float32, fixed by the first rows
+        self.n = 0  # rows, counted on the host
+        self.staged_rows = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if self.shift_a is None:
+            self.shift_a = a.float().mean(0)
+            self.shift_b = b.float().mean(0)
+        A, B = _centred(a, self.shift_a), _centred(b, self.shift_b)
+        if self.staged:
+            if self.stage is None:
+                self.stage = torch.empty(self.d_a + 1, self.d_b + 1, dtype=torch.float32, device=self.device)
+            if self.staged_rows:
+                self.stage.addmm_(A.T, B)
+            else:  # the staging matrix is free: overwrite it
+                torch.mm(A.T, B, out=self.stage)
+            self.staged_rows += A.shape[0]
+        else:
+            self._into_big(A.T @ B)
+        self.sq_a.add_(torch.linalg.vecdot(A, A, dim=0)[:-1])
+        self.sq_b.add_(torch.linalg.vecdot(B, B, dim=0)[:-1])
+        self.n += A.shape[0]
+        if self.staged_rows >= STAGE_ROWS:
+            self.fold()
+
+    def _into_big(self, m: torch.Tensor) -> None:
+        if self.big is None:
+            self.big = m.double()
+        else:
+            self.big.add_(m)
+
+    def fold(self) -> None:
+        if self.staged_rows:
+            self._into_big(self.stage)
+            self.staged_rows = 0
+
+    def result(self, device=None, copy: bool = True) -> PairStats:
+        """The statistics so far, on ``device`` (default the accumulators').  ``copy=False``
+        may return views of the accumulators (for the final result, read once)."""
+        self.fold()
+        device = self.device if device is None else torch.device(device)
+        if self.big is None:
+            return PairStats.empty(self.d_a, self.d_b, device)
+        d_a, d_b, big = self.d_a, self.d_b, self.big
+        if device != big.device:
+            take = lambda t: t.to(device)  # noqa: E731
+        else:
+            take = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
+        return PairStats(float(self.n), take(self.shift_a.double()), take(self.shift_b.double()),
+                         take(big[:d_a, d_b]), take(big[d_a, :d_b]), take(self.sq_a), take(self.sq_b),
+                         take(big[:d_a, :d_b]))
+
+
+def _centred(rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """float32 [rows - shift | 1]: one pass over the features, whatever their dtype."""
+    n, d = rows.shape
+    out = torch.empty(n, d + 1, dtype=torch.float32, device=rows.device)
+    torch.sub(rows, shift, out=out[:, :d])
+    out[:, d] = 1.0
+    return out
+
+
+def _device_chunks(batches: list[dict], mine, cuts: set[int], tokens_per_chunk: int):
+    """Indices of this rank's batches grouped into forward chunks: consecutive batches of one
+    sequence length, up to ``tokens_per_chunk`` padded tokens, never across a snapshot cut
+    (a cut after batch k ends a chunk).  Yields (indices, last index)."""
+    group: list[int] = []
+    size = 0
+    for i, batch in enumerate(batches):
+        if mine(i):
+            ids = batch["input_ids"]
+            if group and (size + ids.numel() > tokens_per_chunk
+                          or ids.shape[1] != batches[group[0]]["input_ids"].shape[1]):
+                yield group, group[-1]
+                group, size = [], 0
+            group.append(i)
+            size += ids.numel()
+        if (i + 1) in cuts or i == len(batches) - 1:
+            yield group, i
+            group, size = [], 0
+
+
+def _merge(batches: list[dict], idx: list[int]) -> dict:
+    if len(idx) == 1:
+        return batches[idx[0]]
+    keys = [k for k in batches[idx[0]] if isinstance(batches[idx[0]][k], torch.Tensor)]
+    return {k: torch.cat([batches[i][k] for i in idx]) for k in keys}
+
+
+def _autocast(device_type: str, precision: str):
+    """Forwards under fp16/bf16 autocast (matrix products in half precision, norms and
+    softmax in float32), or plain float32."""
+    if precision in _LOW:
+        return torch.autocast(device_type, dtype=_LOW[precision])
+    return torch.autocast(device_type, enabled=False)
 
 
 @torch.no_grad()
 def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
                   fractions=DEFAULT_FRACTIONS, exclude_special: bool = False,
-                  groups: list[str] | None = None, progress=None, distributed: bool = False) -> StatsResult:
+                  groups: list[str] | None = None, progress=None, distributed: bool = False,
+                  precision: str | None = None, batch_tokens: int | None = None) -> StatsResult:
     """One pass over ``batches`` through both models, accumulating the statistics of every group's
     capture point.  Batches are dicts with input_ids, attention_mask, token_type_ids and, when
     ``exclude_special``, special_tokens_mask.  With ``distributed`` the batches are sharded across
     torch.distributed ranks (batch i on rank i mod world) and the statistics all-reduced, so every
-    rank returns the statistics of all the data."""
+    rank returns the statistics of all the data.
+
+    ``precision``: "fp32" (float32 forwards and products), "fp16" or "bf16" (forwards under
+    autocast, the products of the features in float32, TF32 allowed on CUDA) or "auto" (fp16 on
+    CUDA, fp32 elsewhere; see resolve_precision).
+    ``batch_tokens``: tokens per forward; consecutive batches are merged up to it (default: the
+    batches as given on the CPU, CUDA_BATCH_TOKENS on a GPU).  Nothing is copied to the host and
+    nothing waits for the device inside the loop: non-finite features are detected from the
+    accumulated sums of squares after the first chunk and at the end."""
     groups = list(spec.groups) if groups is None else groups
+    precision = resolve_precision(precision, device)
+    dev_type = torch.device(device).type
     rank, world = 0, 1
     if distributed:
         import torch.distributed as dist
         rank, world = dist.get_rank(), dist.get_world_size()
+    if batch_tokens is None:
+        batch_tokens = CUDA_BATCH_TOKENS if dev_type == "cuda" else 0
     model_a.eval().to(device)
     model_b.eval().to(device)
-    stats = {g: PairStats.empty(spec.groups[g].size, spec.groups[g].size, device) for g in groups}
+    accs = {g: _Accumulator(spec.groups[g].size, spec.groups[g].size, device, staged=dev_type != "cuda")
+            for g in groups}
     feats_a: dict[str, torch.Tensor] = {}
-    row_mask: dict[str, torch.Tensor] = {}
+    rows_of: dict[str, object] = {}  # "idx": None (every position) or the kept positions
     current = {"model": "a"}
+    order: list[str] = []  # capture points in the order model A's forward reaches them
 
     def grab(g: str):
         grp = spec.groups[g]
+        acc = accs[g]
 
         def take(x: torch.Tensor):
             if grp.per_sentence:
                 rows = x.reshape(x.shape[0], -1)
             else:
-                rows = x[row_mask["tok"]]
-            where = f"{grp.capture} ({grp.name}) of model {current['model'].upper()}"
-            check_finite(rows, where)
+                rows = x.reshape(-1, x.shape[-1])
+                if rows_of["idx"] is not None:
+                    rows = rows.index_select(0, rows_of["idx"])
             if current["model"] == "a":
                 feats_a[g] = rows
+                if acc.shift_a is None and g not in order:
+                    order.append(g)
             else:
-                stats[g].update(feats_a.pop(g), rows)
+                with torch.autocast(dev_type, enabled=False):
+                    acc.add(feats_a.pop(g), rows)
 
         if grp.capture_io == "input":
             return lambda mod, args: take(args[0])
         return lambda mod, args, out: take(out[0] if isinstance(out, tuple) else out)
+
+    def check_finite() -> None:
+        """One device read for all points: a NaN or inf feature makes its sum of squares
+        non-finite.  Names the first point in forward order, model A before model B."""
+        seen = [g for g in order if accs[g].shift_a is not None] + [g for g in groups if g not in order
+                                                                    and accs[g].shift_a is not None]
+        if not seen:
+            return
+        flags = torch.stack([torch.stack([accs[g].sq_a.sum(), accs[g].sq_b.sum()]) for g in seen])
+        ok = torch.isfinite(flags).tolist()
+        for col, model in ((0, "A"), (1, "B")):
+            for g, f in zip(seen, ok):
+                if not f[col]:
+                    grp = spec.groups[g]
+                    hint = f" (under {precision} forwards: try --precision fp32)" if precision in _LOW else ""
+                    raise StatisticsError(f"non-finite feature values (NaN or inf) at {grp.capture} ({grp.name}) "
+                                          f"of model {model}{hint}")
 
     handles = []
     for model in (model_a, model_b):
@@ -247,34 +425,54 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
             hook = grab(g)
             handles.append(m.register_forward_pre_hook(hook) if grp.capture_io == "input" else m.register_forward_hook(hook))
     cuts = snapshot_batches(len(batches), fractions)
+    cut_at = {k: [f for f, kk in cuts.items() if kk == k] for k in set(cuts.values())}
     snapshots, snapshot_tokens = {}, {}
     tokens = sentences = 0
+    seen_upto = 0  # batches counted so far (all ranks' batches: tokens and cuts are global)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if dev_type == "cuda":  # TF32 products with half-precision forwards; the fp32 path stays float32
+        torch.backends.cuda.matmul.allow_tf32 = precision in _LOW
+    first = True
     try:
-        for i, batch in enumerate(batches):
-            if i % world == rank:
-                b = {k: v.to(device) for k, v in batch.items() if k in spec.inputs}
-                mask = b["attention_mask"].bool()
+        for idx, last in _device_chunks(batches, lambda i: i % world == rank, set(cut_at), batch_tokens):
+            if idx:
+                batch = _merge(batches, idx)
+                b = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in spec.inputs}
+                keep = batch["attention_mask"].bool()  # on the host: no device round trip
                 if exclude_special and "special_tokens_mask" in batch:
-                    mask &= ~batch["special_tokens_mask"].to(device).bool()
-                row_mask["tok"] = mask
+                    keep &= ~batch["special_tokens_mask"].bool()
+                rows_of["idx"] = None if bool(keep.all()) else \
+                    keep.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
                 # every capture point lies in the encoder (and pooler): the heads need not run
-                current["model"] = "a"
-                model_a.base_model(**b)
-                current["model"] = "b"
-                model_b.base_model(**b)
+                with _autocast(dev_type, precision):
+                    current["model"] = "a"
+                    model_a.base_model(**b)
+                    current["model"] = "b"
+                    model_b.base_model(**b)
                 feats_a.clear()
-            tokens += int(batch["attention_mask"].sum())
-            sentences += int(batch["input_ids"].shape[0])
-            for f, k in cuts.items():
-                if k == i + 1:
+                if first:  # a broken checkpoint shows in its first batch: one early device read
+                    check_finite()
+                    first = False
+            for j in range(seen_upto, last + 1):
+                tokens += int(batches[j]["attention_mask"].sum())
+                sentences += int(batches[j]["input_ids"].shape[0])
+                for f in cut_at.get(j + 1, ()):
                     snapshot_tokens[f] = tokens
                     if f < 1.0:  # the whole-data snapshot is ``points`` itself
-                        snapshots[f] = {g: s.clone() for g, s in stats.items()}
+                        snapshots[f] = {g: a.result() for g, a in accs.items()}  # on the device: no wait
+            seen_upto = last + 1
             if progress:
-                progress("statistics", i + 1, len(batches), tokens=tokens)
+                progress("statistics", last + 1, len(batches), tokens=tokens)
+        check_finite()
     finally:
         for h in handles:
             h.remove()
+        feats_a.clear()
+        if dev_type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+    # final statistics one point at a time, freeing each accumulator as it is read
+    home = None if distributed else "cpu"
+    stats = {g: accs.pop(g).result(home, copy=distributed) for g in list(accs)}
     if distributed:
         stats = {g: all_reduce(s) for g, s in stats.items()}
         snapshots = {f: {g: all_reduce(s) for g, s in snap.items()} for f, snap in snapshots.items()}

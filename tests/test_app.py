@@ -346,3 +346,18 @@ def test_idle_server_does_not_watch_files():
 
     cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["fileWatcherType"] == "none"
+
+
+def test_statistics_precision_is_offered_and_reaches_the_job(monkeypatch):
+    """The run page offers the statistics-pass precision and the job it starts carries the choice."""
+    from dashboard import state
+
+    submitted = []
+    monkeypatch.setattr(state.JobManager, "submit", lambda self, key, fn, label="": submitted.append(key))
+    at = run_page()
+    box = [s for s in at.selectbox if s.label == "Statistics-pass precision"]
+    assert box and box[0].value == "auto"
+    box[0].set_value("bf16").run()
+    assert_clean(at)
+    [b for b in at.button if b.label == "Run alignment"][0].click().run()
+    assert submitted and '"precision": "bf16"' in submitted[0]

@@ -87,3 +87,39 @@ def test_model_permuted_by_known_permutation_is_aligned_back_exactly():
         np.testing.assert_array_equal(np.argsort(perms[name]), g.perm, err_msg=name)
         assert g.corr_after > 1 - 1e-6, name
         assert g.corr_before < 0.9, name
+
+
+@pytest.mark.parametrize("opts", [AlignOptions(attention="head-perm", residual="all", pooler=True),
+                                  AlignOptions(attention="ignore-heads", residual="separate", absolute=True),
+                                  AlignOptions(ff=False, attention="monotonic", residual="first")])
+def test_concurrent_assignments_equal_one_after_another(opts):
+    kw = CONFIGS["cls3-h7-dk4"]
+    a, b = make_model(1, **kw), make_model(2, **kw)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, random_batches(2, seed=4), fractions=(1.0,))
+    seen = []
+    one = compute_alignment(spec, stats.points, opts, workers=1)
+    many = compute_alignment(spec, stats.points, opts, workers=4,
+                             progress=lambda stage, done, total, group=None: seen.append((done, total, group)))
+    assert list(one.groups) == list(many.groups) == list(spec.groups)
+    for name, g in one.groups.items():
+        h = many.groups[name]
+        np.testing.assert_array_equal(g.perm, h.perm, err_msg=name)
+        assert (g.aligned, g.corr_before, g.corr_after) == (h.aligned, h.corr_before, h.corr_after)
+        if g.head_cost is not None:
+            np.testing.assert_array_equal(g.head_cost, h.head_cost)
+    assert [d for d, _, _ in seen] == list(range(1, len(spec.groups) + 1))
+    assert sorted(g for _, _, g in seen) == sorted(spec.groups)
+
+
+def test_a_raising_progress_callback_stops_the_assignments():
+    kw = CONFIGS["mlm-tied-h5-dk6"]
+    a, b = make_model(1, **kw), make_model(2, **kw)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, random_batches(1), fractions=(1.0,))
+
+    def stop(*_, **__):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_alignment(spec, stats.points, AlignOptions(residual="all"), workers=3, progress=stop)
