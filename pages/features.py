@@ -25,7 +25,7 @@ job_panel(key, "Solving / loading the alignment")
 res = job_outcome(key)
 if res is not None:
     df = res["frame"]
-    st.plotly_chart(plots.layer_corr(df), width="stretch")
+    st.plotly_chart(plots.layer_corr(df, method=options.label()), width="stretch")
     if not df["aligned"].all():
         st.caption("Groups that these options leave alone (identity) have equal before and after: "
                    + ", ".join(df.loc[~df["aligned"], "group"]) + ".")

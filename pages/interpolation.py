@@ -92,16 +92,29 @@ st.subheader("Fine-tuned classifiers per task (paper Fig. 8)")
 st.markdown("Classifiers fine-tuned from different pre-training seeds, merged vanilla and with FF + Head-Perm + "
             "pooler, loss on the task's dev set. The curves can be **M-shaped**: lower loss than both endpoints "
             "near λ ≈ 0.15 and 0.85.")
+learning = {t["task"]: t for t in zoo.task_learning()}
 task_pairs = {}
-for task in zoo.list_tasks():
+# tasks whose bundled classifiers learned (dev accuracy well above chance) first
+for task in sorted(zoo.list_tasks(), key=lambda t: not learning.get(t, {}).get("learned", False)):
     paths = [e["path"] for e in zoo.list_checkpoints(kind="classifier", task=task)]
     if len(paths) >= 2:
         task_pairs[task] = family_pairs(paths)
 if not task_pairs:
     st.info("No task has two bundled classifiers.")
 else:
+    near = [t for t in task_pairs if not learning.get(t, {}).get("learned", False)]
+    if near:
+        st.caption("Near chance (the bundled classifiers did not learn the task, so their curves say little): "
+                   + "; ".join(f"{t}: dev accuracy "
+                               + ", ".join(f"{a:.2f}" for a in learning[t]["dev_accuracy"].values() if a is not None)
+                               + (f" vs {learning[t]['chance']:.2f} by always answering the commonest label"
+                                  if learning[t]["chance"] is not None else "")
+                               if t in learning else t for t in near) + ".")
+    learned = [t for t in task_pairs if t not in near]
     c1, c2, c3 = st.columns(3)
-    picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=list(task_pairs)[:1], key="cls_tasks")
+    picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=(learned or list(task_pairs))[:1], key="cls_tasks",
+                                  help="Tasks whose bundled classifiers learned (dev accuracy at least 0.15 above "
+                                       "chance) come first.")
     n_cls = c2.number_input("Pairs per task", 1, max(len(p) for p in task_pairs.values()), 1, key="cls_pairs")
     cls_lambdas = c3.number_input("λ points", 3, 41, 11, step=2, key="cls_lambdas")
     sel = {t: task_pairs[t][: int(n_cls)] for t in picked_tasks}

@@ -148,10 +148,24 @@ def test_run_then_every_page(tmp_path):
     assert len(at.get("plotly_chart")) == 1
     at.radio[0].set_value("every group aligned").run()
     _wait_job(at, lambda: _key_of("features"))
+    import plotly.io as pio
+
+    from permerge import plots
+
+    fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
+    after = {t.line.color for t in fig.data if t.name == "after"}
+    assert after == {plots.method_color("FF + attn:head-perm + res:separate")}  # the shown options' colour
+    before = {t.line.color for t in fig.data if t.name == "before"}
+    assert before == {plots.method_color("vanilla")}
 
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
     assert len(at.get("plotly_chart")) == 2
+    if zoo.list_checkpoints(kind="classifier"):  # the classifier section opens on a task the models learned
+        picked = at.multiselect(key="cls_tasks").value
+        assert picked and set(picked) <= set(zoo.learned_tasks()), picked
+        for t in {e["task"] for e in zoo.list_checkpoints(kind="classifier")} - set(zoo.learned_tasks()):
+            assert any("Near chance" in c.value and f"{t}: dev accuracy" in c.value for c in at.caption), t
     [b for b in at.button if b.label == "Compute the Fig. 4 variants"][0].click().run()
     _wait_section(at, "fig4")
     assert len(at.get("plotly_chart")) == 4

@@ -477,3 +477,53 @@ def test_full_tokenizer_matches_committed(tmp_path):
         committed["normalizer"]["strip_accents"] = None
         assert new == committed
         assert len(a) == len(b) and len(a - b) <= 12, sorted(a ^ b)
+
+
+# --- which bundled tasks the classifiers learned ---------------------------------------------------
+
+def _fake_zoo(tmp_path, monkeypatch, tasks: dict, ckpts: dict):
+    """tasks: name -> dev labels; ckpts: name -> (task, dev_accuracy or None)."""
+    for t, labels in tasks.items():
+        d = tmp_path / "tasks" / t
+        d.mkdir(parents=True)
+        (d / "train.tsv").write_text("sentence\tlabel\nx\t0\n")
+        (d / "dev.tsv").write_text("sentence\tlabel\n" + "".join(f"s{i}\t{v}\n" for i, v in enumerate(labels)))
+    for n, (t, acc) in ckpts.items():
+        d = tmp_path / "checkpoints" / n
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        metrics = {} if acc is None else {"dev_accuracy": acc}
+        (d / "permerge.json").write_text(json.dumps({"kind": "classifier", "task": t, "seed": 1, "metrics": metrics}))
+    monkeypatch.setattr(zoo, "TASKS_DIR", tmp_path / "tasks")
+    monkeypatch.setattr(zoo, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+
+
+def test_learned_tasks_compare_each_classifier_with_the_majority_label(tmp_path, monkeypatch):
+    _fake_zoo(tmp_path, monkeypatch,
+              {"skewed": ["0"] * 7 + ["1"] * 3, "four": list("0123") * 5, "flat": ["a", "b"] * 5, "noacc": ["0", "1"]},
+              {"skewed-s1": ("skewed", 0.80), "skewed-s2": ("skewed", 0.90),  # chance 0.7: 0.80 is not 0.15 above
+               "four-s1": ("four", 0.45), "four-s2": ("four", 0.41),  # chance 0.25
+               "flat-s1": ("flat", 0.95),
+               "noacc-s1": ("noacc", None),
+               "orphan-s1": ("no-such-task", 0.99)})  # no dev.tsv: cannot say
+    assert zoo.task_chance("skewed") == pytest.approx(0.7)
+    assert zoo.task_chance("four") == pytest.approx(0.25)
+    report = {t["task"]: t for t in zoo.task_learning()}
+    assert report["skewed"]["chance"] == pytest.approx(0.7)
+    assert report["skewed"]["dev_accuracy"] == {"skewed-s1": 0.80, "skewed-s2": 0.90}
+    assert [t for t, r in report.items() if r["learned"]] == ["flat", "four"]
+    assert zoo.learned_tasks() == ["flat", "four"]
+    assert zoo.learned_tasks(margin=0.05) == ["flat", "four", "skewed"]
+    assert zoo.learned_tasks(margin=0.2) == ["flat"]
+
+
+@pytest.mark.skipif(not zoo.list_checkpoints(kind="classifier"), reason="no bundled classifiers")
+def test_learned_tasks_on_the_bundled_family():
+    report = {t["task"]: t for t in zoo.task_learning()}
+    assert set(report) == {e["task"] for e in zoo.list_checkpoints(kind="classifier")}
+    for t, r in report.items():
+        assert r["chance"] == pytest.approx(1 / TASK_LABELS[t])  # the bundled dev sets are balanced
+        assert r["learned"] == (min(r["dev_accuracy"].values()) >= r["chance"] + 0.15)
+    assert "style" in zoo.learned_tasks()  # about 0.9 dev accuracy against 0.5
+    if "paraphrase" in report:  # its classifiers stay near 0.5 on a balanced dev set
+        assert "paraphrase" not in zoo.learned_tasks()

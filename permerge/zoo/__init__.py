@@ -12,7 +12,9 @@ Rebuild everything with ``python -m permerge.zoo.build`` (see README.md).
 """
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent
@@ -28,7 +30,7 @@ HUB_FAMILY = tuple(f"google/multiberts-seed_{i}" for i in range(1, 6))
 __all__ = [
     "ZOO_DIR", "CHECKPOINTS_DIR", "DATA_DIR", "TASKS_DIR", "DEFAULT_PAIR", "HUB_FAMILY",
     "list_checkpoints", "get_checkpoint", "default_pair", "task_dir", "list_tasks",
-    "eval_text", "align_text",
+    "eval_text", "align_text", "task_chance", "task_learning", "learned_tasks",
 ]
 
 
@@ -110,3 +112,39 @@ def eval_text() -> Path:
 def align_text() -> Path:
     """Held-out English text (~450 KB) for alignment statistics; no bundled model trained on it."""
     return DATA_DIR / "align.txt"
+
+
+def task_chance(task: str) -> float | None:
+    """Accuracy of always answering the most frequent label of a bundled task's dev.tsv (its
+    "label" column, else the last one); None when the file has no rows."""
+    with open(task_dir(task) / "dev.tsv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(rows) < 2:
+        return None
+    col = rows[0].index("label") if "label" in rows[0] else len(rows[0]) - 1
+    labels = Counter(r[col] for r in rows[1:] if len(r) > col)
+    return max(labels.values()) / sum(labels.values()) if labels else None
+
+
+def task_learning(margin: float = 0.15) -> list[dict]:
+    """For every bundled task with fine-tuned classifiers: task, chance (``task_chance``), the
+    classifiers' recorded dev accuracies (name -> accuracy, from their permerge.json metrics) and
+    learned: True when every one of them is at least ``margin`` above chance.  A task whose
+    classifiers have no recorded accuracy (or whose dev.tsv is missing) has learned False."""
+    out = []
+    tasks = set(list_tasks())
+    by_task: dict[str, list[dict]] = {}
+    for e in list_checkpoints(kind="classifier"):
+        by_task.setdefault(e["task"], []).append(e)
+    for task, entries in sorted(by_task.items(), key=lambda kv: str(kv[0])):
+        chance = task_chance(task) if task in tasks else None
+        acc = {e["name"]: e["metrics"].get("dev_accuracy") for e in entries}
+        learned = chance is not None and all(a is not None and a >= chance + margin for a in acc.values())
+        out.append({"task": task, "chance": chance, "dev_accuracy": acc, "learned": learned})
+    return out
+
+
+def learned_tasks(margin: float = 0.15) -> list[str]:
+    """Bundled tasks whose fine-tuned classifiers all reach a dev accuracy at least ``margin`` above
+    chance (see ``task_learning``)."""
+    return [t["task"] for t in task_learning(margin) if t["learned"]]
