@@ -310,6 +310,24 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
         poll()
 
 
+def latest_only(slot: str, key: str, fn, label: str, title: str):
+    """Run ``fn`` as the page's one current job (the previous job in ``slot`` is forgotten: a group's
+    matrices or weights can be large), show its progress, and return its result; the page stops
+    while the job is still running or when it failed."""
+    from permerge.views import settle
+
+    previous = st.session_state.get(slot)
+    if previous not in (None, key):
+        jobs().forget(previous)
+    st.session_state[slot] = key
+    settle(jobs().submit(key, fn, label))
+    job_panel(key, title)
+    out = job_outcome(key)
+    if out is None:
+        st.stop()
+    return out
+
+
 def job_outcome(key: str):
     """The result of a finished job (or None); shows its error or cancellation."""
     h = jobs().get(key)

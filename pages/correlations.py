@@ -1,7 +1,7 @@
 """Correlation matrices of one permutation group, before and after alignment."""
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry, require_run
+from dashboard.state import about_caption, job_key, latest_only, pair_title, registry, require_run
 from permerge import plots, views
 
 st.title("Correlations")
@@ -22,15 +22,8 @@ if known:
 else:
     wanted = None
 key = job_key("correlations", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
-previous = st.session_state.get("corr_job")
-if previous not in (None, key):
-    jobs().forget(previous)  # one group's matrices at a time: they can be large
-st.session_state["corr_job"] = key
-views.settle(jobs().submit(key, views.correlation_work(registry(), run.job, run.options, wanted), "correlations"))
-job_panel(key, "Loading statistics and permutations")
-out = job_outcome(key)
-if out is None:
-    st.stop()
+out = latest_only("corr_job", key, views.correlation_work(registry(), run.job, run.options, wanted), "correlations",
+                  "Loading statistics and permutations")
 if not known:
     st.session_state.setdefault("corr_groups", {})[run.key] = (out["groups"], out["sizes"], out["kinds"])
     st.rerun()  # now with the group picker

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry,
-                             require_run, run_result)
+from dashboard.state import (about_caption, job_key, latest_only, pair_title, registry, require_run,
+                             run_result)
 from permerge import plots, views
 
 st.title("See the permutation")
@@ -25,15 +25,8 @@ if known:
     wanted = c1.selectbox("Permutation group", groups, index=groups.index(default), key="perm_group",
                           format_func=labels.get)
 key = job_key("permutation", job=run.job.to_dict(), options=run.options.to_dict(), group=wanted)
-previous = st.session_state.get("perm_job")
-if previous not in (None, key):
-    jobs().forget(previous)  # one group's weights at a time
-st.session_state["perm_job"] = key
-views.settle(jobs().submit(key, views.permutation_work(registry(), run.job, run.options, wanted), "permutation"))
-job_panel(key, "Loading the models and the permutations")
-out = job_outcome(key)
-if out is None:
-    st.stop()
+out = latest_only("perm_job", key, views.permutation_work(registry(), run.job, run.options, wanted), "permutation",
+                  "Loading the models and the permutations")
 if not known:
     labels = {g: f"{g}  ({kinds.get(out['kinds'][g], out['kinds'][g])}, {out['sizes'][g]} units"
               + (")" if g in out["aligned"] else ", left alone by this run)") for g in out["groups"]}

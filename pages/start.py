@@ -13,7 +13,7 @@ FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
 st.title("Start here")
 st.markdown(
-    "**Merging two transformers.** Take two BERT models **A** and **B** trained the same way but from different random starts. Average their "
+    "**Merging two transformers.** Take two transformer models **A** and **B** (BERTs, say) trained the same way but from different random starts. Average their "
     "weights, θ(λ) = λ·A + (1−λ)·B, and measure the loss as λ goes from 0 (B) to 1 (A). The loss usually rises "
     "in the middle: the **loss barrier** is how far the worst point of that path lies above the mean of the two "
     "ends, max over λ of L(θ(λ)) − (L(A) + L(B)) / 2. A barrier near zero means the two models sit in one "

@@ -62,14 +62,18 @@ def test_non_preserving_variants_are_flagged_and_change_logits(att, res):
     assert logit_error(b, bp, probe("x"))["max_rel_logit_error"] > 1e-3
 
 
+def _without_mlm_transform():
+    """A tied MLM, its spec, a valid permutation set, and the spec with the public code's bug: the
+    residual permutation skips cls.predictions.transform."""
+    b = make_model(1, **CONFIGS["mlm-tied-h5-dk6"])
+    spec = spec_for(b)
+    broken_axes = {k: v for k, v in spec.axes.items() if not k.startswith("cls.predictions.transform")}
+    return b, spec, random_valid_perms(spec, 0), type(spec)(**{**spec.__dict__, "axes": broken_axes})
+
+
 def test_forgetting_the_mlm_transform_breaks_equivalence():
     """The public code's bug: a residual permutation that skips cls.predictions.transform."""
-    kw = CONFIGS["mlm-tied-h5-dk6"]
-    b = make_model(1, **kw)
-    spec = spec_for(b)
-    perms = random_valid_perms(spec, 0)
-    broken_axes = {k: v for k, v in spec.axes.items() if not k.startswith("cls.predictions.transform")}
-    broken = type(spec)(**{**spec.__dict__, "axes": broken_axes})
+    b, spec, perms, broken = _without_mlm_transform()
     assert logit_error(b, permute_model(b, spec, perms), probe("x"))["max_rel_logit_error"] < TOL
     assert logit_error(b, permute_model(b, broken, perms), probe("x"))["max_rel_logit_error"] > 1e-2
 
@@ -124,12 +128,7 @@ def test_equivalence_copies_the_weights_straight_to_the_cpu(monkeypatch):
 def test_equivalence_keeps_the_alarm_for_a_real_break():
     from permerge.permute import equivalence
 
-    kw = CONFIGS["mlm-tied-h5-dk6"]
-    b = make_model(1, **kw)
-    spec = spec_for(b)
-    perms = random_valid_perms(spec, 0)
-    broken_axes = {k: v for k, v in spec.axes.items() if not k.startswith("cls.predictions.transform")}
-    broken = type(spec)(**{**spec.__dict__, "axes": broken_axes})
+    b, spec, perms, broken = _without_mlm_transform()
     assert equivalence(b, permute_model(b, spec, perms), probe("x"), spec, perms)["equivalent"]
     verdict = equivalence(b, permute_model(b, broken, perms), probe("x"), spec, perms)
     assert not verdict["equivalent"] and verdict["max_rel_logit_error_float64"] > 1e-2, verdict
