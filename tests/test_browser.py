@@ -156,17 +156,32 @@ def click_text(drv, tag: str, text: str):
 
 
 def title_is(drv, text):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    return any(h.text.strip() == text for h in drv.find_elements(By.TAG_NAME, "h1"))
+    try:
+        return any(h.text.strip() == text for h in drv.find_elements(By.TAG_NAME, "h1"))
+    except StaleElementReferenceException:  # the page redrew while it was read
+        return False
 
 
 def goto(drv, page: str):
     from selenium.webdriver.common.by import By
 
-    links = [a for a in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]') if a.text.strip().splitlines()[-1:] == [page]]
-    assert links, f"no sidebar link {page!r}"
-    links[0].click()
+    def click():
+        links = [a for a in drv.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]')
+                 if a.text.strip().splitlines()[-1:] == [page]]
+        assert links, f"no sidebar link {page!r}"
+        links[0].click()
+
+    idle(drv, 30)  # a page still rerunning (e.g. after a job ended) may redraw the sidebar under the click
+    click()
+    t0 = time.time()
+    while time.time() - t0 < 15 and not title_is(drv, page):
+        time.sleep(0.3)
+    if not title_is(drv, page):  # the click landed on a link being redrawn: click it once more
+        idle(drv, 30)
+        click()
     wait_for(drv, lambda: title_is(drv, page), 20, f"page {page}")
 
 
