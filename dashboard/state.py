@@ -16,6 +16,7 @@ from permerge import work, zoo
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
+from permerge.locations import exports_dir
 from permerge.pipeline import Job
 from permerge.study import PipelineRegistry
 
@@ -346,7 +347,7 @@ def job_outcome(key: str):
 # --- export helpers (the Export page) ------------------------------------------------------------------
 
 def default_export_dir(run: Run, lam: float) -> str:
-    root = Path(__file__).resolve().parents[1] / "cache" / "exports"
+    root = exports_dir()  # cache/exports of the checkout, or of the user's cache folder when installed
     return str(root / work.export_name(run.job, run.options, lam))
 
 

@@ -43,8 +43,10 @@ except ImportError:  # not on Windows: no cross-process lock there (one process 
 
 
 def default_dir() -> Path:
-    env = os.environ.get("PERMERGE_CACHE")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "cache"
+    """$PERMERGE_CACHE; else cache/ of a source checkout; else ~/.cache/permerge (an installed package)."""
+    from .locations import default_cache_dir
+
+    return default_cache_dir()
 
 
 def make_key(kind: str, **parts) -> str:

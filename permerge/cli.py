@@ -1,5 +1,5 @@
-"""``python -m permerge``: align, interpolate, zoo.  The contract is documented in the README;
-keep flags stable, other tools script them.
+"""``permerge`` (or ``python -m permerge``): align, interpolate, zoo, dashboard.
+The contract is documented in the README; keep flags stable, other tools script them.
 
 Bad input exits with status 2 and a one-line reason on stderr; outputs are written into a
 temporary sibling folder and renamed into place only when complete.
@@ -109,10 +109,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_zoo(p)
+
+
+def _add_zoo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--zoo", metavar="DIR", default=None,
+                   help="folder of the bundled checkpoints and data, for zoo:NAME arguments "
+                        "(default: $PERMERGE_ZOO, else permerge/zoo of the checkout)")
+
+
+def _prog() -> str:
+    return "permerge" if Path(sys.argv[0]).name == "permerge" else "python -m permerge"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="python -m permerge", description=__doc__.splitlines()[0])
+    ap = _Parser(prog=_prog(), description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("align", help="align B to A; write B', the permutations and a report")
     _add_common(p)
@@ -126,8 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     zs = z.add_subparsers(dest="zoo_command", required=True)
     zl = zs.add_parser("list", help="list the bundled checkpoints")
     zl.add_argument("--json", action="store_true")
+    _add_zoo(zl)
     zs.add_parser("build", help="rebuild corpus, tokenizer, family and fine-tunes (options: zoo build --help)",
                   add_help=False)
+    d = sub.add_parser("dashboard", help="start the dashboard on the bundled checkpoints (needs the dashboard extra)")
+    d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    d.add_argument("--port", type=_int_at_least(1, "--port"), default=8501, help="port (default 8501)")
+    d.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="another host name the browser may use to reach the dashboard (repeatable)")
+    _add_zoo(d)
     return ap
 
 
@@ -298,6 +316,7 @@ def cmd_zoo(args) -> int:
     from . import zoo
 
     if args.zoo_command == "list":
+        zoo.require()
         entries = zoo.list_checkpoints()
         if args.json:
             print(json.dumps(entries, indent=2, default=float))
@@ -329,6 +348,24 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _use_zoo(args) -> None:
+    """--zoo DIR, and zoo:NAME in place of a checkpoint or data path (see permerge.zoo.resolve)."""
+    from . import zoo
+
+    if getattr(args, "zoo", None):
+        zoo.use(args.zoo, "--zoo")
+    for attr in ("model_a", "model_b", "data", "eval_data"):
+        value = getattr(args, attr, None)
+        if isinstance(value, str) and value.startswith(zoo.PREFIX):
+            setattr(args, attr, zoo.resolve(value))
+
+
+def cmd_dashboard(args) -> int:
+    from . import serve
+
+    return serve.run(args.host, args.port, args.allowed_host)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["zoo", "build"]:  # the build recipe parses its own options
@@ -344,6 +381,9 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always", PermergeWarning)
             warnings.showwarning = _show_warning
+            _use_zoo(args)
+            if args.command == "dashboard":
+                return cmd_dashboard(args)
             if args.command == "align":
                 return cmd_align(args)
             if args.command == "interpolate":

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
+try:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+except ImportError as e:  # installed without the dashboard extra
+    from .extras import missing
+
+    raise missing("permerge.plots", "plotly", "dashboard") from e
 
 # Diverging colour scale for correlations in [-1, 1] (ColorBrewer RdBu, reversed: red = +1).
 RDBU = ["#053061", "#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7",

@@ -1,37 +1,96 @@
 """Bundled offline checkpoint family: small BERT MLMs (5 seeds) and fine-tuned classifiers.
 
-Importing this module is cheap (no torch / transformers).  Checkpoints live in
-``permerge/zoo/checkpoints/<name>/`` and load with plain ``transformers``::
+Importing this module is cheap (no torch / transformers).  The checkpoints and their data are
+repository data, not package data: a checkout has them in ``permerge/zoo/checkpoints/<name>/`` and
+``permerge/zoo/data/``; an installed package finds them in the folder named by ``$PERMERGE_ZOO`` or
+by the command line's ``--zoo DIR`` (``use``).  They load with plain ``transformers``::
 
     from transformers import AutoModelForMaskedLM, AutoTokenizer
     a, b = default_pair()
     model = AutoModelForMaskedLM.from_pretrained(a)
     tok = AutoTokenizer.from_pretrained(a)
 
-Rebuild everything with ``python -m permerge.zoo.build`` (see README.md).
+Rebuild everything with ``python -m permerge zoo build`` (see README.md).
 """
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
-ZOO_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent  # this package's code (and, in a checkout, its data)
+ENV_VAR = "PERMERGE_ZOO"
+
+# Where the family is: $PERMERGE_ZOO when set, else this folder; ``use`` moves all four.
+ZOO_DIR = Path(os.environ[ENV_VAR]).expanduser().resolve() if os.environ.get(ENV_VAR) else PACKAGE_DIR
 CHECKPOINTS_DIR = ZOO_DIR / "checkpoints"
 DATA_DIR = ZOO_DIR / "data"
 TASKS_DIR = DATA_DIR / "tasks"
+_SOURCE = ENV_VAR if os.environ.get(ENV_VAR) else None  # what named ZOO_DIR, for messages
 
 DEFAULT_PAIR = ("mlm-seed1", "mlm-seed2")
+PREFIX = "zoo:"  # zoo:mlm-seed1 names a bundled checkpoint, zoo:align.txt a file of data/
 
 # Hub ids of the real family for users with a network connection (MultiBERTs, final checkpoints).
 HUB_FAMILY = tuple(f"google/multiberts-seed_{i}" for i in range(1, 6))
 
+HOW_TO_GET = (f"clone the permerge repository and pass --zoo CLONE/permerge/zoo (or set {ENV_VAR} to it), "
+              "or build them with `permerge zoo build --out DIR`")
+
 __all__ = [
-    "ZOO_DIR", "CHECKPOINTS_DIR", "DATA_DIR", "TASKS_DIR", "DEFAULT_PAIR", "HUB_FAMILY",
+    "ZOO_DIR", "CHECKPOINTS_DIR", "DATA_DIR", "TASKS_DIR", "DEFAULT_PAIR", "HUB_FAMILY", "PREFIX",
+    "use", "require", "resolve",
     "list_checkpoints", "get_checkpoint", "default_pair", "task_dir", "list_tasks",
     "eval_text", "align_text", "task_chance", "task_learning", "learned_tasks",
 ]
+
+
+def use(folder, source: str = "--zoo") -> Path:
+    """Take the family from ``folder`` (a folder holding ``checkpoints/`` and ``data/``) from now
+    on; ``source`` names where the folder came from in error messages.  Raises PermergeError when
+    it holds no checkpoint."""
+    global ZOO_DIR, CHECKPOINTS_DIR, DATA_DIR, TASKS_DIR, _SOURCE
+    root = Path(str(folder)).expanduser().resolve()
+    ZOO_DIR, CHECKPOINTS_DIR, DATA_DIR, TASKS_DIR = root, root / "checkpoints", root / "data", root / "data" / "tasks"
+    _SOURCE = source
+    return require()
+
+
+def require() -> Path:
+    """The family's folder; PermergeError (one line saying how to get the checkpoints) when it
+    holds none."""
+    from ..errors import PermergeError
+
+    if list_checkpoints():
+        return ZOO_DIR
+    if _SOURCE is None:
+        raise PermergeError(f"no bundled checkpoints: they are repository data, not part of the installed package; "
+                            f"{HOW_TO_GET}")
+    where = f"{_SOURCE}={ZOO_DIR}" if _SOURCE == ENV_VAR else f"{_SOURCE} {ZOO_DIR}"
+    what = "no such folder" if not ZOO_DIR.is_dir() else "no bundled checkpoints there (no checkpoints/NAME/permerge.json)"
+    raise PermergeError(f"{where}: {what}; {HOW_TO_GET}")
+
+
+def resolve(source: str) -> str:
+    """``zoo:NAME`` -> the path of bundled checkpoint NAME, or of ``data/NAME`` (``zoo:align.txt``,
+    ``zoo:eval.txt``, ``zoo:tasks/style``); any other string is returned unchanged."""
+    from ..errors import PermergeError
+
+    if not source.startswith(PREFIX):
+        return source
+    name = source[len(PREFIX):].strip("/")
+    require()
+    ckpt = CHECKPOINTS_DIR / name
+    if name and "/" not in name and (ckpt / "config.json").is_file():
+        return str(ckpt)
+    data = DATA_DIR / name
+    if name and ".." not in Path(name).parts and data.exists():
+        return str(data)
+    have = ", ".join(e["name"] for e in list_checkpoints())
+    raise PermergeError(f"no bundled checkpoint or data file {source!r} in {ZOO_DIR} (checkpoints: {have}; "
+                        "data: zoo:align.txt, zoo:eval.txt, zoo:tasks/TASK)")
 
 
 def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[dict]:
