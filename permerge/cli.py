@@ -114,8 +114,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_zoo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoo", metavar="DIR", default=None,
-                   help="folder of the bundled checkpoints and data, for zoo:NAME arguments "
-                        "(default: $PERMERGE_ZOO, else permerge/zoo of the checkout)")
+                   help="folder of the bundled checkpoints and data (checkpoints/, data/), which zoo:NAME "
+                        "arguments name (default: $PERMERGE_ZOO, else permerge/zoo beside the code)")
 
 
 def _prog() -> str:
