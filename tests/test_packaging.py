@@ -244,7 +244,9 @@ def _upgrade_status(port: int, host: str) -> str:
 
 def _serve_and_check(argv, cwd, env, port):
     """Start `permerge dashboard` (argv), wait until it answers, check the Host rule, stop it."""
-    p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = Path(cwd) / f"dashboard-{port}.log"
+    with open(log, "w") as fh:
+        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
         t0 = time.time()
         while True:
@@ -252,7 +254,7 @@ def _serve_and_check(argv, cwd, env, port):
                 status = _upgrade_status(port, f"127.0.0.1:{port}")
                 break
             except OSError:
-                assert p.poll() is None, f"the dashboard exited: {p.stderr.read()[-2000:]}"
+                assert p.poll() is None, f"the dashboard exited: {log.read_text()[-2000:]}"
                 assert time.time() - t0 < 120, "the dashboard did not start"
                 time.sleep(0.3)
         assert " 101 " in status, status
