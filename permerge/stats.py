@@ -329,7 +329,7 @@ def _centred(rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def _device_chunks(batches: list[dict], mine, cuts: set[int], tokens_per_chunk: int, split_tokens: int = 0):
     """This rank's batches as forward chunks: consecutive batches of one sequence length merged up
     to ``tokens_per_chunk`` padded tokens (0: no merging), a batch of more than ``split_tokens``
-    tokens (0: no limit) cut into slices of whole sequences under it, never across a snapshot cut
+    tokens (0: no limit) cut into even slices of whole sequences under it, never across a snapshot cut
     (a cut after batch k ends a chunk).  Yields (indices, rows, last index): ``rows`` is None or
     the slice of rows of the one batch in ``indices``; batches up to ``last`` are complete."""
     group: list[int] = []
@@ -345,6 +345,7 @@ def _device_chunks(batches: list[dict], mine, cuts: set[int], tokens_per_chunk: 
                 group, size = [], 0
             per = max(1, split_tokens // max(1, ids.shape[1])) if split_tokens else 0
             if split_tokens and ids.numel() > split_tokens and ids.shape[0] > per:
+                per = -(-ids.shape[0] // -(-ids.shape[0] // per))  # even slices: 64 rows over 39 -> 32 + 32
                 for r in range(0, ids.shape[0], per):
                     yield [i], slice(r, r + per), (i if r + per >= ids.shape[0] else i - 1)
                 done = i
