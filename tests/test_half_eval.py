@@ -30,7 +30,7 @@ def test_half_precision_barriers_within_001_nats_of_float32_on_the_bundled_pair(
     align = D.block_batches(D.text_blocks(tok, D.read_text(str(zoo.align_text()))[:60_000]), 16)[:1]
     stats = collect_stats(ca.model, cb.model, spec, align, fractions=(1.0,), precision="fp32")
     bp = permute_model(cb.model, spec, compute_alignment(spec, stats.points, AlignOptions(attention="head-perm")).perms)
-    blocks = D.text_blocks(tok, D.read_text(str(zoo.eval_text()))[:30_000])[:3]
+    blocks = D.text_blocks(tok, D.read_text(str(zoo.eval_text()))[:30_000])[:2]
     ev = mlm_evalset(D.mlm_masks(tok, blocks), spec.inputs)
     grid = lambda_grid(5)
     work, state_a = copy.deepcopy(ca.model), clone_state(ca.model)
