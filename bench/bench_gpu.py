@@ -99,6 +99,20 @@ def startup(device: str) -> None:
         row("start-up: first CUDA matrix product (context, cuBLAS)", f"{t_cuda:.2f} s")
 
 
+def forward_rows(spec, batches, device) -> list[int]:
+    """Sequences per forward of the statistics pass over ``batches`` (its default sizes on ``device``)."""
+    from permerge.stats import _device_chunks
+
+    split = forward_tokens(spec)
+    merge = split if str(device).startswith("cuda") else 0
+    out = []
+    for idx, rows, _ in _device_chunks(batches, lambda i: True, set(), merge, split):
+        if idx:
+            n = sum(batches[i]["input_ids"].shape[0] for i in idx)
+            out.append(n if rows is None else len(range(n)[rows]))
+    return out
+
+
 def per_million(seconds: float, tokens: int) -> float:
     return seconds * 1e6 / tokens
 
@@ -126,8 +140,9 @@ def floors_and_pass(a, b, batches, device, args) -> dict:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = tf32
     fwd = forward_tokens(spec)
+    rows = max(forward_rows(spec, batches, device))
     seq = batches[0]["input_ids"].shape[1]
-    row(f"two {args.size} forward passes, {tokens:,} tokens, forwards of {fwd // seq * seq:,} tokens (floors)",
+    row(f"two {args.size} forward passes, {tokens:,} tokens, forwards of up to {rows} x {seq} (floors)",
         ", ".join(f"{p} {per_million(s, tokens):.2f}" for p, s in floors.items()) + " s per 1M")
     big = min(forward_floor(a, b, batches, device, default, batch_tokens=8192)[0] for _ in range(args.repeats))
     row(f"two {args.size} forward passes, {default}, forwards of 8,192 tokens (the former fixed size)",
@@ -140,7 +155,8 @@ def floors_and_pass(a, b, batches, device, args) -> dict:
         f"{s1m:.2f} s per 1M ({ratio:.2f} x its floor)",
         f"{default} floor {per_million(floors[default], tokens):.2f} s per 1M", "<= 2.0 s and <= 1.8 x the floor",
         s1m <= 2.0 and ratio <= 1.8 if target else None)
-    what = f"forwards of {fwd // seq} x {seq} tokens (chosen from the widths), batches of {batches[0]['input_ids'].shape[0]} x {seq}"
+    what = (f"forwards of up to {rows} x {seq} tokens, the size chosen from the widths being {fwd:,} tokens; "
+            f"batches of {batches[0]['input_ids'].shape[0]} x {seq}")
     if r["peak_bytes"] is not None:
         beyond = r["peak_bytes"] - r["model_bytes"]
         row("peak GPU memory of the statistics pass beyond the two models", f"{beyond / GB:.2f} GB ({what}; "
