@@ -84,17 +84,23 @@ def sync(device):
 
 @torch.no_grad()
 def forward_floor(a, b, batches, device, precision="fp32", batch_tokens=None):
-    """Both encoders over the batches (merged into forwards of ``batch_tokens`` as the pass does)."""
-    from permerge.stats import CUDA_BATCH_TOKENS, _merge
+    """Both encoders over the batches, in the forwards the pass runs: merged and cut as
+    ``collect_stats`` does (its default forward size from the model's widths, or ``batch_tokens``)."""
+    from permerge.stats import _device_chunks, _merge, forward_tokens
 
     if batch_tokens is None:
-        batch_tokens = CUDA_BATCH_TOKENS if str(device).startswith("cuda") else 0
-    per = max(1, batch_tokens // batches[0]["input_ids"].numel()) if batch_tokens else 1
+        split = forward_tokens(spec_for(a))
+        merge = split if str(device).startswith("cuda") else 0
+    else:
+        split = merge = batch_tokens
     sync(device)
     t, c = time.perf_counter(), time.process_time()
-    for i in range(0, len(batches), per):
-        x = _merge(batches, list(range(i, min(i + per, len(batches)))))
-        x = {k: v.to(device, non_blocking=True) for k, v in x.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    for idx, rows, _ in _device_chunks(batches, lambda i: True, set(), merge, split):
+        if not idx:
+            continue
+        x = _merge(batches, idx)
+        x = {k: (v if rows is None else v[rows]).to(device, non_blocking=True) for k, v in x.items()
+             if k in ("input_ids", "attention_mask", "token_type_ids")}
         with _autocast(torch.device(device).type, precision):
             a.base_model(**x)  # the encoders alone: the statistics pass needs no head either
             b.base_model(**x)
@@ -102,10 +108,40 @@ def forward_floor(a, b, batches, device, precision="fp32", batch_tokens=None):
     return time.perf_counter() - t, time.process_time() - c
 
 
+def rss_start():
+    """Resident-set baseline for a CPU peak: resets the kernel's high-water mark (VmHWM, Linux
+    ``clear_refs``) and returns the current resident bytes, or None where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status("VmRSS")
+    except OSError:
+        return None
+
+
+def rss_peak_since(start):
+    """Peak resident bytes since ``rss_start()`` beyond its baseline (None: not measurable)."""
+    if start is None:
+        return None
+    try:
+        return max(0, _proc_status("VmHWM") - start)
+    except (OSError, ValueError):
+        return None
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(field)
+
+
 def stats_ratio(a, b, spec, batches, device, precision, repeats=3, batch_tokens=None):
-    """Best-of-``repeats`` floor and statistics pass, interleaved; peak GPU memory of the pass."""
+    """Best-of-``repeats`` floor and statistics pass, interleaved; peak GPU memory of the pass (on
+    a CPU: the growth of the resident set during the pass, where Linux lets it be measured)."""
     forward_floor(a, b, batches[:1], device, precision, batch_tokens)  # warm-up
-    floors, passes, peak = [], [], None
+    floors, passes, peak, rss_extra = [], [], None, None
     res = None
     for _ in range(repeats):  # interleave so drift hits both alike
         floors.append(forward_floor(a, b, batches, device, precision, batch_tokens))
@@ -114,6 +150,8 @@ def stats_ratio(a, b, spec, batches, device, precision, repeats=3, batch_tokens=
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
+        else:
+            rss = rss_start()
         sync(device)
         t, c = time.perf_counter(), time.process_time()
         res = collect_stats(a, b, spec, batches, device=device, fractions=(1.0,), precision=precision,
@@ -122,9 +160,13 @@ def stats_ratio(a, b, spec, batches, device, precision, repeats=3, batch_tokens=
         passes.append((time.perf_counter() - t, time.process_time() - c))
         if str(device).startswith("cuda"):
             peak = (torch.cuda.max_memory_allocated(), base)
+        else:
+            extra = rss_peak_since(rss)
+            rss_extra = extra if rss_extra is None or extra is None else max(rss_extra, extra)
     return {"floor": min(w for w, _ in floors), "stat": min(w for w, _ in passes),
             "floor_cpu": min(c for _, c in floors), "stat_cpu": min(c for _, c in passes),
-            "peak_bytes": peak[0] if peak else None, "model_bytes": peak[1] if peak else None, "res": res}
+            "peak_bytes": peak[0] if peak else None, "model_bytes": peak[1] if peak else None, "res": res,
+            "rss_extra_bytes": rss_extra}
 
 
 def assignment_times(spec, points, workers=None):
@@ -150,7 +192,7 @@ def assignment_times(spec, points, workers=None):
         else:
             assign(C)
         largest[kind] = (C.shape[0], time.perf_counter() - t)
-    return {"sequential": sequential, "parallel": parallel, "workers": w, "largest": largest}
+    return {"sequential": sequential, "parallel": parallel, "workers": w, "largest": largest, "alignment": many}
 
 
 def precision_check(a, b, spec, batches, device, precisions, reference=None):

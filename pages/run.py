@@ -195,7 +195,8 @@ with st.expander("Advanced"):
     precision = st.selectbox(
         "Statistics-pass precision", ["auto", "fp32", "fp16", "bf16"], key="precision",
         help="Precision of the two models' forward passes while statistics are collected (the products and sums "
-             "stay float32/float64). auto: fp16 on a GPU, fp32 on the CPU. bf16 is faster on some GPUs but its "
+             "stay float32/float64), and of the evaluation along lambda (losses in float32). auto: fp16 on a GPU, "
+             "fp32 on the CPU. bf16 is faster on some GPUs but its "
              "correlations are measurably less exact (see bench/README.md).")
 
 ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k in (

@@ -101,7 +101,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_int_at_least(1, "--batch-size"), default=16)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="statistics-pass forwards: auto (fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16")
+                   help="forwards of the statistics pass and of the evaluation along lambda: auto (fp16 on a GPU, "
+                        "fp32 on a CPU), fp32, fp16 or bf16")
     p.add_argument("--snapshots", type=_fractions, default=(0.01, 0.03, 0.1, 0.3, 1.0),
                    help="data fractions kept from the single statistics pass (default 0.01,0.03,0.1,0.3,1)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache/")

@@ -66,68 +66,127 @@ def _exact_nll(model, b: dict, device, head, keys, chunk: int = 64) -> tuple[flo
     return total, len(pos)
 
 
+# tokens per forward on a GPU: consecutive evaluation batches of one shape are merged up to it
+CUDA_EVAL_TOKENS = 8192
+
+
+def _forwards(batches: list[dict], tokens_per_forward: int):
+    """Consecutive batches of one sequence length merged up to ``tokens_per_forward`` tokens (0:
+    the batches as given)."""
+    group: list[dict] = []
+    size = 0
+    for b in batches:
+        ids = b.get("input_ids")
+        if group and (not tokens_per_forward or ids is None or size + ids.numel() > tokens_per_forward
+                      or ids.shape[1:] != group[0]["input_ids"].shape[1:]):
+            yield _cat(group)
+            group, size = [], 0
+        group.append(b)
+        size += ids.numel() if ids is not None else 0
+    if group:
+        yield _cat(group)
+
+
+def _cat(group: list[dict]) -> dict:
+    if len(group) == 1:
+        return group[0]
+    return {k: torch.cat([b[k] for b in group]) for k, v in group[0].items() if isinstance(v, torch.Tensor)}
+
+
 @torch.no_grad()
 def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
-             keep: list | None = None) -> dict[str, float]:
+             keep: list | None = None, precision: str | None = "fp32",
+             forward_tokens: int | None = None) -> dict[str, float]:
     """{"loss", "pseudo_perplexity"} for MLM, {"loss", "perplexity"} for a causal LM,
     {"loss", "accuracy"} for classification.
     With ``mlm_head`` (the name of the module mapping encoder states to vocabulary logits) the
     head runs on the masked positions only, which gives the same loss for a fraction of the cost.
     With ``keep`` (a list), the loss of every scored token or example is appended to it, as CPU
     float64 tensors in evaluation order (not for the exact pseudo-perplexity mode): the loss is
-    their mean, and their spread gives standard errors."""
+    their mean, and their spread gives standard errors.
+
+    ``precision``: "fp32" (the default), "fp16" or "bf16" (the forwards under autocast: matrix
+    products in half precision, norms, softmax and the losses in float32; the weights stay
+    float32 and are cast once per call) or "auto" (fp16 on CUDA, fp32 elsewhere).
+    ``forward_tokens``: consecutive batches of one shape are merged into forwards of up to this
+    many tokens (default: CUDA_EVAL_TOKENS on a GPU, the batches as given on a CPU).  The sums
+    stay on the device: one read at the end, none per batch."""
+    from .stats import _autocast, resolve_precision
+
+    precision = resolve_precision(precision, device)
+    dev_type = torch.device(device).type
+    if forward_tokens is None:
+        forward_tokens = CUDA_EVAL_TOKENS if dev_type == "cuda" else 0
     model.eval().to(device)
     head = dict(model.named_modules())[mlm_head] if mlm_head else None
-    total, count, correct = 0.0, 0, 0
-    for b in evalset.batches:
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    per_item: list[torch.Tensor] = []
+    with _autocast(dev_type, precision):
         if evalset.kind == "mlm-exact":
-            t, n = _exact_nll(model, b, device, head, keys=evalset.inputs)
-            total, count = total + t, count + n
-            continue
-        inputs = {k: b[k].to(device) for k in evalset.inputs if k in b}
-        if evalset.kind == "causal-lm":
-            logits = model(**inputs).logits.float()[:, :-1]
-            y, scored = inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:].bool()
-            per = F.cross_entropy(logits[scored], y[scored], reduction="none")
-            _keep(keep, per)
-            total += per.sum().item()
-            count += int(scored.sum())
-            continue
-        y = b["labels"].to(device)
-        if evalset.kind == "mlm":
-            sel = y != -100
-            if head is not None:
-                logits = head(model.base_model(**inputs).last_hidden_state[sel]).float()
+            t_sum = 0.0
+            for b in evalset.batches:
+                t, n = _exact_nll(model, b, device, head, keys=evalset.inputs)
+                t_sum, count = t_sum + t, count + n
+            total += t_sum
+        for b in (_forwards(evalset.batches, forward_tokens) if evalset.kind != "mlm-exact" else ()):
+            inputs = {k: b[k].to(device, non_blocking=True) for k in evalset.inputs if k in b}
+            if evalset.kind == "causal-lm":
+                scored_host = b["attention_mask"][:, 1:].bool()
+                logits = model(**inputs).logits[:, :-1]
+                y, scored = inputs["input_ids"][:, 1:], inputs["attention_mask"][:, 1:].bool()
+                per = F.cross_entropy(logits[scored].float(), y[scored], reduction="none")
+                count += int(scored_host.sum())
+            elif evalset.kind == "mlm":
+                sel_host = b["labels"] != -100
+                y = b["labels"].to(device, non_blocking=True)
+                sel = y != -100
+                if head is not None:
+                    logits = head(model.base_model(**inputs).last_hidden_state[sel])
+                else:
+                    logits = model(**inputs).logits[sel]
+                per = F.cross_entropy(logits.float(), y[sel], reduction="none")
+                count += int(sel_host.sum())
             else:
-                logits = model(**inputs).logits.float()[sel]
-            per = F.cross_entropy(logits, y[sel], reduction="none")
-            _keep(keep, per)
-            total += per.sum().item()
-            count += int(sel.sum())
-            continue
-        logits = model(**inputs).logits.float()
-        if evalset.regression:
-            per = F.mse_loss(logits.squeeze(-1), y.float(), reduction="none")
-            _keep(keep, per)
-            total += per.sum().item()
-            count += len(y)
-        else:
-            per = F.cross_entropy(logits, y, reduction="none")
-            _keep(keep, per)
-            total += per.sum().item()
-            correct += int((logits.argmax(-1) == y).sum())
-            count += len(y)
+                y = b["labels"].to(device, non_blocking=True)
+                logits = model(**inputs).logits.float()
+                if evalset.regression:
+                    per = F.mse_loss(logits.squeeze(-1), y.float(), reduction="none")
+                else:
+                    per = F.cross_entropy(logits, y, reduction="none")
+                    correct += (logits.argmax(-1) == y).sum()
+                count += len(b["labels"])
+            total += per.sum(dtype=torch.float64)
+            if keep is not None:
+                per_item.append(per.detach())
     if count == 0:
         raise ValueError("the evaluation set has no scored tokens or examples")
-    loss = total / count
+    if per_item:  # one copy to the host for the whole evaluation set
+        _keep(keep, torch.cat(per_item))
+    loss = float(total) / count
     if evalset.kind.startswith("mlm"):
         # 2^(-(1/N) sum log2 p) = exp(mean NLL)
         return {"loss": loss, "pseudo_perplexity": math.exp(min(loss, 700.0))}
     if evalset.kind == "causal-lm":
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
-    return {"loss": loss, "accuracy": float("nan") if evalset.regression else correct / count}
+    return {"loss": loss, "accuracy": float("nan") if evalset.regression else int(correct) / count}
 
 
 def _keep(keep: list | None, per: torch.Tensor) -> None:
     if keep is not None:
         keep.append(per.detach().double().cpu())
+
+
+def losses_along(model, state_a: dict, state_b: dict, evalset: EvalSet, lambdas, device="cpu",
+                 mlm_head: str | None = None, precision: str | None = "fp32") -> list[float]:
+    """The loss at each lambda of theta(lambda) = lambda * A + (1 - lambda) * B', written into
+    ``model`` (a working copy of A's class on ``device``; ``state_a``/``state_b`` on the same
+    device) once per point and evaluated in ``precision``."""
+    from .interpolate import interpolate_into
+
+    out = []
+    for lam in lambdas:
+        interpolate_into(model, state_a, state_b, float(lam))
+        out.append(evaluate(model, evalset, device, mlm_head, precision=precision)["loss"])
+    return out

@@ -24,6 +24,22 @@ def interpolate_state(state_a: dict, state_b: dict, lam: float) -> dict:
     return out
 
 
+def interpolate_into(model, state_a: dict, state_b: dict, lam: float) -> None:
+    """Write theta(lambda) into ``model``'s own parameters and buffers, on their device: one
+    ``lerp`` kernel per tensor, no new state dict and no copy through the host.  ``lerp`` is exact
+    at both ends (lambda = 0 gives B', 1 gives A bit for bit).  Integer buffers are taken from A."""
+    import torch
+
+    lam = float(lam)
+    with torch.no_grad():
+        for k, t in model.state_dict(keep_vars=True).items():
+            ta, tb = state_a[k], state_b[k]
+            if t.is_floating_point():
+                torch.lerp(tb, ta, lam, out=t.data)
+            else:
+                t.data.copy_(ta)
+
+
 def coarse_first(points: int) -> list[int]:
     """Indices 0..points-1 in coarse-to-fine order: the last and first (A and B'), the middle, then
     the midpoints of the gaps left, so that every prefix is a fairly even coarse grid."""

@@ -25,8 +25,8 @@ from .cache import NoCache, make_key
 from .checkpoints import load_pair
 from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
 from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
-from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
-                          lambda_grid)
+from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_into,
+                          interpolate_state, lambda_grid)
 from .permute import equivalence, logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision
 
@@ -56,7 +56,7 @@ class Job:
     exclude_special: bool = False
     mask_seed: int = 0
     exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
-    precision: str = "auto"  # statistics-pass forwards: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    precision: str = "auto"  # forwards of the statistics pass and the evaluation: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +219,12 @@ class Pipeline:
                         fractions=list(self.job.fractions), exclude_special=self.job.exclude_special,
                         precision=resolve_precision(self.job.precision, self.device))
 
+    @property
+    def eval_precision(self) -> str:
+        """The evaluation's forwards along lambda: the job's precision (auto: fp16 on CUDA, fp32
+        on the CPU); part of every curve and point key, so that curves of two precisions never mix."""
+        return resolve_precision(self.job.precision, self.device)
+
     def _cb(self, progress):
         return progress if progress is not None else self.progress
 
@@ -291,10 +297,11 @@ class Pipeline:
         vanilla = options == VANILLA
         if lam == 1.0:
             return make_key("point", a=a.content_hash, eval=self.prepared.eval_hash, endpoint="A",
-                            device_kind=self.device.split(":")[0])
+                            device_kind=self.device.split(":")[0], eval_precision=self.eval_precision)
         return make_key("point", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
                         stats=None if vanilla else self.stats_key, options=options.to_dict(),
-                        fraction=None if vanilla else fraction, lam=float(lam), device_kind=self.device.split(":")[0])
+                        fraction=None if vanilla else fraction, lam=float(lam), device_kind=self.device.split(":")[0],
+                        eval_precision=self.eval_precision)
 
     def curve(self, options: AlignOptions, lambdas: int = 21, fraction: float = 1.0, progress=None) -> CurveResult:
         """Loss (and pseudo-perplexity, perplexity or accuracy) along lambda between A and B'.
@@ -310,7 +317,8 @@ class Pipeline:
         a, b = self.pair
         key = make_key("curve", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
                        stats=None if vanilla else self.stats_key, options=options.to_dict(),
-                       fraction=None if vanilla else fraction, lambdas=lambdas, device_kind=self.device.split(":")[0])
+                       fraction=None if vanilla else fraction, lambdas=lambdas, device_kind=self.device.split(":")[0],
+                       eval_precision=self.eval_precision)
 
         def compute():
             if not vanilla:  # statistics and assignments keep their own timings
@@ -351,10 +359,10 @@ class Pipeline:
                 if work is None:
                     work = self._work_model(options, fraction, progress)
                 model, state_a, state_b = work
-                model.load_state_dict(interpolate_state(state_a, state_b, lam))
+                interpolate_into(model, state_a, state_b, lam)  # on the device, in place
                 kept: list = []
                 row = {"lambda": lam, **evaluate(model, self.prepared.evalset, self.device, self.spec.mlm_head,
-                                                 keep=kept)}
+                                                 keep=kept, precision=self.eval_precision)}
                 check_finite_loss(row, options.label())  # raised inside the cached computation: nothing is stored
                 items = np.concatenate([k.numpy() for k in kept]).astype(np.float32) if kept else None
                 return row, items

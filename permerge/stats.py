@@ -206,7 +206,28 @@ _LOW = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # each fold adds at most one float32 rounding of the running sum, so 2^16 rows keep the
 # correlations within ~1e-6 of an all-float64 accumulation
 STAGE_ROWS = 1 << 16
-CUDA_BATCH_TOKENS = 8192  # tokens per forward on a GPU (consecutive batches are merged)
+# The pass's memory beyond the two models is the accumulators (fixed by the widths) plus what one
+# forward holds: model A's captured features until model B's forward reaches the same points, the
+# float32 centred copies [x - shift | 1] of one point, and the forward's own activations.  The
+# forward size is chosen from the model's widths so that this transient part stays under
+# FORWARD_BYTES (bert-base: about 5k tokens), within [MIN_FORWARD_TOKENS, MAX_FORWARD_TOKENS]:
+# small enough to bound memory, large enough to keep the fused products and forwards efficient.
+FORWARD_BYTES = 3 << 29  # 1.5 GiB
+MIN_FORWARD_TOKENS, MAX_FORWARD_TOKENS = 1024, 16384
+
+
+def forward_tokens(spec, groups=None, budget: int = FORWARD_BYTES) -> int:
+    """Tokens per forward of the statistics pass for this architecture: ``budget`` over the bytes a
+    token costs while a forward is in flight, counted in float32 (features captured under fp16
+    autocast take less, so this is an upper bound): every token-level capture point's features of
+    model A, two centred copies of the widest point, and a few activations of the widest layer."""
+    sizes = [spec.groups[g].size for g in (spec.groups if groups is None else groups)
+             if not spec.groups[g].per_sentence]
+    if not sizes:
+        return MAX_FORWARD_TOKENS
+    widest = max(sizes)
+    per_token = 4 * sum(sizes) + 2 * 4 * (widest + 1) + 3 * 4 * widest
+    return int(min(MAX_FORWARD_TOKENS, max(MIN_FORWARD_TOKENS, budget // per_token)))
 
 
 def resolve_precision(precision: str | None, device) -> str:
@@ -277,16 +298,18 @@ class _Accumulator:
             self._into_big(self.stage)
             self.staged_rows = 0
 
-    def result(self, device=None, copy: bool = True) -> PairStats:
+    def result(self, device=None, copy: bool = True, non_blocking: bool = False) -> PairStats:
         """The statistics so far, on ``device`` (default the accumulators').  ``copy=False``
-        may return views of the accumulators (for the final result, read once)."""
+        may return views of the accumulators (for the final result, read once).  ``non_blocking``
+        (GPU to host): the copies are queued on the stream (into pinned memory) and must not be
+        read before the stream is synchronised."""
         self.fold()
         device = self.device if device is None else torch.device(device)
         if self.big is None:
             return PairStats.empty(self.d_a, self.d_b, device)
         d_a, d_b, big = self.d_a, self.d_b, self.big
         if device != big.device:
-            take = lambda t: t.to(device)  # noqa: E731
+            take = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         else:
             take = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
         return PairStats(float(self.n), take(self.shift_a.double()), take(self.shift_b.double()),
@@ -303,23 +326,36 @@ def _centred(rows: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _device_chunks(batches: list[dict], mine, cuts: set[int], tokens_per_chunk: int):
-    """Indices of this rank's batches grouped into forward chunks: consecutive batches of one
-    sequence length, up to ``tokens_per_chunk`` padded tokens, never across a snapshot cut
-    (a cut after batch k ends a chunk).  Yields (indices, last index)."""
+def _device_chunks(batches: list[dict], mine, cuts: set[int], tokens_per_chunk: int, split_tokens: int = 0):
+    """This rank's batches as forward chunks: consecutive batches of one sequence length merged up
+    to ``tokens_per_chunk`` padded tokens (0: no merging), a batch of more than ``split_tokens``
+    tokens (0: no limit) cut into even slices of whole sequences under it, never across a snapshot cut
+    (a cut after batch k ends a chunk).  Yields (indices, rows, last index): ``rows`` is None or
+    the slice of rows of the one batch in ``indices``; batches up to ``last`` are complete."""
     group: list[int] = []
     size = 0
+    done = -1  # batches counted complete by the chunks yielded so far
     for i, batch in enumerate(batches):
         if mine(i):
             ids = batch["input_ids"]
             if group and (size + ids.numel() > tokens_per_chunk
                           or ids.shape[1] != batches[group[0]]["input_ids"].shape[1]):
-                yield group, group[-1]
+                yield group, None, group[-1]
+                done = group[-1]
                 group, size = [], 0
-            group.append(i)
-            size += ids.numel()
+            per = max(1, split_tokens // max(1, ids.shape[1])) if split_tokens else 0
+            if split_tokens and ids.numel() > split_tokens and ids.shape[0] > per:
+                per = -(-ids.shape[0] // -(-ids.shape[0] // per))  # even slices: 64 rows over 39 -> 32 + 32
+                for r in range(0, ids.shape[0], per):
+                    yield [i], slice(r, r + per), (i if r + per >= ids.shape[0] else i - 1)
+                done = i
+            else:
+                group.append(i)
+                size += ids.numel()
         if (i + 1) in cuts or i == len(batches) - 1:
-            yield group, i
+            if group or done < i:
+                yield group, None, i
+                done = i
             group, size = [], 0
 
 
@@ -342,7 +378,8 @@ def _autocast(device_type: str, precision: str):
 def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
                   fractions=DEFAULT_FRACTIONS, exclude_special: bool = False,
                   groups: list[str] | None = None, progress=None, distributed: bool = False,
-                  precision: str | None = None, batch_tokens: int | None = None) -> StatsResult:
+                  precision: str | None = None, batch_tokens: int | None = None,
+                  forward_budget: int = FORWARD_BYTES) -> StatsResult:
     """One pass over ``batches`` through both models, accumulating the statistics of every group's
     capture point.  Batches are dicts with input_ids, attention_mask, token_type_ids and, when
     ``exclude_special``, special_tokens_mask.  With ``distributed`` the batches are sharded across
@@ -352,10 +389,13 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
     ``precision``: "fp32" (float32 forwards and products), "fp16" or "bf16" (forwards under
     autocast, the products of the features in float32, TF32 allowed on CUDA) or "auto" (fp16 on
     CUDA, fp32 elsewhere; see resolve_precision).
-    ``batch_tokens``: tokens per forward; consecutive batches are merged up to it (default: the
-    batches as given on the CPU, CUDA_BATCH_TOKENS on a GPU).  Nothing is copied to the host and
-    nothing waits for the device inside the loop: non-finite features are detected from the
-    accumulated sums of squares after the first chunk and at the end."""
+    ``batch_tokens``: tokens per forward; consecutive batches are merged up to it and larger ones
+    cut into slices under it.  Default: ``forward_tokens(spec)``, the size that keeps one forward's
+    memory under ``forward_budget`` bytes (see FORWARD_BYTES), on a GPU; on the CPU the batches as
+    given, cut only when larger than that.  Nothing is read back from the device inside the loop:
+    non-finite features are detected from the accumulated sums of squares after the first chunk
+    and at the end; on a GPU the snapshots of data prefixes are queued to host memory, so that
+    device memory holds one set of accumulators whatever the number of snapshots."""
     groups = list(spec.groups) if groups is None else groups
     precision = resolve_precision(precision, device)
     dev_type = torch.device(device).type
@@ -364,7 +404,11 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
         import torch.distributed as dist
         rank, world = dist.get_rank(), dist.get_world_size()
     if batch_tokens is None:
-        batch_tokens = CUDA_BATCH_TOKENS if dev_type == "cuda" else 0
+        split_tokens = forward_tokens(spec, groups, forward_budget)
+        merge_tokens = split_tokens if dev_type == "cuda" else 0
+    else:
+        split_tokens = merge_tokens = batch_tokens
+    snap_home = "cpu" if dev_type == "cuda" and not distributed else None
     model_a.eval().to(device)
     model_b.eval().to(device)
     accs = {g: _Accumulator(spec.groups[g].size, spec.groups[g].size, device, staged=dev_type != "cuda")
@@ -434,9 +478,12 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
         torch.backends.cuda.matmul.allow_tf32 = precision in _LOW
     first = True
     try:
-        for idx, last in _device_chunks(batches, lambda i: i % world == rank, set(cut_at), batch_tokens):
+        for idx, rows, last in _device_chunks(batches, lambda i: i % world == rank, set(cut_at), merge_tokens,
+                                              split_tokens):
             if idx:
                 batch = _merge(batches, idx)
+                if rows is not None:
+                    batch = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
                 b = {k: v.to(device, non_blocking=True) for k, v in spec.model_inputs(batch).items()}
                 keep = batch["attention_mask"].bool()  # on the host: no device round trip
                 if exclude_special and "special_tokens_mask" in batch:
@@ -459,7 +506,8 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
                 for f in cut_at.get(j + 1, ()):
                     snapshot_tokens[f] = tokens
                     if f < 1.0:  # the whole-data snapshot is ``points`` itself
-                        snapshots[f] = {g: a.result() for g, a in accs.items()}  # on the device: no wait
+                        # queued to the host on a GPU (no wait); a copy on the device otherwise
+                        snapshots[f] = {g: a.result(snap_home, non_blocking=True) for g, a in accs.items()}
             seen_upto = last + 1
             if progress:
                 progress("statistics", last + 1, len(batches), tokens=tokens)
@@ -470,6 +518,8 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
         feats_a.clear()
         if dev_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
+    if snap_home is not None and snapshots:
+        torch.cuda.synchronize(device)  # the snapshots' queued copies are complete before they are read
     # final statistics one point at a time, freeing each accumulator as it is read
     home = None if distributed else "cpu"
     stats = {g: accs.pop(g).result(home, copy=distributed) for g in list(accs)}
