@@ -84,6 +84,7 @@ class GroupResult:
 class Alignment:
     options: AlignOptions
     groups: dict[str, GroupResult] = field(default_factory=dict)
+    trace: object = None  # weight matching: its WeightMatchTrace (objective per sweep)
 
     @property
     def perms(self) -> dict[str, np.ndarray]:
