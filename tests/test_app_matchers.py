@@ -81,3 +81,11 @@ def test_both_matchers_on_the_runs_pair():
     assert bars["barrier_se"].notna().all()
     heads = at.dataframe[1].value
     assert len(heads) == 4 and heads["heads_weight"].str.split().map(len).eq(4).all()  # 4 layers, 4 heads each
+
+
+def test_the_page_is_a_thin_view():
+    """No computation on the page: the work and the agreement come from the library."""
+    src = (ROOT / PAGE).read_text()
+    for bad in ("run.pipe", ".curve(", ".alignment(", ".stats(", "np.", "numpy", "mean(", "weight_match"):
+        assert bad not in src, bad
+    assert 'st.Page("pages/matchers.py"' in (ROOT / "app.py").read_text()
