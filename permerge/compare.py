@@ -47,3 +47,20 @@ def agreement(activation: Alignment, weight: Alignment, spec: ArchSpec) -> pd.Da
         rows.append(row)
     cols = ["group", "kind", "layer", "units", "agree", "chance", "heads_activation", "heads_weight", "heads_agree"]
     return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def with_feature_correlations(al: Alignment, spec: ArchSpec, points: dict) -> Alignment:
+    """The same permutations with each group's mean *feature* correlation before and after
+    (activation statistics ``points``), e.g. for weight matching, whose own figures are cosine
+    similarities of weights: the Feature correlation view then measures both matchers alike."""
+    from .align import correlation
+
+    out = Alignment(al.options, trace=al.trace)
+    for g, r in al.groups.items():
+        if g not in points:
+            out.groups[g] = r
+            continue
+        C = correlation(points, spec, g)
+        idx = np.arange(len(r.perm))
+        out.groups[g] = replace(r, corr_before=float(C[idx, idx].mean()), corr_after=float(C[idx, r.perm].mean()))
+    return out

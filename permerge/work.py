@@ -111,6 +111,10 @@ def alignment_work(registry: PipelineRegistry, job: Job, options: AlignOptions):
     def work(progress):
         pipe = registry.get(job)
         al = pipe.alignment(options, progress=progress)
+        if options.matcher == "weight":  # its own figures are weight cosines: measure the features
+            from .compare import with_feature_correlations
+
+            al = with_feature_correlations(al, pipe.spec, pipe.stats(progress).at(1.0))
         return {"frame": layer_correlations(al, pipe.spec), "about": about(job, options)}
     return work
 

@@ -222,3 +222,31 @@ def test_cli_interpolate_with_weight_matching_on_other_families(saved_pair, tmp_
     assert al["loss"].iloc[0] == pytest.approx(van["loss"].iloc[0], rel=1e-5)  # B' computes B
     summary = json.loads((out / "barrier.json").read_text())
     assert len(summary) == 2, (family, summary)
+
+
+def test_feature_correlations_of_weight_matching_come_from_the_statistics():
+    """The Feature correlation view measures weight-matched permutations on the features, as it
+    does activation-matched ones (the weight cosines stay in report.json)."""
+    from permerge.align import compute_alignment
+    from permerge.compare import agreement, matcher_options, with_feature_correlations
+    from permerge.stats import collect_stats
+    from test_families import batches
+
+    a, b = make("bert-mlm-h5-dk6", 1), make("bert-mlm-h5-dk6", 2)
+    spec = spec_for(a)
+    points = collect_stats(a, b, spec, batches(spec), fractions=(1.0,)).points
+    act, wgt = matcher_options(AlignOptions(residual="all"))
+    al_a = compute_alignment(spec, points, act)
+    al_w, _ = weight_alignment(spec, a, b, wgt)
+    feat = with_feature_correlations(al_w, spec, points)
+    for g, r in feat.groups.items():
+        assert np.array_equal(r.perm, al_w.perms[g])
+        assert r.corr_before == pytest.approx(al_a.groups[g].corr_before, abs=1e-12)  # the same diagonal
+    # the activation matcher maximises the matched correlation: weight matching cannot beat it per group
+    for g in spec.groups_of("ff"):
+        assert feat.groups[g.name].corr_after <= al_a.groups[g.name].corr_after + 1e-12
+    agree = agreement(al_a, al_w, spec)
+    assert set(agree["group"]) == set(spec.groups)  # every group is aligned by both under residual All
+    assert agree["agree"].between(0, 1).all() and (agree["chance"] == 1 / agree["units"]).all()
+    same = agreement(al_a, al_a, spec)
+    assert (same["agree"] == 1).all() and (same.loc[same.kind == "att", "heads_agree"] == 1).all()
