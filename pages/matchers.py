@@ -33,7 +33,7 @@ if res is None:
 
 st.subheader(f"Barriers: {pair}")
 bars = res["bars"]
-left, right = st.columns([2, 3])
+left, right = st.columns([1, 1])
 with left:
     shown = bars[["method", "barrier", "barrier_se", "barrier_lambda", "function_preserving"]]
     st.dataframe(shown, width="stretch", hide_index=True,
@@ -42,7 +42,7 @@ with left:
                                 "barrier_lambda": st.column_config.NumberColumn("at λ", format="%.2f"),
                                 "function_preserving": "function-preserving"})
 with right:
-    st.plotly_chart(plots_matchers.barriers(bars, title=f"Barrier by matcher: {pair}"), width="stretch")
+    st.plotly_chart(plots_matchers.barriers(bars, title="Barrier by matcher"), width="stretch")
 st.caption(f"{pair}: the standard error is over the scored tokens (or examples) of this pair. "
            f"Weight matching ran {res['sweeps']} sweep(s) over the groups.")
 
@@ -54,7 +54,7 @@ agree = res["agreement"]
 if agree.empty:
     st.info("No group is aligned by both matchers with these options.")
 else:
-    st.plotly_chart(plots_matchers.agreement(agree, title=f"Share of identical permutation entries: {pair}"),
+    st.plotly_chart(plots_matchers.agreement(agree, title="Share of identical permutation entries"),
                     width="stretch")
     st.caption("Agreement of a group: the share of A's units that both matchers pair with the same unit of B. "
                "1 means the data and the weights find the same correspondence; two unrelated random permutations "
