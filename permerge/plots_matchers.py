@@ -31,7 +31,9 @@ def agreement(df: pd.DataFrame, title: str = "") -> go.Figure:
                                            "<br>chance: %{customdata[1]:.2%}<extra></extra>"))
     fig.add_trace(go.Scatter(x=df["group"], y=df["chance"], mode="markers", name="chance (1 / units)",
                              marker=dict(symbol="line-ew", size=14, line=dict(width=2, color="black"))))
-    fig.update_yaxes(title="share of identical entries", range=[0, 1.02], tickformat=".0%")
+    top = float(max(df["agree"].max(), df["chance"].max())) if len(df) else 1.0
+    # the axis ends a little above the largest value: shares near chance stay visible
+    fig.update_yaxes(title="share of identical entries", range=[0, min(1.02, max(0.05, 1.15 * top))], tickformat=".1%")
     fig.update_xaxes(categoryorder="array", categoryarray=list(df["group"]))
     fig.update_layout(title=title, height=380, margin=dict(l=60, r=20, t=50, b=80), barmode="group",
                       legend=dict(orientation="h", y=-0.3))
