@@ -89,3 +89,17 @@ def test_the_page_is_a_thin_view():
     for bad in ("run.pipe", ".curve(", ".alignment(", ".stats(", "np.", "numpy", "mean(", "weight_match"):
         assert bad not in src, bad
     assert 'st.Page("pages/matchers.py"' in (ROOT / "app.py").read_text()
+
+
+def test_a_weight_matched_run_studies_the_amount_of_data_with_activation_matching():
+    from dashboard.state import Run
+    from permerge.align import AlignOptions
+    from permerge.pipeline import Job
+
+    job = Job("a", "b", str(zoo.align_text()), tokens=2048)
+    at = fresh()
+    at.session_state["run"] = Run(job, AlignOptions(matcher="weight"), 3, "test-weight-run")
+    at.run().switch_page("pages/data_amount.py").run()
+    assert not at.exception
+    text = "\n".join(c.value for c in at.caption) + "\n".join(i.value for i in at.info)
+    assert "reads no data" in text and "Press **Compute** to evaluate FF + attn:head-perm at" in text
