@@ -250,3 +250,22 @@ def test_feature_correlations_of_weight_matching_come_from_the_statistics():
     assert agree["agree"].between(0, 1).all() and (agree["chance"] == 1 / agree["units"]).all()
     same = agreement(al_a, al_a, spec)
     assert (same["agree"] == 1).all() and (same.loc[same.kind == "att", "heads_agree"] == 1).all()
+
+
+def test_both_matchers_agree_fully_on_a_permuted_copy():
+    """The two matchers share one convention: on B = A permuted (plus a little noise) both find the
+    inverse permutation, so every group agrees on every unit and head."""
+    from permerge.align import compute_alignment
+    from permerge.compare import agreement, matcher_options
+    from permerge.stats import collect_stats
+    from test_families import batches
+
+    a = make("bert-mlm-h5-dk6", 1)
+    spec = spec_for(a)
+    b, _ = permuted_copy(a, spec, seed=4, noise=0.01)
+    act, wgt = matcher_options(AlignOptions(residual="all"))
+    al_a = compute_alignment(spec, collect_stats(a, b, spec, batches(spec), fractions=(1.0,)).points, act)
+    al_w, _ = weight_alignment(spec, a, b, wgt)
+    df = agreement(al_a, al_w, spec)
+    assert len(df) == len(spec.groups) and (df["agree"] == 1).all()
+    assert (df.loc[df.kind == "att", "heads_agree"] == 1).all()
