@@ -18,6 +18,7 @@ PAGES = {
         st.Page("pages/features.py", title="Feature correlation", icon=":material/show_chart:"),
         st.Page("pages/interpolation.py", title="Interpolation", icon=":material/timeline:"),
         st.Page("pages/methods.py", title="Methods", icon=":material/table_chart:"),
+        st.Page("pages/matchers.py", title="Activation vs weight matching", icon=":material/compare_arrows:"),
         st.Page("pages/data_amount.py", title="Amount of data", icon=":material/bar_chart:"),
     ],
     "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],

@@ -1,8 +1,11 @@
 """Barrier against the amount of alignment data (paper Fig. 7)."""
+import dataclasses
+
 import streamlit as st
 
 from dashboard.state import about_caption, job_key, pair_title, registry, require_run, section_result, start
 from permerge import plots, work
+from permerge.compare import matcher_options
 from permerge.pipeline import Job
 from permerge.study import snapshot_batch_size
 
@@ -13,6 +16,10 @@ st.markdown(
     "plotted against the tokens seen, with vanilla averaging (no alignment) as the dashed reference "
     "(paper Fig. 7). No second pass over the data is needed beyond the one for the amount chosen here.")
 run = require_run("the data-amount study")
+if run.options.matcher == "weight":  # weight matching reads no data: the study is of activation matching
+    run = dataclasses.replace(run, options=matcher_options(run.options)[0])
+    st.caption("This run used weight matching, which reads no data: shown here is activation matching with the "
+               "same components and variants.")
 st.caption("Pair: " + pair_title(run.job) + f"; {run.options.label()}.")
 c1, c2 = st.columns(2)
 tokens = c1.number_input("Alignment tokens (the whole pass)", 2048, 10_000_000, int(run.job.tokens or 16384), step=8192,

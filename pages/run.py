@@ -158,7 +158,13 @@ with c2:
 with c3:
     res_labels = residual_labels(facts)
     residual = st.selectbox("Residual stream", list(res_labels), format_func=res_labels.get, key="residual")
-options = AlignOptions(ff=ff, attention=attention, residual=residual, pooler=pooler and has_pooler)
+ss.setdefault("matcher", "activation")
+matcher = st.radio("Matcher", ["activation", "weight"], horizontal=True, key="matcher",
+                   format_func={"activation": "activation matching (correlations over the data)",
+                                "weight": "weight matching (the weights alone, no statistics)"}.get,
+                   help="Weight matching (Git Re-Basin) finds the permutations from the weights; the data is then "
+                        "used for evaluation only. The page 'Activation vs weight matching' compares the two.")
+options = AlignOptions(ff=ff, attention=attention, residual=residual, pooler=pooler and has_pooler, matcher=matcher)
 if not options.function_preserving:
     st.warning("⚠ **Not function-preserving**: with "
                + " and ".join(x for x, bad in (("Ignore-Heads", attention == "ignore-heads"),
@@ -202,7 +208,7 @@ with st.expander("Advanced"):
 ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k in (
     "src_A", "src_B", "bundled_A", "bundled_B", "path_A", "path_B", "data_kind", "data_path", "task", "task_path",
     "eval_task", "eval_task_path", "ff", "pooler", "attention", "residual", "tokens", "lambdas", "device",
-    "eval_blocks", "eval_examples", "exclude_special", "precision", "_form_head")}
+    "eval_blocks", "eval_examples", "exclude_special", "precision", "_form_head", "matcher")}
 
 data_problem = None
 for what, path in (("data", data), ("evaluation data", eval_data)):
@@ -295,7 +301,8 @@ if run is not None:
             with t2:
                 st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
                                              log_y=value_col.endswith("perplexity")), width="stretch")
-        st.caption(f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences) on {res['device']}. "
+        st.caption((f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences)" if res["tokens"] else
+                    "Weight matching: no statistics") + f" on {res['device']}. "
                    "λ = 0 is B′ (B permuted), λ = 1 is A. Dashed lines are not function-preserving. "
                    "Other pages show this run in detail.")
         about_caption(res["about"])

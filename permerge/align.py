@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .arch import ArchSpec
+from .errors import PermergeError
 from .match import ATTENTION_VARIANTS, NON_PRESERVING, RESIDUAL_VARIANTS, AttentionMatch, assign, \
     match_attention, residual_keys
+
+MATCHERS = ("activation", "weight")
 from .stats import PairStats, pooled
 
 
@@ -25,12 +28,25 @@ class AlignOptions:
     residual: str = "identity"
     pooler: bool = False
     absolute: bool = False  # match on |correlation| instead of signed correlation
+    # "activation": correlations of features over data; "weight": the weights alone (weight_match.py)
+    matcher: str = "activation"
 
     def __post_init__(self):
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(f"unknown attention variant {self.attention!r}; choose one of {ATTENTION_VARIANTS}")
         if self.residual not in RESIDUAL_VARIANTS:
             raise ValueError(f"unknown residual variant {self.residual!r}; choose one of {RESIDUAL_VARIANTS}")
+        if self.matcher not in MATCHERS:
+            raise PermergeError(f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}")
+        if self.matcher == "weight" and self.absolute:
+            raise PermergeError("--absolute matches on |correlation|, which weight matching has none of; "
+                                "leave --absolute out or use --matcher activation")
+        if self.matcher == "weight" and not self.aligns_anything:
+            object.__setattr__(self, "matcher", "activation")  # nothing to match: vanilla either way
+
+    @property
+    def aligns_anything(self) -> bool:
+        return self.ff or self.attention != "vanilla" or self.residual != "identity" or self.pooler
 
     @property
     def function_preserving(self) -> bool:
@@ -39,10 +55,14 @@ class AlignOptions:
     def label(self) -> str:
         parts = (["FF"] if self.ff else []) + ([f"attn:{self.attention}"] if self.attention != "vanilla" else []) \
             + ([f"res:{self.residual}"] if self.residual != "identity" else []) + (["pooler"] if self.pooler else [])
-        return " + ".join(parts) if parts else "vanilla"
+        label = " + ".join(parts) if parts else "vanilla"
+        return f"weights: {label}" if self.matcher == "weight" else label
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "function_preserving": self.function_preserving}
+        d = asdict(self)
+        if self.matcher == "activation":  # the default stays out: keys and reports as before the option
+            d.pop("matcher")
+        return {**d, "function_preserving": self.function_preserving}
 
 
 VANILLA = AlignOptions(ff=False, attention="vanilla", residual="identity", pooler=False)
@@ -64,6 +84,7 @@ class GroupResult:
 class Alignment:
     options: AlignOptions
     groups: dict[str, GroupResult] = field(default_factory=dict)
+    trace: object = None  # weight matching: its WeightMatchTrace (objective per sweep)
 
     @property
     def perms(self) -> dict[str, np.ndarray]:

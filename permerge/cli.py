@@ -84,7 +84,10 @@ def _fractions(s: str) -> tuple:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_a", metavar="A", help="reference checkpoint: a local folder or a hub id")
     p.add_argument("model_b", metavar="B", help="checkpoint permuted into A's basis")
-    p.add_argument("--data", required=True, help="plain text (file or folder of .txt) or a GLUE-format task folder")
+    p.add_argument("--data", default=None,
+                   help="plain text (file or folder of .txt) or a GLUE-format task folder (weight matching: optional)")
+    p.add_argument("--matcher", default="activation", choices=["activation", "weight"],
+                   help="activation: correlations of features over --data (default); weight: the weights alone")
     p.add_argument("--tokens", type=_int_at_least(1, "--tokens"), default=None, help="bound on the alignment tokens")
     p.add_argument("--eval-data", default=None,
                    help="evaluation data: plain text, or a task folder for classifiers (default: held-out tail of --data)")
@@ -173,6 +176,7 @@ def _check_inputs(args) -> None:
     from .data import check_data_path, is_task_folder, text_files
     from .pipeline import resolve_device
 
+    _check_matcher(args)
     validate_pair(read_config(args.model_a), read_config(args.model_b))
     if args.pooler:
         _check_pooler(args.model_a)
@@ -182,6 +186,21 @@ def _check_inputs(args) -> None:
             check_data_path(path, what)
             if not is_task_folder(path):
                 text_files(path)  # every .txt of a folder: regular files only
+
+
+def _check_matcher(args) -> None:
+    """Which options need data, and which only mean something for activation matching."""
+    if args.matcher == "activation":
+        if not args.data:
+            raise PermergeError("--data is required for activation matching (--matcher weight needs none)")
+        return
+    for flag, given in (("--absolute", args.absolute), ("--exclude-special", args.exclude_special),
+                        ("--tokens", args.tokens is not None)):
+        if given:
+            raise PermergeError(f"{flag} concerns the activation statistics, which --matcher weight does not "
+                                f"collect; leave {flag} out")
+    if args.command == "interpolate" and not (args.data or args.eval_data):
+        raise PermergeError("interpolate evaluates on text: give --eval-data (or --data) with --matcher weight")
 
 
 def _check_pooler(source: str) -> None:
@@ -203,7 +222,7 @@ def _pipeline(args, distributed: bool, rank: int):
     from .pipeline import Job, Pipeline
 
     options = AlignOptions(ff=args.ff, attention=args.attention, residual=args.residual, pooler=args.pooler,
-                           absolute=args.absolute)
+                           absolute=args.absolute, matcher=args.matcher)
     job = Job(args.model_a, args.model_b, args.data, tokens=args.tokens, eval_data=args.eval_data,
               eval_blocks=args.eval_blocks, device=args.device, batch_size=args.batch_size,
               fractions=args.snapshots, exclude_special=args.exclude_special,
@@ -270,13 +289,15 @@ def cmd_align(args) -> int:
     with staged(final, args.overwrite) as tmp:
         save_model(model_bp.cpu(), pipe.tokenizer, tmp / "model")
         save_file(permutations_tensors(al), str(tmp / "permutations.safetensors"))
-        stats = pipe.stats()
+        stats = pipe.stats() if options.matcher == "activation" else None
         report = {
             "model_a": {**a.summary()}, "model_b": {**b.summary()},
             "options": options.to_dict(), "function_preserving": options.function_preserving,
             "groups": al.summary(), **check,
-            "data": {"path": args.data, "tokens": stats.tokens, "sentences": stats.sentences,
-                     "snapshot_tokens": {str(k): v for k, v in stats.snapshot_tokens.items()}},
+            "data": None if stats is None else {
+                "path": args.data, "tokens": stats.tokens, "sentences": stats.sentences,
+                "snapshot_tokens": {str(k): v for k, v in stats.snapshot_tokens.items()}},
+            **({"weight_matching": _trace_report(al.trace)} if al.trace is not None else {}),
             "device": pipe.device, "timings": {**pipe.timings, "total_s": time.perf_counter() - t0},
         }
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=float))
@@ -285,6 +306,10 @@ def cmd_align(args) -> int:
               f"(max |logit error| {check['max_abs_logit_error']:.3g})", file=sys.stderr)
     print(f"wrote {final} (max |logit error| of B' vs B: {check['max_abs_logit_error']:.3g})", file=sys.stderr)
     return 0
+
+
+def _trace_report(trace) -> dict:
+    return {"sweeps": trace.sweeps, "converged": trace.converged, "objective_per_sweep": trace.objective}
 
 
 def cmd_interpolate(args) -> int:
@@ -298,7 +323,8 @@ def cmd_interpolate(args) -> int:
     pipe, options = _pipeline(args, distributed, rank)
     if rank == 0:
         _tokenizer_note(pipe)
-    pipe.stats()
+    if options.matcher == "activation":
+        pipe.stats()  # every rank takes part in the statistics pass
     if rank != 0:
         return 0
     results = [pipe.curve(VANILLA, args.lambdas)]

@@ -45,7 +45,7 @@ def resolve_device(device: str) -> str:
 class Job:
     model_a: str
     model_b: str
-    data: str
+    data: str | None  # None: no alignment data (weight matching), evaluation from eval_data
     tokens: int | None = None  # bound on alignment tokens
     eval_data: str | None = None  # plain text for MLM evaluation (default: held-out tail of data)
     eval_blocks: int = 64  # MLM evaluation blocks of 128 tokens
@@ -140,6 +140,8 @@ class Pipeline:
 
     def _prepare_data(self) -> Prepared:
         job, tok = self.job, self.tokenizer
+        if job.data is None:
+            return self._prepare_eval_only()
         head = self.spec.head
         special = tuple(tok.all_special_ids) if tok is not None else ()
         if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
@@ -182,6 +184,19 @@ class Pipeline:
         if not align:
             raise DataError("no alignment data")
         return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
+
+    def _prepare_eval_only(self) -> Prepared:
+        """No alignment data (weight matching needs none): evaluation from ``eval_data`` alone."""
+        job, spec = self.job, self.spec
+        if spec.head == "classifier":
+            ev = self._classifier_eval(job.eval_data)
+        elif not job.eval_data or spec.evaluation == "none":
+            ev = EvalSet("none", [], spec.inputs)
+        else:
+            blocks = D.text_blocks(self.tokenizer, D.read_text(job.eval_data), self.block,
+                                   spec.table.block_specials)[: job.eval_blocks]
+            ev = self._mlm_eval(blocks) if spec.evaluation == "mlm" else causal_evalset(blocks, spec.inputs)
+        return Prepared([], ev, D.content_hash([]), D.content_hash(ev.batches), None)
 
     def _classifier_eval(self, folder: str | None) -> EvalSet:
         """A classifier aligned on plain text is evaluated on a task folder's dev.tsv when one is
@@ -229,6 +244,9 @@ class Pipeline:
         return progress if progress is not None else self.progress
 
     def stats(self, progress=None) -> StatsResult:
+        if self.job.data is None:
+            raise DataError("activation statistics need alignment data (--data); weight matching needs none")
+
         def compute():
             t = time.perf_counter()
             a, b = self.pair
@@ -244,6 +262,8 @@ class Pipeline:
             return self._stats
 
     def alignment(self, options: AlignOptions, fraction: float = 1.0, progress=None) -> Alignment:
+        if options.matcher == "weight":
+            return self.weight_alignment(options, progress)
         memo = self._alignments
         if (options, fraction) not in memo:
             def compute():
@@ -257,6 +277,32 @@ class Pipeline:
             with self.lock:
                 memo[options, fraction] = self.cache.get_or_compute(key, compute)
         return memo[options, fraction]
+
+    def weight_alignment(self, options: AlignOptions, progress=None) -> Alignment:
+        """Weight matching (weight_match.py): permutations from the two checkpoints' weights alone,
+        cached under the pair and the options; no data, so no statistics fraction."""
+        from .weight_match import weight_alignment
+
+        def compute():
+            t = time.perf_counter()
+            a, b = self.pair
+            al, trace = weight_alignment(self.spec, a.model, b.model, options, progress=self._cb(progress))
+            al.trace = trace
+            self.timings["weight_matching_s"] = time.perf_counter() - t
+            return al
+
+        memo = self._alignments
+        if (options, None) not in memo:
+            a, b = self.pair
+            key = make_key("alignment", a=a.content_hash, b=b.content_hash, options=options.to_dict())
+            with self.lock:
+                memo[options, None] = self.cache.get_or_compute(key, compute)
+        return memo[options, None]
+
+    def _aligned_on(self, options: AlignOptions) -> str | None:
+        """What an aligned result depends on besides the pair and the options: the statistics
+        (activation matching) or nothing (weight matching)."""
+        return None if options.matcher == "weight" else self.stats_key
 
     def permuted(self, options: AlignOptions, fraction: float = 1.0, progress=None):
         t = time.perf_counter()
@@ -273,6 +319,11 @@ class Pipeline:
         return model
 
     def probe_batch(self) -> dict:
+        if not self.prepared.align_batches:  # no alignment data: random tokens (any input checks B')
+            ids = torch.randint(0, self.pair[0].config.vocab_size, (8, min(self.block, 64)),
+                                generator=torch.Generator().manual_seed(0))
+            b = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+            return self.spec.model_inputs(b)
         b = self.prepared.align_batches[0]
         return {k: v[:8] for k, v in self.spec.model_inputs(b).items()}
 
@@ -299,7 +350,7 @@ class Pipeline:
             return make_key("point", a=a.content_hash, eval=self.prepared.eval_hash, endpoint="A",
                             device_kind=self.device.split(":")[0], eval_precision=self.eval_precision)
         return make_key("point", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
-                        stats=None if vanilla else self.stats_key, options=options.to_dict(),
+                        stats=None if vanilla else self._aligned_on(options), options=options.to_dict(),
                         fraction=None if vanilla else fraction, lam=float(lam), device_kind=self.device.split(":")[0],
                         eval_precision=self.eval_precision)
 
@@ -316,7 +367,7 @@ class Pipeline:
         vanilla = options == VANILLA
         a, b = self.pair
         key = make_key("curve", a=a.content_hash, b=b.content_hash, eval=self.prepared.eval_hash,
-                       stats=None if vanilla else self.stats_key, options=options.to_dict(),
+                       stats=None if vanilla else self._aligned_on(options), options=options.to_dict(),
                        fraction=None if vanilla else fraction, lambdas=lambdas, device_kind=self.device.split(":")[0],
                        eval_precision=self.eval_precision)
 
@@ -338,7 +389,7 @@ class Pipeline:
             se, n = barrier_sem(points[lam][1], points[float(grid[-1])][1], items_b)
             self.timings.setdefault("interpolation_s", 0.0)
             self.timings["interpolation_s"] += time.perf_counter() - t
-            snap_tokens = None if vanilla else self.stats().snapshot_tokens.get(fraction)
+            snap_tokens = None if vanilla or options.matcher == "weight" else self.stats().snapshot_tokens.get(fraction)
             return CurveResult(options.label(), options.to_dict(), rows, bar, lam, loss_a, loss_b,
                                options.function_preserving, fraction, snap_tokens, se, n)
 

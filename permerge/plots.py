@@ -43,6 +43,8 @@ METHOD_COLORS = {
     "res:all": "#17becf",
     "res:separate": "#bcbd22",
     "FF + attn:head-perm + pooler": "#ff9896",
+    "weights: FF + attn:head-perm": "#393b79",  # weight matching (see weight_match.py)
+    "weights: FF + attn:head-perm + res:all": "#6b6ecf",
 }
 OFF_DIAGONAL_COLOR = "#9ecae1"
 

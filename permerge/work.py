@@ -42,7 +42,7 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
     def work(progress):
         pipe = registry.get(job)
         progress("loading checkpoints and data", 0, 0)
-        pipe.stats(progress)
+        stats = pipe.stats(progress) if options.matcher == "activation" else None  # weight matching: none
         pipe.alignment(options, progress=progress)
         if pipe.prepared.evalset.kind == "none":  # e.g. a classifier aligned on plain text, no labels
             van = aligned = None
@@ -50,9 +50,8 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
             van = pipe.curve(VANILLA, lambdas, progress=progress)
             aligned = pipe.curve(options, lambdas, progress=progress) if options != VANILLA else van
         check = pipe.function_check(options, progress=progress)
-        stats = pipe.stats()
-        return {"vanilla": van, "aligned": aligned, "check": check, "tokens": stats.tokens,
-                "sentences": stats.sentences, "device": pipe.device, "task": pipe.prepared.task,
+        return {"vanilla": van, "aligned": aligned, "check": check, "tokens": stats.tokens if stats else 0,
+                "sentences": stats.sentences if stats else 0, "device": pipe.device, "task": pipe.prepared.task,
                 "eval_kind": pipe.prepared.evalset.kind, "summaries": [c.summary() for c in pipe.pair],
                 "about": about(job, options, lambdas)}
     return work
@@ -112,6 +111,10 @@ def alignment_work(registry: PipelineRegistry, job: Job, options: AlignOptions):
     def work(progress):
         pipe = registry.get(job)
         al = pipe.alignment(options, progress=progress)
+        if options.matcher == "weight":  # its own figures are weight cosines: measure the features
+            from .compare import with_feature_correlations
+
+            al = with_feature_correlations(al, pipe.spec, pipe.stats(progress).at(1.0))
         return {"frame": layer_correlations(al, pipe.spec), "about": about(job, options)}
     return work
 
@@ -130,3 +133,22 @@ def permutations_bytes(pipe, options: AlignOptions) -> bytes:
     return save(permutations_tensors(pipe.alignment(options)),
                 metadata={"options": json.dumps(options.to_dict()), "model_a": pipe.job.model_a,
                           "model_b": pipe.job.model_b})
+
+
+def matchers_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambdas: int):
+    """Activation matching against weight matching with ``options`` on one pair: vanilla and both
+    matchers' curves and barriers, and how much the two permutations agree per group."""
+    from .compare import agreement, matcher_options
+    from .study import barriers_frame, curves_frame
+
+    def work(progress):
+        pipe = registry.get(job)
+        act, wgt = matcher_options(options)
+        results = pair_curves(pipe, [VANILLA, act, wgt], lambdas, progress=progress)
+        al_w = pipe.alignment(wgt)
+        return {"curves": curves_frame(results), "bars": barriers_frame(results),
+                "agreement": agreement(pipe.alignment(act), al_w, pipe.spec),
+                "sweeps": al_w.trace.sweeps if al_w.trace is not None else None,
+                "methods": [act.label(), wgt.label()],
+                "about": {**about(job, None, lambdas), "options": f"{act.label()} vs {wgt.label()}"}}
+    return work
