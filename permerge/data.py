@@ -64,6 +64,226 @@ def read_text(path: str | Path) -> str:
     return text
 
 
+# --- plain text, read lazily: memory bounded by the token budget, not by the file ----------------
+
+SMALL_TEXT = 4 << 20  # bytes: plain-text data up to this size is read whole
+_CHUNK = 1 << 20  # bytes read at a time
+_PIECE = 1 << 16  # bytes: a longer line is tokenised in pieces cut before whitespace
+_BATCH = 256  # lines per tokenizer call
+
+
+def _cut(buf: bytes, limit: int) -> int:
+    """Where to cut a line longer than ``limit`` bytes into a first piece: before the last
+    whitespace within the limit, else at a UTF-8 character boundary."""
+    i = max(buf.rfind(b" ", 1, limit), buf.rfind(b"\t", 1, limit))
+    if i <= 0:
+        i = limit
+        while i > 1 and 0x80 <= buf[i] < 0xC0:  # inside a multi-byte character
+            i -= 1
+    return i
+
+
+def _lines_forward(files: list[Path], stop: tuple[int, int] | None = None):
+    """(text, (file index, byte offset of its start)) for each line of the files in order, long
+    lines in pieces; ends before the position ``stop``."""
+    for fi, f in enumerate(files):
+        if stop is not None and fi > stop[0]:
+            return
+        end = stop[1] if stop is not None and fi == stop[0] else None
+        try:
+            fh = f.open("rb")
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        with fh:
+            buf, start, pos = b"", 0, 0
+            while True:
+                want = _CHUNK if end is None else min(_CHUNK, end - pos)
+                try:
+                    chunk = fh.read(want) if want > 0 else b""
+                except OSError as e:
+                    raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+                pos += len(chunk)
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0 and len(buf) > _PIECE and chunk:
+                        nl = cut = _cut(buf, _PIECE)
+                    elif nl < 0:
+                        break
+                    else:
+                        cut = nl + 1
+                    yield buf[:nl], (fi, start)
+                    start += cut
+                    buf = buf[cut:]
+                if not chunk:
+                    if buf:
+                        yield buf, (fi, start)
+                    break
+
+
+def _lines_backward(files: list[Path]):
+    """(text, (file index, byte offset of its start)) for each line of the files from the last
+    one back, long lines in pieces."""
+    for fi in range(len(files) - 1, -1, -1):
+        f = files[fi]
+        try:
+            fh = f.open("rb")
+            size = os.fstat(fh.fileno()).st_size
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        with fh:
+            buf, pos = b"", size  # buf holds the bytes from pos on that are not yet given out
+            while True:
+                step = min(_CHUNK, pos)
+                pos -= step
+                try:
+                    fh.seek(pos)
+                    chunk = fh.read(step)
+                except OSError as e:
+                    raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+                buf = chunk + buf
+                while True:
+                    nl = buf.rfind(b"\n")
+                    if nl >= 0:
+                        line, buf = buf[nl + 1:], buf[:nl]
+                        yield line, (fi, pos + nl + 1)
+                    elif len(buf) > _PIECE and pos > 0:
+                        j = len(buf) - _PIECE
+                        k = buf.find(b" ", j)
+                        j = k if k > 0 else j
+                        while j < len(buf) and 0x80 <= buf[j] < 0xC0:
+                            j += 1
+                        line, buf = buf[j:], buf[:j]
+                        yield line, (fi, pos + j)
+                    else:
+                        break
+                if pos == 0:
+                    if buf:
+                        yield buf, (fi, 0)
+                    break
+
+
+def _encode(tokenizer, lines) -> "array":
+    """Token ids of the non-empty lines (each line alone, without special tokens)."""
+    from array import array
+
+    texts = [t for raw in lines for t in raw.decode("utf-8", errors="replace").splitlines() if t.strip()]
+    out = array("l")
+    if texts:
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            out.extend(ids)
+    return out
+
+
+class _Budget:
+    """Reads lines, tokenises them in batches and stops once ``need`` tokens are in (None: all)."""
+
+    def __init__(self, tokenizer, need: int | None):
+        from array import array
+
+        self.tokenizer, self.need = tokenizer, need
+        self.parts: list = []
+        self.n = 0
+        self.first = None  # position of the earliest line used (backward reading)
+        self._array = array
+
+    def take(self, lines, backward: bool = False) -> "array":
+        batch, where, size = [], None, 0
+        for line, at in lines:
+            batch.append(line)
+            where, size = at, size + len(line)
+            if len(batch) >= _BATCH or size >= _PIECE:
+                if self._flush(batch, backward, where):
+                    break
+                batch, size = [], 0
+        else:
+            if batch:
+                self._flush(batch, backward, where)
+        parts = self.parts[::-1] if backward else self.parts
+        out = self._array("l")
+        for p in parts:
+            out.extend(p)
+        return out
+
+    def _flush(self, batch, backward, where) -> bool:
+        ids = _encode(self.tokenizer, batch[::-1] if backward else batch)
+        self.parts.append(ids)
+        self.n += len(ids)
+        self.first = where
+        batch.clear()
+        return self.need is not None and self.n >= self.need
+
+
+def _blocks(tokenizer, ids, block: int, specials: bool, n: int | None = None, from_end: bool = False) -> torch.Tensor:
+    body = block - 2 if specials else block
+    k = len(ids) // body if n is None else min(n, len(ids) // body)
+    t = torch.tensor(ids, dtype=torch.long)
+    t = (t[len(t) - k * body:] if from_end else t[: k * body]).view(k, body)
+    if not specials:
+        return t
+    cls = torch.full((k, 1), tokenizer.cls_token_id, dtype=torch.long)
+    sep = torch.full((k, 1), tokenizer.sep_token_id, dtype=torch.long)
+    return torch.cat([cls, t, sep], dim=1)
+
+
+def _check_tokens(tokenizer, ids, path) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and len(ids):
+        n_unk = ids.count(unk)
+        if n_unk == len(ids):
+            raise DataError(f"every token of the data at {path} is {tokenizer.unk_token} (unknown to the "
+                            "tokenizer): nothing to align or score; is this the right data for these checkpoints?")
+        if n_unk / len(ids) >= UNK_WARN:
+            warn(f"{100 * n_unk / len(ids):.1f}% of the data's tokens are {tokenizer.unk_token} (unknown to the "
+                 "tokenizer); is this the right data for these checkpoints?")
+
+
+def text_data(tokenizer, path: str | Path, block: int = BLOCK, specials: bool = True, tokens: int | None = None,
+              hold_out: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(alignment blocks, held-out blocks) of plain-text data, read lazily.
+
+    The alignment blocks are the shortest prefix of the data with at least ``tokens`` tokens (all
+    of it when ``tokens`` is None); with ``hold_out`` > 0 the last ``hold_out`` blocks of the data
+    are held out (at most half of the data's blocks) and never used for alignment.  Only what the
+    budget needs is read and tokenised: data of up to ``SMALL_TEXT`` bytes is read whole, from a
+    larger one the alignment prefix is read from the start and the held-out blocks from the end."""
+    _need_tokenizer(tokenizer)
+    files = text_files(path)
+    body = block - 2 if specials else block
+    want = None if tokens is None else -(-tokens // block) * body  # a block counts its [CLS] and [SEP]
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+    if total > SMALL_TEXT and hold_out:
+        tail_budget = _Budget(tokenizer, hold_out * body)
+        tail = tail_budget.take(_lines_backward(files), backward=True)
+        if len(tail) >= hold_out * body:
+            head = _Budget(tokenizer, want).take(_lines_forward(files, stop=tail_budget.first))
+            if len(head) >= body:
+                _check_tokens(tokenizer, head, path)
+                return (_blocks(tokenizer, head, block, specials, None if want is None else want // body),
+                        _blocks(tokenizer, tail, block, specials, hold_out, from_end=True))
+        # a large file with few tokens: read it whole below (its tokens are few)
+    ids = _Budget(tokenizer, None if hold_out else want).take(_lines_forward(files))
+    if len(ids) == 0 and not any(line.strip() for line, _ in _lines_forward(files)):
+        raise DataError(f"the data at {path} is empty")
+    _check_tokens(tokenizer, ids, path)
+    n = len(ids) // body
+    if n == 0:
+        raise DataError(f"the data has {len(ids)} tokens, fewer than one {block}-token block")
+    held = None
+    if hold_out:
+        k = min(hold_out, n // 2)
+        if k == 0:
+            raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
+        held = _blocks(tokenizer, ids[(n - k) * body: n * body], block, specials)
+        n -= k
+    return _blocks(tokenizer, ids, block, specials, n if want is None else min(n, want // body)), held
+
+
 def text_blocks(tokenizer, text: str, block: int = BLOCK, specials: bool = True) -> torch.Tensor:
     """Concatenate the text's tokens and cut them into [CLS] + (block-2) tokens + [SEP] rows, or
     into plain runs of ``block`` tokens without ``specials`` (a decoder's blocks)."""
@@ -268,6 +488,8 @@ def limit_tokens(batches: list[dict], tokens: int | None) -> list[dict]:
         raise DataError("--tokens must be positive")
     out, seen = [], 0
     for b in batches:
+        if seen >= tokens:
+            break
         per_row = b["attention_mask"].sum(1)
         cum = torch.cumsum(per_row, 0)
         need = int((cum < tokens - seen).sum().item()) + 1
@@ -276,6 +498,9 @@ def limit_tokens(batches: list[dict], tokens: int | None) -> list[dict]:
             return out
         out.append(b)
         seen += int(per_row.sum())
+    if seen < tokens:
+        warn(f"--tokens {tokens} is more than the alignment data holds: using all of its {seen} tokens "
+             f"({sum(len(b['input_ids']) for b in out)} sequences)")
     return out
 
 

@@ -157,7 +157,8 @@ class Pipeline:
             task = dev.name
         else:  # plain text: no labels are needed to align, only to evaluate a classifier
             specials = self.spec.table.block_specials
-            blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
+            hold_out = 0 if head == "classifier" or job.eval_data else job.eval_blocks
+            blocks, tail = D.text_data(tok, job.data, self.block, specials, job.tokens, hold_out)
             if head == "classifier":
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
                 if not align:  # before reading the evaluation folder
@@ -165,12 +166,9 @@ class Pipeline:
                 ev = self._classifier_eval(job.eval_data)
             else:
                 if job.eval_data:
-                    eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
-                else:  # hold out the tail of the data for evaluation
-                    k = min(job.eval_blocks, len(blocks) // 2)
-                    if k == 0:
-                        raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
-                    blocks, eval_blocks = blocks[:-k], blocks[-k:]
+                    eval_blocks = D.text_data(tok, job.eval_data, self.block, specials, job.eval_blocks * self.block)[0]
+                else:  # the tail of the data, held out for evaluation
+                    eval_blocks = tail
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
                 if self.spec.evaluation == "mlm":
                     ev = self._mlm_eval(eval_blocks)
