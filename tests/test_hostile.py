@@ -64,3 +64,59 @@ def test_large_data_is_read_lazily(tiny_mlm_pair, tmp_path, tokenised_chars, one
     assert tokenised_chars[0] < 1 << 20, f"{tokenised_chars[0]} characters tokenised for 2048 tokens"
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["tokens"] == 2048  # 32 blocks of the tiny models' 64 tokens
+
+
+# --- 2. cache values cannot run code; a value that does not fit its key is recomputed --------------
+
+class _Planted:
+    """Unpickling this creates a file: proof that a cache read ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cache_values_never_run_code(tiny_mlm_pair, tmp_path, capsys):
+    import pickle
+
+    import diskcache
+
+    from permerge.cache import ResultCache
+
+    a, b, text = tiny_mlm_pair
+    cache = tmp_path / "cache"
+    argv = ("align", a, b, "--data", text, "--tokens", 512)
+    assert run(*argv, "--out", tmp_path / "o1", cache=cache) == 0
+    marker = tmp_path / "ran-code"
+    vals = sorted(cache.rglob("*.val"))
+    assert vals, "the statistics should be stored in a value file"
+    for v in vals:  # a planted pickle in place of every value file
+        v.write_bytes(pickle.dumps(_Planted(marker)))
+    capsys.readouterr()
+    assert run(*argv, "--out", tmp_path / "o2", cache=cache) == 0
+    err = capsys.readouterr().err
+    assert not marker.exists(), "a value read from the cache ran code"
+    assert "Traceback" not in err and "warning: " in err and "damaged" in err, err
+    r1 = json.loads((tmp_path / "o1" / "report.json").read_text())["groups"]
+    assert json.loads((tmp_path / "o2" / "report.json").read_text())["groups"] == r1
+    # values of the wrong form under every key: recomputed with a warning, never a traceback
+    with diskcache.Cache(str(cache)) as dc:
+        keys = [k for k in dc if isinstance(k, str) and k.split(":")[0] in ("stats", "alignment")]
+    assert len(keys) >= 2
+    c = ResultCache(cache)
+    for k in keys:
+        c.set(k, {"points": 3, "groups": "x"})
+    c.close()
+    capsys.readouterr()
+    assert run(*argv, "--out", tmp_path / "o3", cache=cache) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "damaged" in err, err
+    assert json.loads((tmp_path / "o3" / "report.json").read_text())["groups"] == r1
+    # and a pickled entry written by diskcache's default disk (as older permerge did) is never unpickled
+    with diskcache.Cache(str(cache)) as dc:
+        for k in keys:
+            dc.set(k, _Planted(marker))
+    assert run(*argv, "--out", tmp_path / "o4", cache=cache) == 0
+    assert not marker.exists(), "a pickled cache entry was unpickled"
