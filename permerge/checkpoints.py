@@ -207,6 +207,98 @@ def _load_tokenizer(target: str, local: bool):
     return tok
 
 
+# The parts of a tokenizer that decide the ids of a text, in the order they act (fast tokenizers).
+_TOKENIZER_PARTS = (("normalizer", "normalisers"), ("pre_tokenizer", "pre-tokenisers"), ("model", "models"),
+                    ("added_tokens", "added tokens"), ("post_processor", "post-processors"))
+
+
+def _short(v, width: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= width else r[: width - 1] + "…"
+
+
+def _first_difference(a, b, path: str = ""):
+    """(path, value in a, value in b) of the first difference between two JSON trees, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in b or k not in a or a[k] != b[k]:
+                if k in a and k in b:
+                    return _first_difference(a[k], b[k], f"{path}.{k}" if path else str(k))
+                return (f"{path}.{k}" if path else str(k), a.get(k, "(absent)"), b.get(k, "(absent)"))
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _vocab_difference(va: dict, vb: dict) -> str | None:
+    if va == vb:
+        return None
+    for tok, i in sorted(va.items(), key=lambda kv: kv[1]):
+        if vb.get(tok) != i:
+            return (f"token {tok!r} is id {i} in A's vocabulary and "
+                    + (f"id {vb[tok]} in B's" if tok in vb else "absent from B's"))
+    tok = min((t for t in vb if t not in va), key=lambda t: vb[t])
+    return f"token {tok!r} is id {vb[tok]} in B's vocabulary and absent from A's"
+
+
+def tokenizer_difference(ta, tb) -> str | None:
+    """The first difference between two tokenizers that can change the ids of a text (vocabulary,
+    normaliser, pre-tokeniser, model options, added and special tokens), in words; None if none."""
+    d = _vocab_difference(ta.get_vocab(), tb.get_vocab())
+    if d:
+        return f"their vocabularies differ: {d}"
+    ja = json.loads(ta.backend_tokenizer.to_str()) if hasattr(ta, "backend_tokenizer") else None
+    jb = json.loads(tb.backend_tokenizer.to_str()) if hasattr(tb, "backend_tokenizer") else None
+    if ja is not None and jb is not None:
+        for part, words in _TOKENIZER_PARTS:
+            pa, pb = ja.get(part), jb.get(part)
+            if part == "model" and isinstance(pa, dict) and isinstance(pb, dict):
+                pa = {k: v for k, v in pa.items() if k not in ("vocab", "merges")}
+                pb = {k: v for k, v in pb.items() if k not in ("vocab", "merges")}
+                if ja["model"].get("merges") != jb["model"].get("merges"):
+                    return "their BPE merges differ"
+            diff = _first_difference(pa, pb)
+            if diff:
+                where, x, y = diff
+                return f"their {words} differ{' in ' + where if where else ''}: {_short(x)} (A) vs {_short(y)} (B)"
+    else:  # slow tokenizers: the options they share
+        for opt in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "add_prefix_space"):
+            x, y = getattr(ta, opt, None), getattr(tb, opt, None)
+            if x != y:
+                return f"their option {opt} differs: {x!r} (A) vs {y!r} (B)"
+    sa, sb = ta.special_tokens_map, tb.special_tokens_map
+    diff = _first_difference(sa, sb)
+    if diff:
+        where, x, y = diff
+        return f"their special token {where} differs: {_short(x)} (A) vs {_short(y)} (B)"
+    return None
+
+
+def check_tokenizers(a: "Checkpoint", b: "Checkpoint") -> None:
+    """One tokenizer for the pair: IncompatibleModels naming the first difference between the two
+    checkpoints' tokenizers, and CheckpointError when the tokenizer's ids do not fit the models'
+    embeddings (which would fail in the middle of a forward pass)."""
+    ta, tb = a.tokenizer, b.tokenizer
+    if ta is not None and tb is not None:
+        diff = tokenizer_difference(ta, tb)
+        if diff:
+            raise IncompatibleModels(f"the checkpoints' tokenizers differ: {diff}; give a pair with one tokenizer")
+    tok, owner = (tb, "B") if tb is not None else (ta, "A")
+    if tok is None:
+        return
+    top = max([len(tok) - 1, *tok.get_vocab().values()])
+    for name, c in (("A", a), ("B", b)):
+        rows = c.model.get_input_embeddings().num_embeddings
+        if top >= rows:
+            raise CheckpointError(f"the tokenizer of checkpoint {owner} has ids up to {top}, but checkpoint {name}'s "
+                                  f"embedding has {rows} rows (vocab_size {c.config.vocab_size}); "
+                                  "the tokenizer does not belong to this model")
+
+
 def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     import transformers
 

@@ -22,7 +22,7 @@ from . import data as D
 from .align import VANILLA, AlignOptions, Alignment, compute_alignment
 from .arch import spec_for
 from .cache import NoCache, make_key
-from .checkpoints import load_pair
+from .checkpoints import check_tokenizers, load_pair
 from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
 from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_state,
@@ -107,9 +107,7 @@ class Pipeline:
     def pair(self):
         t = time.perf_counter()
         a, b = load_pair(self.job.model_a, self.job.model_b)
-        ta, tb = a.tokenizer, b.tokenizer
-        if ta is not None and tb is not None and ta.get_vocab() != tb.get_vocab():
-            raise IncompatibleModels("the checkpoints' tokenizers have different vocabularies")
+        check_tokenizers(a, b)  # one tokenizer for the pair, its ids within the embeddings
         self.timings["load_s"] = time.perf_counter() - t
         return a, b
 

@@ -120,3 +120,34 @@ def test_cache_values_never_run_code(tiny_mlm_pair, tmp_path, capsys):
             dc.set(k, _Planted(marker))
     assert run(*argv, "--out", tmp_path / "o4", cache=cache) == 0
     assert not marker.exists(), "a pickled cache entry was unpickled"
+
+
+# --- 3. one tokenizer per pair; ids within the embeddings --------------------------------------------
+
+def _retokenised(src: Path, dst: Path, vocab, **options) -> Path:
+    from transformers import BertTokenizer
+
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            f.unlink()
+    (dst / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(dst / "vocab.txt"), **options).save_pretrained(str(dst))
+    return dst
+
+
+def test_tokenizers_of_a_pair_must_agree(tiny_mlm_pair, tmp_path, capsys):
+    a, b, text = tiny_mlm_pair
+    cased = _retokenised(b, tmp_path / "cased", VOCAB, do_lower_case=False)
+    for x, y in ((a, cased), (cased, a)):  # either order: refused, naming the normaliser's option
+        msg = one_line_error(capsys, ["align", x, y, "--data", text, "--out", tmp_path / "o"], "tokenizers differ")
+        assert "normaliser" in msg and "lowercase" in msg, msg
+    shuffled = _retokenised(b, tmp_path / "shuffled", VOCAB[:5] + VOCAB[5:][::-1])
+    msg = one_line_error(capsys, ["align", a, shuffled, "--data", text, "--out", tmp_path / "o"], "tokenizers differ")
+    assert f"token {VOCAB[5]!r} is id 5 in A's vocabulary and id {len(VOCAB) - 1} in B's" in msg, msg
+    # a tokenizer with more ids than the models' embeddings have rows: refused before the statistics
+    small = dict(KW, vocab_size=len(VOCAB) - 10)
+    sa = save_checkpoint(make_model(1, **small), tmp_path / "sa")
+    sb = save_checkpoint(make_model(2, **small), tmp_path / "sb")
+    msg = one_line_error(capsys, ["align", sa, sb, "--data", text, "--out", tmp_path / "o"], "embedding has")
+    assert f"ids up to {len(VOCAB) - 1}" in msg and f"{len(VOCAB) - 10} rows" in msg, msg
