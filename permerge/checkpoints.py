@@ -44,10 +44,38 @@ class Checkpoint:
                 "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
 
 
+# Hub ids are looked up in the local Hugging Face cache only, unless this variable is 1.
+ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
+_HUB_HOST = "huggingface.co"
+
+
 def _is_local(source: str) -> bool:
-    """An existing path, or something that can only be a path (hub ids are 'name' or 'org/name')."""
+    """A path: it exists, starts with '.', '/' or '~', has more than two components, or its first
+    component exists here (``fx/ckAA`` with a folder ``fx``); otherwise a hub id ('name' or
+    'org/name')."""
+    first = source.split("/", 1)[0]
     return (os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~"))
-            or source.count("/") > 1 or os.sep != "/" and os.sep in source)
+            or source.count("/") > 1 or os.sep != "/" and os.sep in source
+            or bool(first) and os.path.exists(first))
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get(ALLOW_DOWNLOADS, "").strip().lower() in ("1", "true", "yes")
+
+
+def _hub_options(source: str) -> dict:
+    """from_pretrained options for a hub id: the local cache only, or (downloads allowed) the
+    network after a quick check that the hub can be reached at all."""
+    if not downloads_allowed():
+        return {"local_files_only": True}
+    import socket
+
+    try:
+        socket.create_connection((_HUB_HOST, 443), timeout=5).close()
+    except OSError as e:
+        raise CheckpointError(f"cannot download checkpoint {source!r}: {_HUB_HOST} cannot be reached "
+                              f"({e.strerror or e}); work offline with a local folder") from None
+    return {"local_files_only": False}
 
 
 def read_config(source: str):
@@ -55,7 +83,8 @@ def read_config(source: str):
     from transformers import AutoConfig
 
     path = Path(os.path.expanduser(source))
-    if _is_local(source):
+    local = _is_local(source)
+    if local:
         if not path.exists():
             raise CheckpointError(f"checkpoint folder not found: {source}")
         if not path.is_dir() or not (path / "config.json").is_file():
@@ -64,9 +93,14 @@ def read_config(source: str):
             json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
+    options = {} if local else _hub_options(source)
     try:
-        return AutoConfig.from_pretrained(str(path) if _is_local(source) else source, trust_remote_code=False)
-    except Exception as e:  # hub id not cached and no network, malformed config, ...
+        return AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)
+    except Exception as e:  # hub id not cached, malformed config, ...
+        if not local and options.get("local_files_only"):
+            raise CheckpointError(f"cannot load checkpoint {source!r}: no such local folder, and not in the local "
+                                  f"Hugging Face cache (download it first, or set {ALLOW_DOWNLOADS}=1 to let permerge "
+                                  "fetch it)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
 
@@ -199,7 +233,8 @@ def _load_tokenizer(target: str, local: bool):
     if local and not any((Path(target) / f).is_file() for f in _TOKENIZER_FILES):
         return None
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False,
+                                                         **({} if local else {"local_files_only": not downloads_allowed()}))
     except Exception:
         return None  # a checkpoint without tokenizer files; data that needs one will say so
     if len(tok) <= len(set(tok.all_special_tokens)):  # special tokens only: no real vocabulary
@@ -310,8 +345,9 @@ def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     if local:
         _check_weight_files(Path(target))
     try:
-        model, info = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
-                                                                   trust_remote_code=False, output_loading_info=True)
+        model, info = getattr(transformers, arch).from_pretrained(
+            target, config=cfg, dtype=torch.float32, trust_remote_code=False, output_loading_info=True,
+            **({} if local else {"local_files_only": not downloads_allowed()}))
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None

@@ -151,3 +151,33 @@ def test_tokenizers_of_a_pair_must_agree(tiny_mlm_pair, tmp_path, capsys):
     sb = save_checkpoint(make_model(2, **small), tmp_path / "sb")
     msg = one_line_error(capsys, ["align", sa, sb, "--data", text, "--out", tmp_path / "o"], "embedding has")
     assert f"ids up to {len(VOCAB) - 1}" in msg and f"{len(VOCAB) - 10} rows" in msg, msg
+
+
+# --- 6. a mistyped relative path is a path; a hub id never reaches the network unless allowed -------
+
+def test_relative_paths_and_hub_ids_stay_offline(tiny_mlm_pair, tmp_path, capsys, monkeypatch):
+    import socket
+
+    a, b, text = tiny_mlm_pair
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fx").mkdir()
+    shutil.copytree(b, tmp_path / "fx" / "ckB")
+    attempts = []
+
+    def no_network(*args, **kw):
+        attempts.append(args)
+        raise OSError(101, "Network is unreachable")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    out = tmp_path / "o"
+    # 'fx' exists here, so fx/ckAA is a mistyped path, not a hub id
+    msg = one_line_error(capsys, ["align", "fx/ckAA", "fx/ckB", "--data", text, "--out", out], "checkpoint folder not found")
+    assert msg == "error: checkpoint folder not found: fx/ckAA"
+    # a hub id is looked up in the local Hugging Face cache only
+    monkeypatch.delenv("PERMERGE_ALLOW_DOWNLOADS", raising=False)
+    msg = one_line_error(capsys, ["align", "no-org/no-model", a, "--data", text, "--out", out], "Hugging Face cache")
+    assert "PERMERGE_ALLOW_DOWNLOADS=1" in msg and not attempts, (msg, attempts)
+    # downloads allowed but no network: one line, after one quick connection attempt
+    monkeypatch.setenv("PERMERGE_ALLOW_DOWNLOADS", "1")
+    msg = one_line_error(capsys, ["align", "no-org/no-model", a, "--data", text, "--out", out], "cannot be reached")
+    assert len(attempts) == 1 and "Network is unreachable" in msg, (msg, attempts)
