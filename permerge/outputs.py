@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,41 @@ from pathlib import Path
 from .errors import OutputError
 
 MARKER = ".permerge-output"  # present in every folder permerge writes; --overwrite needs it
+_MARKER_HEAD = "written by permerge; `--overwrite` may replace this folder; its entries:"
+# What a folder written before markers listed their entries can hold: the command line's outputs
+# and the files of save_pretrained (the Export page).
+_LEGACY_ENTRIES = re.compile(r"model|permutations\.safetensors|report\.json|curve\.csv|barrier\.json|config\.json|"
+                             r"generation_config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|tokenizer.*|"
+                             r"vocab\.(txt|json)|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+                             r"spiece\.model|sentencepiece\.bpe\.model|chat_template.*")
+
+
+def written_entries(folder: Path) -> set[str] | None:
+    """The entries permerge wrote into ``folder`` according to its marker (None: no marker)."""
+    try:
+        text = (folder / MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [x.strip() for x in text.splitlines()]
+    if lines and lines[0] == _MARKER_HEAD:
+        return {x for x in lines[1:] if x}
+    return {p.name for p in folder.iterdir() if _LEGACY_ENTRIES.fullmatch(p.name)}
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of a permerge output folder that permerge did not write (the user's own files)."""
+    mine = written_entries(folder) or set()
+    return sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
+                  if p.name != MARKER and p.name not in mine)
+
+
+def _foreign_message(raw, folder: Path) -> str | None:
+    extra = foreign_entries(folder)
+    if not extra:
+        return None
+    shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+    return (f"refusing to replace {raw}: it holds entries permerge did not write ({shown}); "
+            "move them out or choose another folder")
 _PROBE_BYTES = 64 * 1024
 
 
@@ -73,6 +109,9 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
             if not (path / MARKER).is_file():
                 raise OutputError(f"refusing to replace {raw}: permerge did not write it (no {MARKER} file); "
                                   "remove it yourself or choose another folder")
+            foreign = _foreign_message(raw, path)
+            if foreign:
+                raise OutputError(foreign)
     check_writable(path, need_bytes, what)
     return path
 
@@ -133,7 +172,8 @@ def staged(final: Path, overwrite: bool = False):
             raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
         yield tmp
         try:
-            (tmp / MARKER).write_text("written by permerge; `--overwrite` may replace this folder\n")
+            entries = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+            (tmp / MARKER).write_text("\n".join([_MARKER_HEAD, *entries]) + "\n", encoding="utf-8")
             _commit(tmp, final, overwrite)
         except _Refused as e:
             kept = True  # the finished results stay in tmp
@@ -168,6 +208,9 @@ def _commit(tmp: Path, final: Path, overwrite: bool = False) -> None:
             raise _Refused(f"refusing to replace {final}: it is not empty (it appeared or changed during the run)")
         if not (final / MARKER).is_file():
             raise _Refused(f"refusing to replace {final}: permerge did not write it (no {MARKER} file)")
+        foreign = _foreign_message(final, final)
+        if foreign:
+            raise _Refused(foreign)
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     final.rename(old)
     try:

@@ -181,3 +181,27 @@ def test_relative_paths_and_hub_ids_stay_offline(tiny_mlm_pair, tmp_path, capsys
     monkeypatch.setenv("PERMERGE_ALLOW_DOWNLOADS", "1")
     msg = one_line_error(capsys, ["align", "no-org/no-model", a, "--data", text, "--out", out], "cannot be reached")
     assert len(attempts) == 1 and "Network is unreachable" in msg, (msg, attempts)
+
+
+# --- 7. --overwrite replaces only what permerge wrote ------------------------------------------------
+
+def test_overwrite_keeps_the_users_files(tiny_mlm_pair, tmp_path, capsys):
+    a, b, text = tiny_mlm_pair
+    out = tmp_path / "o"
+    argv = ["align", a, b, "--data", text, "--tokens", 512, "--out", out, "--overwrite"]
+    assert run(*argv) == 0
+    assert run(*argv) == 0  # permerge's own folder is replaced
+    (out / "notes.txt").write_text("mine")
+    (out / "my-analysis").mkdir()
+    (out / "my-analysis" / "plot.py").write_text("mine")
+    capsys.readouterr()
+    msg = one_line_error(capsys, argv, "did not write")
+    assert "notes.txt" in msg and "my-analysis/" in msg and "model" not in msg.split("(")[1], msg
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my-analysis" / "plot.py").read_text() == "mine"
+    assert (out / "report.json").is_file()
+    # a folder from an older permerge, whose marker lists nothing: its known outputs only
+    (out / ".permerge-output").write_text("written by permerge; `--overwrite` may replace this folder\n")
+    one_line_error(capsys, argv, "notes.txt")
+    (out / "notes.txt").unlink()
+    shutil.rmtree(out / "my-analysis")
+    assert run(*argv) == 0
