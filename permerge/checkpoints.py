@@ -95,7 +95,7 @@ def read_config(source: str):
             raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
     options = {} if local else _hub_options(source)
     try:
-        return AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)
+        cfg = AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)
     except Exception as e:  # hub id not cached, malformed config, ...
         if not local and options.get("local_files_only"):
             raise CheckpointError(f"cannot load checkpoint {source!r}: no such local folder, and not in the local "
@@ -103,6 +103,72 @@ def read_config(source: str):
                                   "fetch it)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
+    if local:
+        check_config_sizes(source, cfg, path)
+    return cfg
+
+
+def _weights_header(folder: Path) -> dict[str, tuple] | None:
+    """Every tensor's name and shape from the safetensors headers (no data is read); None when
+    the folder has no safetensors file (legacy .bin weights)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="np") as h:
+                for k in h.keys():
+                    shapes[k] = tuple(h.get_slice(k).get_shape())
+        except Exception as e:
+            raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return shapes
+
+
+def check_config_sizes(source: str, cfg, folder: Path) -> None:
+    """The sizes in config.json are whole numbers that the weights file can hold: no more layers
+    than it has tensors for, no width beyond its largest tensor dimension.  Checked on the
+    safetensors header before anything is instantiated, since a config with 200,000 layers takes
+    minutes and all the memory to build even on the meta device."""
+    import re
+
+    if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return  # refused later with its own message
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    try:
+        sizes = dict(fam.sizes(cfg))
+        sizes["vocab_size"] = cfg.vocab_size
+        sizes["positions"] = fam.longest_input(cfg)
+    except Exception as e:
+        raise CheckpointError(f"config.json of {source} is incomplete: {e}") from None
+    field_of = {"layers": "the number of layers", "hidden": "the hidden size", "heads": "the number of heads",
+                "intermediate": "the intermediate size", "embedding": "the embedding size",
+                "vocab_size": "vocab_size", "positions": "the maximum input length"}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "layers" else 1):
+            raise CheckpointError(f"config.json of {source}: {field_of.get(k, k)} must be a positive whole "
+                                  f"number, got {v!r}")
+    if sizes["heads"] > sizes["hidden"]:
+        raise CheckpointError(f"config.json of {source}: {sizes['heads']} attention heads for a hidden size of "
+                              f"{sizes['hidden']}")
+    shapes = _weights_header(folder)
+    if not shapes:
+        return
+    layer = re.escape(fam.layer[0].template).replace(re.escape("{base}"), r"(?:\w+\.)?").replace(
+        re.escape("{l}"), r"(\d+)")
+    found = [int(m.group(1)) for k in shapes if (m := re.match(layer, k))]
+    in_file = max(found) + 1 if found else 0
+    if sizes["layers"] > in_file:
+        raise CheckpointError(f"config.json of {source} declares {sizes['layers']} layers, but its weights hold "
+                              f"{in_file}; the config does not belong to these weights")
+    widest = max((d for shape in shapes.values() for d in shape), default=0)
+    for k in ("hidden", "intermediate", "embedding", "vocab_size"):
+        if sizes[k] > widest:
+            raise CheckpointError(f"config.json of {source}: {field_of[k]} {sizes[k]} is larger than any tensor "
+                                  f"dimension in its weights (at most {widest}); the config does not belong "
+                                  "to these weights")
 
 
 def _architecture(cfg) -> str:

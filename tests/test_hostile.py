@@ -205,3 +205,33 @@ def test_overwrite_keeps_the_users_files(tiny_mlm_pair, tmp_path, capsys):
     (out / "notes.txt").unlink()
     shutil.rmtree(out / "my-analysis")
     assert run(*argv) == 0
+
+
+# --- 5. configs are bounded by the weights file before anything is built ------------------------------
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("num_hidden_layers", 200000, "declares 200000 layers, but its weights hold 2"),
+    ("intermediate_size", 10 ** 9, "the intermediate size 1000000000 is larger than any tensor dimension"),
+    ("num_attention_heads", 0, "the number of heads must be a positive whole number, got 0"),
+])
+def test_config_is_bounded_before_building(tiny_mlm_pair, tmp_path, capsys, monkeypatch, field, value, pattern):
+    import transformers
+
+    from permerge.checkpoints import config_summary
+    from permerge.errors import CheckpointError
+
+    a, b, text = tiny_mlm_pair
+    bad_a, bad = tmp_path / "bad_a", tmp_path / "bad"
+    for src, dst in ((a, bad_a), (b, bad)):  # both alike, so that the pair check passes
+        shutil.copytree(src, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg[field] = value
+        (dst / "config.json").write_text(json.dumps(cfg))
+
+    def built(*a, **k):
+        raise AssertionError("a model was built from a config the weights do not bound")
+    for cls in ("BertForMaskedLM", "BertModel", "BertForSequenceClassification"):
+        monkeypatch.setattr(getattr(transformers, cls), "__init__", built)
+    one_line_error(capsys, ["align", bad_a, bad, "--data", text, "--out", tmp_path / "o"], pattern)
+    with pytest.raises(CheckpointError, match=pattern):  # the dashboard's summary of a checkpoint
+        config_summary(str(bad))
