@@ -372,9 +372,9 @@ class ResultCache:
         self.directory = Path(directory).expanduser() if directory else default_dir()
         self.size_limit = int(size_limit_gb * 2**30)
         self.note = note  # called with a one-line message while waiting for another process
-        if self.directory.exists() and not self.directory.is_dir():
-            raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
         try:
+            if self.directory.exists() and not self.directory.is_dir():
+                raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
             self.directory.mkdir(parents=True, exist_ok=True)
             # per process and thread: several sessions of one dashboard open the cache at once
             probe = self.directory / f".probe-{os.getpid()}-{threading.get_ident()}"

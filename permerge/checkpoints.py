@@ -85,8 +85,12 @@ def read_config(source: str):
     path = Path(os.path.expanduser(source))
     local = _is_local(source)
     if local:
-        if not path.exists():
-            raise CheckpointError(f"checkpoint folder not found: {source}")
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint folder not found: {source}") from None
+        except OSError as e:  # a name too long for the file system, a loop of links, ...
+            raise CheckpointError(f"cannot use checkpoint {source}: {e.strerror or e}") from None
         if not path.is_dir() or not (path / "config.json").is_file():
             raise CheckpointError(f"not a checkpoint folder (no config.json): {source}")
         try:
@@ -263,6 +267,34 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                     "tokenizer.model")
 
 
+def _read_weights(folder: Path) -> dict | None:
+    """The safetensors weights of a folder read into memory (no memory map: a file rewritten or
+    truncated while it is read is an error, not a SIGBUS); None for legacy .bin weights."""
+    from safetensors.torch import load as load_bytes
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"unreadable {index}: {e}") from None
+    else:
+        return None
+    state = {}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                blob = fh.read()
+            state.update(load_bytes(blob))
+        except Exception as e:
+            msg = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise CheckpointError(f"corrupt weights file {f}: {msg} (was it changed while it was read?)") from None
+        del blob
+    return state
+
+
 def _check_loading_info(source: str, model, info: dict) -> None:
     missing = sorted(info.get("missing_keys") or ())
     if missing:
@@ -281,8 +313,10 @@ def _check_loading_info(source: str, model, info: dict) -> None:
                               f"that the {type(model).__name__} architecture does not have")
     mismatched = list(info.get("mismatched_keys") or ())
     if mismatched:
-        raise CheckpointError(f"checkpoint {source}: tensor {mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]} "
-                              "has the wrong shape for its config")
+        m = mismatched[0]
+        name, shapes = (m[0], f" ({tuple(m[1])} in the file, {tuple(m[2])} for its config)") \
+            if isinstance(m, (tuple, list)) and len(m) == 3 else (m, "")
+        raise CheckpointError(f"checkpoint {source}: tensor {name} has the wrong shape{shapes}")
 
 
 def check_finite(source: str, model) -> None:
@@ -293,15 +327,20 @@ def check_finite(source: str, model) -> None:
             raise CheckpointError(f"checkpoint {source} has non-finite weights in {name} ({nan} NaN, {inf} inf)")
 
 
-def _load_tokenizer(target: str, local: bool):
+def _load_tokenizer(target: str, local: bool, source: str | None = None):
     import transformers
 
-    if local and not any((Path(target) / f).is_file() for f in _TOKENIZER_FILES):
+    present = [f for f in _TOKENIZER_FILES if (Path(target) / f).is_file()] if local else []
+    if local and not present:
         return None
     try:
         tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False,
                                                          **({} if local else {"local_files_only": not downloads_allowed()}))
-    except Exception:
+    except Exception as e:
+        if present:  # the files are there but do not load: say so rather than "no tokenizer"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {source or target}: its tokenizer ({', '.join(present)}) cannot be "
+                                  f"read: {msg}") from None
         return None  # a checkpoint without tokenizer files; data that needs one will say so
     if len(tok) <= len(set(tok.all_special_tokens)):  # special tokens only: no real vocabulary
         return None
@@ -408,19 +447,24 @@ def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     arch = _architecture(cfg)
     local = _is_local(source)
     target = str(Path(os.path.expanduser(source))) if local else source
+    state = None
     if local:
         _check_weight_files(Path(target))
+        state = _read_weights(Path(target))
     try:
+        where = {"state_dict": state} if state is not None else \
+            {"local_files_only": not downloads_allowed()} if not local else {}
+        # mismatched shapes are reported by name below (transformers would only say "see the report")
         model, info = getattr(transformers, arch).from_pretrained(
-            target, config=cfg, dtype=torch.float32, trust_remote_code=False, output_loading_info=True,
-            **({} if local else {"local_files_only": not downloads_allowed()}))
+            None if state is not None else target, config=cfg, dtype=torch.float32, trust_remote_code=False,
+            output_loading_info=True, ignore_mismatched_sizes=True, **where)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
     _check_loading_info(source, model, info)
     model = model.float().eval()
     check_finite(source, model)
-    return Checkpoint(source, model, _load_tokenizer(target, local), arch, state_hash(model))
+    return Checkpoint(source, model, _load_tokenizer(target, local, source), arch, state_hash(model))
 
 
 def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:

@@ -26,8 +26,12 @@ _SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
 def check_data_path(path: str | Path, what: str = "--data") -> Path:
     """A readable regular file or folder outside the system folders, or DataError."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data path not found: {path}")
+    try:
+        p.stat()
+    except FileNotFoundError:
+        raise DataError(f"data path not found: {path}") from None
+    except OSError as e:  # a name too long for the file system, a loop of links, ...
+        raise DataError(f"cannot use {what} {path}: {e.strerror or e}") from None
     rp = p.resolve()
     if any(rp == Path(r) or Path(r) in rp.parents for r in _SYSTEM_ROOTS):
         raise DataError(f"{what} {path} is in a system folder ({', '.join(_SYSTEM_ROOTS)}); give a text file or folder")
@@ -372,13 +376,19 @@ def read_task(folder: str | Path, split: str) -> Task:
     if not f.is_file():
         raise DataError(f"missing {f.name} in task folder {folder}")
     check_data_path(f, "the task file")
+    rows = []
     try:
-        with f.open(encoding="utf-8", newline="") as fh:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))]
+        # utf-8-sig: a byte-order mark before the header is not part of its first column's name
+        with f.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for r in reader:
+                rows.append((reader.line_num, r))
     except UnicodeDecodeError as e:
         raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (OSError, csv.Error) as e:
-        raise DataError(f"cannot read {f}: {e}") from None
+    except csv.Error as e:  # a field over the csv module's size limit, a NUL byte, ...
+        raise DataError(f"{f}, line {reader.line_num}: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]  # blank lines
     if not rows:
         raise DataError(f"{f} is empty")
@@ -398,6 +408,9 @@ def read_task(folder: str | Path, split: str) -> Task:
     for n, r in body:
         if len(r) < width:
             raise DataError(f"{f}, line {n}: {len(r)} tab-separated column(s), expected {width}")
+        if len(r) > width:
+            raise DataError(f"{f}, line {n}: {len(r)} tab-separated columns, expected {width} (a tab inside "
+                            "a sentence?)")
     ta = [r[ia] for _, r in body]
     tb = [r[ib] for _, r in body] if ib is not None else None
     y = [r[il].strip() for _, r in body]
@@ -453,6 +466,8 @@ def check_task_labels(task: Task, num_labels: int) -> None:
     if num_labels == 1 and not task.regression:
         raise DataError(f"{task.where(0)}: label {task.labels[0]:g} is a class, but the checkpoints are regression "
                         "models (1 output); regression labels are numbers with a decimal point")
+    if num_labels > 1 and task.regression and all(v == int(v) for v in task.labels):
+        task.regression, task.num_labels = False, num_labels  # class ids written as 0.0, 1.0, ...
     if num_labels > 1 and task.regression:
         i = next((i for i, v in enumerate(task.labels) if v != int(v)), 0)
         raise DataError(f"{task.where(i)}: label {task.labels[i]:g} is not a class id; the checkpoints are "

@@ -80,6 +80,7 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
     raw = str(out).strip()
     if not raw:
         raise OutputError(f"{what} is empty")
+    _check_names(Path(raw).expanduser(), raw, what)
     path = Path(raw).expanduser().resolve()
     home, cwd = Path.home().resolve(), Path.cwd().resolve()
     if raw in (".", "..", "~", "/") or path == Path(path.anchor) or _within(home, path) or _within(cwd, path):
@@ -116,6 +117,28 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
     return path
 
 
+# staged() writes into ".<name>.partial-XXXXXXXX" and moves an old folder to ".<name>.old-<pid>"
+_STAGING_EXTRA = len("..partial-") + 8
+
+
+def _check_names(path: Path, raw: str, what: str) -> None:
+    """Every component of the path fits the file system, and the last one leaves room for the
+    staging folders' names, so that a long name fails now and not after all the computation."""
+    base = _nearest_existing(path.absolute().parent)
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(f"{what} {raw}: the name {part[:16]}… is too long ({len(os.fsencode(part))} bytes; "
+                              f"the file system allows {name_max})")
+    n = len(os.fsencode(path.name))
+    if n + _STAGING_EXTRA > name_max:
+        raise OutputError(f"{what} {raw}: the folder name is too long ({n} bytes; at most "
+                          f"{name_max - _STAGING_EXTRA}, since permerge writes it under a longer temporary name first)")
+
+
 def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None:
     """Write (and remove) a small probe file where the folder will be created; check free space."""
     base = _nearest_existing(path.parent if not path.exists() else path)
@@ -124,14 +147,14 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
     try:
         fd, probe = tempfile.mkstemp(prefix=".permerge-probe-", dir=base)
     except OSError as e:
-        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); put {what} in a folder you can write to") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(b"\0" * _PROBE_BYTES)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as e:
-        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); put {what} in a folder you can write to") from None
     finally:
         try:
             os.unlink(probe)
@@ -141,6 +164,17 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
     if need_bytes and free < need_bytes:
         raise OutputError(f"not enough free space for {what} at {base}: about {need_bytes / 2**20:.0f} MiB "
                           f"needed, {free / 2**20:.0f} MiB free")
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _is_write_error(e: BaseException) -> bool:
@@ -168,6 +202,7 @@ def staged(final: Path, overwrite: bool = False):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual mode
         except OSError as e:
             raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
         yield tmp

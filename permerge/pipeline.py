@@ -34,10 +34,14 @@ from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precis
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PermergeError("--device cuda was asked for, but no CUDA GPU is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise PermergeError(f"unknown device {device!r}: use auto, cpu or cuda")
+    index = device[5:] if device.startswith("cuda:") else None
+    if device not in ("cpu", "cuda") and not (index and index.isdigit()):
+        raise PermergeError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PermergeError(f"--device {device} was asked for, but no CUDA GPU is available")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise PermergeError(f"--device {device}: there is no GPU {index} (this machine has "
+                            f"{torch.cuda.device_count()}: cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 

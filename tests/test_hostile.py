@@ -235,3 +235,143 @@ def test_config_is_bounded_before_building(tiny_mlm_pair, tmp_path, capsys, monk
     one_line_error(capsys, ["align", bad_a, bad, "--data", text, "--out", tmp_path / "o"], pattern)
     with pytest.raises(CheckpointError, match=pattern):  # the dashboard's summary of a checkpoint
         config_summary(str(bad))
+
+
+# --- 8. one-line errors instead of tracebacks ----------------------------------------------------------
+
+# Truncates B's weights file right after transformers' loader opens it, as a concurrent rewrite
+# would: a memory map of the file then faults (SIGBUS) when the loader touches the lost pages.
+TRUNCATING_CHILD = """
+import os, sys
+import transformers.modeling_utils as mu
+real = mu.safe_open
+victim = sys.argv[1]
+def safe_open(path, *a, **k):
+    h = real(path, *a, **k)
+    if os.path.samefile(path, victim) and os.path.getsize(victim) > 1000:
+        os.truncate(victim, 1000)
+    return h
+mu.safe_open = safe_open
+from permerge.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_one_line_errors_instead_of_tracebacks(tiny_mlm_pair, tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    import torch
+
+    from conftest import ROOT
+
+    a, b, text = tiny_mlm_pair
+    out = tmp_path / "o"
+    base = ["align", a, b, "--data", text, "--out", out]
+    if not torch.cuda.is_available():  # a GPU index without a GPU, a malformed index: before loading
+        one_line_error(capsys, ["align", a, b, "--data", text, "--device", "cuda:0", "--out", out],
+                       "--device cuda:0 was asked for, but no CUDA GPU is available")
+    one_line_error(capsys, ["align", a, b, "--data", text, "--device", "cuda:abc", "--out", out],
+                   "unknown device 'cuda:abc'")
+    # data the tokenizer knows nothing of: refused before the statistics, by align and interpolate
+    unk = tmp_path / "unk.txt"
+    unk.write_text("\n".join("\u2603\u2604 \u2605\u2606 \u2607" for _ in range(3000)) + "\n")
+    for cmd in ("align", "interpolate"):
+        one_line_error(capsys, [cmd, a, b, "--data", unk, "--out", out], "every token of the data")
+    # names too long for the file system: one line each, and a long --out before any compute
+    long = "n" * 256
+    one_line_error(capsys, [*base[:-1], tmp_path / long], "too long")
+    one_line_error(capsys, ["align", a, b, "--data", tmp_path / long, "--out", out], "too long")
+    one_line_error(capsys, ["align", a, tmp_path / long, "--data", text, "--out", out], "too long")
+    one_line_error(capsys, base, "too long", cache=tmp_path / long)
+    import permerge.pipeline as P
+
+    def no_stats(*args, **kw):
+        raise AssertionError("the statistics ran for an --out that cannot be written")
+    monkeypatch.setattr(P, "collect_stats", no_stats)
+    one_line_error(capsys, [*base[:-1], tmp_path / ("n" * 250)], "too long")
+    monkeypatch.undo()
+    # a tensor of the wrong shape is named
+    bad = tmp_path / "bad"
+    shutil.copytree(b, bad)
+    sd = load_file(str(bad / "model.safetensors"))
+    name = "bert.encoder.layer.1.intermediate.dense.weight"
+    sd[name] = sd[name][:-1].clone()
+    save_file(sd, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    msg = one_line_error(capsys, ["align", a, bad, "--data", text, "--out", out], "wrong shape")
+    assert name in msg and "(39, 24)" in msg, msg
+    # weights truncated while they load: an error, not a crash
+    moving = tmp_path / "moving"
+    shutil.copytree(b, moving)
+    r = subprocess.run([sys.executable, "-c", TRUNCATING_CHILD, str(moving / "model.safetensors"),
+                        "align", str(a), str(moving), "--data", str(text), "--out", str(out), "--no-cache", "--quiet"],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, (r.returncode, r.stderr[-2000:])
+    if r.returncode == 2:
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and "corrupt weights file" in err[0], err
+
+
+# --- 10. smaller things -----------------------------------------------------------------------------
+
+def test_smaller_input_and_output_details(tiny_mlm_pair, tmp_path, capsys, monkeypatch):
+    import stat
+
+    import permerge.pipeline as P
+    from permerge import data as D
+    from permerge.errors import DataError, OutputError, StatisticsError
+
+    a, b, text = tiny_mlm_pair
+    # --tokens takes whole blocks, none more than needed (the tiny models' blocks hold 64 tokens)
+    for tokens in (2000, 2048):
+        out = tmp_path / f"t{tokens}"
+        assert run("align", a, b, "--data", text, "--tokens", tokens, "--out", out) == 0
+        assert json.loads((out / "report.json").read_text())["data"]["tokens"] == 2048
+    # --tokens far above the data: says what was used; the output folder has the usual mode
+    monkeypatch.setattr(os, "umask", os.umask)  # restored by monkeypatch
+    old_mask = os.umask(0o022)
+    try:
+        capsys.readouterr()
+        out = tmp_path / "all"
+        assert run("align", a, b, "--data", text, "--tokens", 10 ** 7, "--out", out) == 0
+    finally:
+        os.umask(old_mask)
+    err = capsys.readouterr().err
+    assert "warning: --tokens 10000000 is more than the alignment data holds: using all of its" in err, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    # an error during a progress bar starts on its own line; control characters are shown escaped
+    def failing(*args, progress=None, **kw):
+        progress("statistics", 1, 10, tokens=64)
+        raise StatisticsError("features went wrong in \x1b[31mred\x1b[0m")
+    monkeypatch.setattr(P, "collect_stats", failing)
+    assert main(["align", str(a), str(b), "--data", str(text), "--out", str(tmp_path / "e"), "--no-cache"]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert last == "error: features went wrong in \\x1b[31mred\\x1b[0m", repr(last)
+    monkeypatch.undo()
+    # a corrupt tokenizer.json is named as such, not as "no tokenizer files"
+    broken = tmp_path / "broken"
+    shutil.copytree(b, broken)
+    (broken / "tokenizer.json").write_text("{ not json")
+    one_line_error(capsys, ["align", a, broken, "--data", text, "--out", tmp_path / "o"], "tokenizer.json")
+    # GLUE files: a byte-order mark, class ids written 0.0 / 1.0, an oversized field, extra columns
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "dev.tsv").write_text("\ufeffsentence\tlabel\nthe king .\t0.0\na day .\t1.0\n", encoding="utf-8")
+    t = D.read_task(task, "dev")
+    D.check_task_labels(t, 2)
+    assert not t.regression and t.labels == [0.0, 1.0]
+    (task / "dev.tsv").write_text("sentence\tlabel\nthe king .\t0\n" + "w" * 200_000 + "\t1\n")
+    with pytest.raises(DataError, match=r"dev.tsv, line 3: field larger than field limit"):
+        D.read_task(task, "dev")
+    (task / "dev.tsv").write_text("sentence\tlabel\nthe king .\t0\na\tday .\t1\n")
+    with pytest.raises(DataError, match=r"dev.tsv, line 3: 3 tab-separated columns, expected 2"):
+        D.read_task(task, "dev")
+    # an unwritable export folder reads as a sentence
+    from permerge import outputs
+
+    def refuse(*args, **kw):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", refuse)
+    with pytest.raises(OutputError) as ei:
+        outputs.check_out(tmp_path / "x", what="the export folder")
+    assert "writable the" not in str(ei.value) and "put the export folder in a folder you can write to" in str(ei.value)
