@@ -686,8 +686,12 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
         (default / "stale").write_text("x")
         save(default)
         assert any("exists and is not empty" in e.value for e in at.error)
+        save(default, replace=True)  # a file permerge did not write: named, kept, nothing replaced
+        assert any("did not write (stale)" in e.value for e in at.error), [e.value for e in at.error]
+        assert (default / "stale").exists()
+        (default / "stale").unlink()
         save(default, replace=True)
-        assert not (default / "stale").exists() and (default / "model.safetensors").is_file()
+        assert (default / "model.safetensors").is_file()
         # a file, an input, the home folder, a folder permerge did not write: clean one-line errors
         f = tmp_path / "a-file"
         f.write_text("x")
