@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import DataError, warn
@@ -172,7 +173,7 @@ def _encode(tokenizer, lines) -> "array":
     from array import array
 
     texts = [t for raw in lines for t in raw.decode("utf-8", errors="replace").splitlines() if t.strip()]
-    out = array("l")
+    out = array("i")
     if texts:
         for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
             out.extend(ids)
@@ -204,7 +205,7 @@ class _Budget:
             if batch:
                 self._flush(batch, backward, where)
         parts = self.parts[::-1] if backward else self.parts
-        out = self._array("l")
+        out = self._array("i")
         for p in parts:
             out.extend(p)
         return out
@@ -221,7 +222,8 @@ class _Budget:
 def _blocks(tokenizer, ids, block: int, specials: bool, n: int | None = None, from_end: bool = False) -> torch.Tensor:
     body = block - 2 if specials else block
     k = len(ids) // body if n is None else min(n, len(ids) // body)
-    t = torch.tensor(ids, dtype=torch.long)
+    t = torch.from_numpy(np.frombuffer(ids, dtype=np.int32).astype(np.int64)) if len(ids) else \
+        torch.zeros(0, dtype=torch.long)
     t = (t[len(t) - k * body:] if from_end else t[: k * body]).view(k, body)
     if not specials:
         return t
@@ -481,24 +483,27 @@ def check_task_labels(task: Task, num_labels: int) -> None:
 
 def task_batches(tokenizer, task: Task, batch_size: int, max_len: int = BLOCK) -> list[dict]:
     """Encode sentences (pairs with their real token_type_ids), padded per batch."""
+    return list(iter_task_batches(tokenizer, task, batch_size, max_len))
+
+
+def iter_task_batches(tokenizer, task: Task, batch_size: int, max_len: int = BLOCK):
+    """``task_batches`` one batch at a time, so that ``limit_tokens`` encodes only what it takes."""
     _need_tokenizer(tokenizer)
-    out = []
     for i in range(0, len(task.texts_a), batch_size):
         a = task.texts_a[i:i + batch_size]
         b = task.texts_b[i:i + batch_size] if task.texts_b else None
         enc = tokenizer(a, b, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
                         return_token_type_ids=True, return_special_tokens_mask=True)
         y = torch.tensor(task.labels[i:i + batch_size], dtype=torch.float if task.regression else torch.long)
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "token_type_ids": enc["token_type_ids"], "special_tokens_mask": enc["special_tokens_mask"],
-                    "labels": y})
-    return out
+        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+               "token_type_ids": enc["token_type_ids"], "special_tokens_mask": enc["special_tokens_mask"],
+               "labels": y}
 
 
 def limit_tokens(batches: list[dict], tokens: int | None) -> list[dict]:
     """The shortest prefix of the batches with at least ``tokens`` non-padding tokens (rows cut)."""
     if tokens is None:
-        return batches
+        return list(batches)
     if tokens <= 0:
         raise DataError("--tokens must be positive")
     out, seen = [], 0

@@ -151,7 +151,7 @@ class Pipeline:
             if head == "classifier":  # file and line of the first label that does not fit (dev: below)
                 D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
-            align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
+            align = D.limit_tokens(D.iter_task_batches(tok, train, job.batch_size, self.block), job.tokens)
             dev = self._eval_cut(dev)
             if ev is None:
                 text = "\n".join(dev.texts_a + (dev.texts_b or []))
