@@ -100,7 +100,7 @@ def _lines_forward(files: list[Path], stop: tuple[int, int] | None = None):
         except OSError as e:
             raise DataError(f"cannot read {f}: {e.strerror or e}") from None
         with fh:
-            buf, start, pos = b"", 0, 0
+            buf, base, pos = b"", 0, 0  # buf holds the file's bytes from offset base on
             while True:
                 want = _CHUNK if end is None else min(_CHUNK, end - pos)
                 try:
@@ -109,20 +109,22 @@ def _lines_forward(files: list[Path], stop: tuple[int, int] | None = None):
                     raise DataError(f"cannot read {f}: {e.strerror or e}") from None
                 pos += len(chunk)
                 buf += chunk
+                i = 0  # the next line starts at buf[i]
                 while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0 and len(buf) > _PIECE and chunk:
-                        nl = cut = _cut(buf, _PIECE)
-                    elif nl < 0:
-                        break
+                    nl = buf.find(b"\n", i)
+                    if nl >= 0:
+                        yield buf[i:nl], (fi, base + i)
+                        i = nl + 1
+                    elif len(buf) - i > _PIECE and chunk:
+                        cut = i + _cut(buf[i:i + _PIECE + 1], _PIECE)
+                        yield buf[i:cut], (fi, base + i)
+                        i = cut
                     else:
-                        cut = nl + 1
-                    yield buf[:nl], (fi, start)
-                    start += cut
-                    buf = buf[cut:]
+                        break
+                buf, base = buf[i:], base + i
                 if not chunk:
                     if buf:
-                        yield buf, (fi, start)
+                        yield buf, (fi, base)
                     break
 
 
@@ -147,21 +149,22 @@ def _lines_backward(files: list[Path]):
                 except OSError as e:
                     raise DataError(f"cannot read {f}: {e.strerror or e}") from None
                 buf = chunk + buf
+                j = len(buf)  # buf[:j] is not given out yet
                 while True:
-                    nl = buf.rfind(b"\n")
+                    nl = buf.rfind(b"\n", 0, j)
                     if nl >= 0:
-                        line, buf = buf[nl + 1:], buf[:nl]
-                        yield line, (fi, pos + nl + 1)
-                    elif len(buf) > _PIECE and pos > 0:
-                        j = len(buf) - _PIECE
-                        k = buf.find(b" ", j)
-                        j = k if k > 0 else j
-                        while j < len(buf) and 0x80 <= buf[j] < 0xC0:
-                            j += 1
-                        line, buf = buf[j:], buf[:j]
-                        yield line, (fi, pos + j)
+                        yield buf[nl + 1:j], (fi, pos + nl + 1)
+                        j = nl
+                    elif j > _PIECE:
+                        k = buf.find(b" ", j - _PIECE, j)
+                        k = k if k > 0 else j - _PIECE
+                        while k < j and 0x80 <= buf[k] < 0xC0:
+                            k += 1
+                        yield buf[k:j], (fi, pos + k)
+                        j = k
                     else:
                         break
+                buf = buf[:j]
                 if pos == 0:
                     if buf:
                         yield buf, (fi, 0)
