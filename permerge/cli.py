@@ -368,9 +368,13 @@ def main(argv=None) -> int:
         print(f"error: {_plain(e)}", file=sys.stderr)
         return 2
     except Terminated:
+        if getattr(args, "progress", None) is not None:
+            args.progress.close()
         print("error: terminated; nothing was written", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        if getattr(args, "progress", None) is not None:
+            args.progress.close()
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
