@@ -13,6 +13,14 @@ A damaged cache (``cache.db`` truncated or overwritten, a truncated value file) 
 moved aside under ``corrupt-<time>/`` (or the one bad entry dropped) with a one-line warning, and
 the value is recomputed.  A value that cannot be stored (disk full) leaves no partial file; the
 run goes on without caching it.
+
+A cache folder may be shared or writable by others, so nothing read from it can run code: values
+are stored as bytes in a format that only holds data (``codec``: a NumPy ``.npz`` archive of plain
+arrays, read with ``allow_pickle=False``, and its structure as JSON, naming only the result
+classes listed in ``_CLASSES``), and the cache never unpickles (``SafeDisk.fetch``: a pickled
+entry, such as one from an older permerge, is handed over as raw bytes and fails to decode).  A
+value that does not decode, or does not fit its key's kind (``_SCHEMAS``), is damaged: its bytes
+are moved into ``damaged/``, the entry dropped, and the value recomputed.
 """
 from __future__ import annotations
 
@@ -34,7 +42,7 @@ from .errors import CacheError, warn
 _DISKCACHE_FILE = re.compile(r"cache\.db(-wal|-shm|-journal)?")
 _DISKCACHE_DIR = re.compile(r"[0-9a-f]{2}")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: values in the codec below, never pickles
 _MISSING = object()
 try:
     import fcntl
@@ -68,11 +76,235 @@ def _is_corruption(e: BaseException) -> bool:
     return True
 
 
+# --- values: data only, never code ------------------------------------------------------------
+
+# Result classes a cached value may hold, rebuilt from their fields (dataclasses of permerge).
+_CLASSES = {"AlignOptions": "permerge.align", "GroupResult": "permerge.align", "Alignment": "permerge.align",
+            "CurveResult": "permerge.pipeline"}
+_NPZ_MAGIC = b"PK\x03\x04"
+
+
+class ValueFormatError(ValueError):
+    """Bytes from the cache that are not a value of the expected form."""
+
+
+def encode(value) -> bytes:
+    """A value (None, bool, int, float, str, bytes, lists, tuples, dicts, NumPy arrays, CPU
+    tensors, the classes in ``_CLASSES``) as an ``.npz`` archive: arrays ``a0``, ``a1``, ... and
+    the structure as JSON in ``meta``."""
+    import dataclasses
+    import io
+
+    import numpy as np
+
+    arrays: dict = {}
+
+    def put(a, tag):
+        name = f"a{len(arrays)}"
+        if a.dtype.hasobject:
+            raise TypeError("object arrays cannot be cached")
+        arrays[name] = a
+        return {tag: name}
+
+    def enc(x):
+        if x is None or isinstance(x, (bool, str)):
+            return x
+        if isinstance(x, (int, float)):
+            return x if type(x) in (int, float) else (int(x) if isinstance(x, int) else float(x))
+        if isinstance(x, np.generic):
+            return enc(x.item())
+        if isinstance(x, np.ndarray):
+            return put(np.ascontiguousarray(x), "__array__")
+        if type(x).__name__ == "Tensor" and type(x).__module__.startswith("torch"):
+            return put(x.detach().cpu().contiguous().numpy(), "__tensor__")
+        if isinstance(x, (bytes, bytearray)):
+            return put(np.frombuffer(bytes(x), dtype=np.uint8), "__bytes__")
+        if isinstance(x, tuple):
+            return {"__tuple__": [enc(v) for v in x]}
+        if isinstance(x, list):
+            return [enc(v) for v in x]
+        if isinstance(x, dict):
+            return {"__dict__": [[enc(k), enc(v)] for k, v in x.items()]}
+        name = type(x).__name__
+        if dataclasses.is_dataclass(x) and _CLASSES.get(name) == type(x).__module__:
+            return {"__class__": name, "fields": {f.name: enc(getattr(x, f.name)) for f in dataclasses.fields(x)}}
+        raise TypeError(f"a {type(x).__name__} cannot be cached")
+
+    meta = json.dumps(enc(value), allow_nan=True).encode()
+    arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode(blob) -> object:
+    """The value ``encode`` stored, or ValueFormatError; never runs code from the bytes."""
+    import importlib
+    import io
+    import zipfile
+
+    import numpy as np
+
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or bytes(blob[:4]) != _NPZ_MAGIC:
+        raise ValueFormatError("not a permerge cache value")
+    try:
+        with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        tree = json.loads(bytes(arrays.pop("meta")).decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+        raise ValueFormatError(f"unreadable value ({type(e).__name__})") from None
+
+    def dec(x):
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if not isinstance(x, dict):
+            return x
+        if len(x) == 1:
+            (tag, v), = x.items()
+            if tag in ("__array__", "__tensor__", "__bytes__"):
+                if not isinstance(v, str) or v not in arrays:
+                    raise ValueFormatError(f"missing array {v!r}")
+                a = arrays[v]
+                if tag == "__bytes__":
+                    return a.tobytes()
+                if tag == "__tensor__":
+                    import torch
+                    return torch.from_numpy(a.copy())
+                return a
+            if tag == "__tuple__" and isinstance(v, list):
+                return tuple(dec(i) for i in v)
+            if tag == "__dict__" and isinstance(v, list):
+                if not all(isinstance(kv, list) and len(kv) == 2 for kv in v):
+                    raise ValueFormatError("malformed mapping")
+                out = {}
+                for k, val in v:
+                    k = dec(k)
+                    if isinstance(k, (list, dict)):
+                        raise ValueFormatError("malformed mapping key")
+                    out[k] = dec(val)
+                return out
+        if set(x) == {"__class__", "fields"} and x["__class__"] in _CLASSES and isinstance(x["fields"], dict):
+            cls = getattr(importlib.import_module(_CLASSES[x["__class__"]]), x["__class__"])
+            try:
+                return cls(**{str(k): dec(v) for k, v in x["fields"].items()})
+            except (TypeError, ValueError) as e:
+                raise ValueFormatError(f"malformed {x['__class__']}: {e}") from None
+        raise ValueFormatError("unknown element in a cached value")
+
+    return dec(tree)
+
+
+def _is(x, *types) -> None:
+    if not isinstance(x, types):
+        raise ValueFormatError(f"expected {' or '.join(t.__name__ for t in types)}, found {type(x).__name__}")
+
+
+def _number_array(a) -> None:
+    import numpy as np
+
+    _is(a, np.ndarray)
+    if a.dtype.kind not in "fiu":
+        raise ValueFormatError(f"expected a numeric array, found {a.dtype}")
+
+
+def _check_pair_stats(d) -> None:
+    _is(d, dict)
+    _is(d.get("n"), int, float)
+    for k in ("shift_a", "shift_b", "sum_a", "sum_b", "sumsq_a", "sumsq_b"):
+        _number_array(d.get(k))
+        if d[k].ndim != 1:
+            raise ValueFormatError(f"{k} is not a vector")
+    _number_array(d.get("cross"))
+    if d["cross"].shape != (len(d["sum_a"]), len(d["sum_b"])):
+        raise ValueFormatError("cross block does not match the sums")
+
+
+def _check_stats(v) -> None:
+    _is(v, dict)
+    _is(v.get("points"), dict)
+    for p in v["points"].values():
+        _check_pair_stats(p)
+    _is(v.get("snapshots"), dict)
+    for snap in v["snapshots"].values():
+        _is(snap, dict)
+        for p in snap.values():
+            _check_pair_stats(p)
+    _is(v.get("snapshot_tokens"), dict)
+    _is(v.get("tokens"), int)
+    _is(v.get("sentences"), int)
+
+
+def _check_alignment(v) -> None:
+    from .align import Alignment, AlignOptions, GroupResult
+
+    _is(v, Alignment)
+    _is(v.options, AlignOptions)
+    _is(v.groups, dict)
+    for g in v.groups.values():
+        _is(g, GroupResult)
+        _number_array(g.perm)
+        if g.perm.ndim != 1 or sorted(g.perm.tolist()) != list(range(len(g.perm))):
+            raise ValueFormatError(f"group {g.name}: not a permutation")
+
+
+def _check_row(r) -> None:
+    _is(r, dict)
+    _is(r.get("lambda"), int, float)
+    _is(r.get("loss"), int, float)
+
+
+def _check_curve(v) -> None:
+    from .pipeline import CurveResult
+
+    _is(v, CurveResult)
+    _is(v.rows, list)
+    for r in v.rows:
+        _check_row(r)
+    for x in (v.barrier, v.barrier_lambda, v.loss_a, v.loss_b):
+        _is(x, int, float)
+
+
+def _check_point(v) -> None:
+    import numpy as np
+
+    _is(v, tuple, list)
+    if len(v) != 2:
+        raise ValueFormatError("a curve point is (row, losses)")
+    _check_row(v[0])
+    if v[1] is not None:
+        _is(v[1], np.ndarray)
+
+
+# What a value of each kind of key (the part before ':') must look like.
+_SCHEMAS = {"stats": _check_stats, "alignment": _check_alignment, "curve": _check_curve, "point": _check_point}
+
+
+def check_value(key: str, value) -> None:
+    """ValueFormatError unless ``value`` has the form the kind of ``key`` stores."""
+    check = _SCHEMAS.get(key.split(":", 1)[0])
+    if check is not None:
+        check(value)
+
+
 def _disk_class():
     import diskcache
 
     class SafeDisk(diskcache.Disk):
-        """Removes a value file whose writing failed (disk full), so no orphan is left."""
+        """Never unpickles (a pickled entry is returned as its raw bytes, which then fail to
+        decode); removes a value file whose writing failed (disk full), so no orphan is left."""
+
+        def get(self, key, raw):
+            if not raw:
+                raise ValueFormatError("a pickled key in the cache")
+            return super().get(key, raw)
+
+        def fetch(self, mode, filename, value, read):
+            if mode == diskcache.core.MODE_PICKLE:
+                if value is not None:
+                    return bytes(value)
+                with open(os.path.join(self._directory, filename), "rb") as fh:
+                    return fh.read()
+            return super().fetch(mode, filename, value, read)
 
         def _write(self, full_path, iterator, mode, encoding=None):
             try:
@@ -142,9 +374,9 @@ class ResultCache:
         self.directory = Path(directory).expanduser() if directory else default_dir()
         self.size_limit = int(size_limit_gb * 2**30)
         self.note = note  # called with a one-line message while waiting for another process
-        if self.directory.exists() and not self.directory.is_dir():
-            raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
         try:
+            if self.directory.exists() and not self.directory.is_dir():
+                raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
             self.directory.mkdir(parents=True, exist_ok=True)
             # per process and thread: several sessions of one dashboard open the cache at once
             probe = self.directory / f".probe-{os.getpid()}-{threading.get_ident()}"
@@ -209,16 +441,40 @@ class ResultCache:
             return _MISSING
 
     def get(self, key: str, default=None):
-        value = self._guard(lambda dc: dc.get(key, default=_MISSING), key)
-        return default if value is _MISSING else value
+        blob = self._guard(lambda dc: dc.get(key, default=_MISSING), key)
+        if blob is _MISSING:
+            return default
+        try:
+            value = decode(blob)
+            check_value(key, value)
+        except ValueFormatError as e:
+            self._set_aside(key, blob, e)
+            return default
+        return value
+
+    def _set_aside(self, key: str, blob, err) -> None:
+        """Move a value that does not decode or fit its key into damaged/ and drop the entry."""
+        where = "dropped it"
+        with contextlib.suppress(Exception):
+            self._dc.delete(key)
+        try:
+            aside = self.directory / "damaged"
+            aside.mkdir(exist_ok=True)
+            f = aside / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}-{time.strftime('%Y%m%d-%H%M%S')}.val"
+            f.write_bytes(bytes(blob) if isinstance(blob, (bytes, bytearray, memoryview)) else repr(blob).encode())
+            where = f"moved it to {f}"
+        except OSError:
+            pass
+        warn(f"cache entry {key[:20]}… in {self.directory} is damaged ({err}); {where}, recomputing")
 
     def __contains__(self, key: str) -> bool:
         return self._guard(lambda dc: key in dc) is True
 
     def set(self, key: str, value) -> bool:
         """Store; on a write failure (disk full) warn, remove what was half written, return False."""
+        blob = encode(value)  # a TypeError for a value the cache cannot hold: a programming error
         try:
-            r = self._guard(lambda dc: dc.set(key, value))
+            r = self._guard(lambda dc: dc.set(key, blob))
             return r is True
         except (OSError, sqlite3.Error) as e:
             with contextlib.suppress(Exception):

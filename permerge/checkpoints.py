@@ -44,10 +44,38 @@ class Checkpoint:
                 "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
 
 
+# Hub ids are looked up in the local Hugging Face cache only, unless this variable is 1.
+ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
+_HUB_HOST = "huggingface.co"
+
+
 def _is_local(source: str) -> bool:
-    """An existing path, or something that can only be a path (hub ids are 'name' or 'org/name')."""
+    """A path: it exists, starts with '.', '/' or '~', has more than two components, or its first
+    component exists here (``fx/ckAA`` with a folder ``fx``); otherwise a hub id ('name' or
+    'org/name')."""
+    first = source.split("/", 1)[0]
     return (os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~"))
-            or source.count("/") > 1 or os.sep != "/" and os.sep in source)
+            or source.count("/") > 1 or os.sep != "/" and os.sep in source
+            or bool(first) and os.path.exists(first))
+
+
+def downloads_allowed() -> bool:
+    return os.environ.get(ALLOW_DOWNLOADS, "").strip().lower() in ("1", "true", "yes")
+
+
+def _hub_options(source: str) -> dict:
+    """from_pretrained options for a hub id: the local cache only, or (downloads allowed) the
+    network after a quick check that the hub can be reached at all."""
+    if not downloads_allowed():
+        return {"local_files_only": True}
+    import socket
+
+    try:
+        socket.create_connection((_HUB_HOST, 443), timeout=5).close()
+    except OSError as e:
+        raise CheckpointError(f"cannot download checkpoint {source!r}: {_HUB_HOST} cannot be reached "
+                              f"({e.strerror or e}); work offline with a local folder") from None
+    return {"local_files_only": False}
 
 
 def read_config(source: str):
@@ -55,20 +83,96 @@ def read_config(source: str):
     from transformers import AutoConfig
 
     path = Path(os.path.expanduser(source))
-    if _is_local(source):
-        if not path.exists():
-            raise CheckpointError(f"checkpoint folder not found: {source}")
+    local = _is_local(source)
+    if local:
+        try:
+            path.stat()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint folder not found: {source}") from None
+        except OSError as e:  # a name too long for the file system, a loop of links, ...
+            raise CheckpointError(f"cannot use checkpoint {source}: {e.strerror or e}") from None
         if not path.is_dir() or not (path / "config.json").is_file():
             raise CheckpointError(f"not a checkpoint folder (no config.json): {source}")
         try:
             json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
+    options = {} if local else _hub_options(source)
     try:
-        return AutoConfig.from_pretrained(str(path) if _is_local(source) else source, trust_remote_code=False)
-    except Exception as e:  # hub id not cached and no network, malformed config, ...
+        cfg = AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)
+    except Exception as e:  # hub id not cached, malformed config, ...
+        if not local and options.get("local_files_only"):
+            raise CheckpointError(f"cannot load checkpoint {source!r}: no such local folder, and not in the local "
+                                  f"Hugging Face cache (download it first, or set {ALLOW_DOWNLOADS}=1 to let permerge "
+                                  "fetch it)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
+    if local:
+        check_config_sizes(source, cfg, path)
+    return cfg
+
+
+def _weights_header(folder: Path) -> dict[str, tuple] | None:
+    """Every tensor's name and shape from the safetensors headers (no data is read); None when
+    the folder has no safetensors file (legacy .bin weights)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="np") as h:
+                for k in h.keys():
+                    shapes[k] = tuple(h.get_slice(k).get_shape())
+        except Exception as e:
+            raise CheckpointError(f"corrupt weights file {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return shapes
+
+
+def check_config_sizes(source: str, cfg, folder: Path) -> None:
+    """The sizes in config.json are whole numbers that the weights file can hold: no more layers
+    than it has tensors for, no width beyond its largest tensor dimension.  Checked on the
+    safetensors header before anything is instantiated, since a config with 200,000 layers takes
+    minutes and all the memory to build even on the meta device."""
+    import re
+
+    if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return  # refused later with its own message
+    fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
+    try:
+        sizes = dict(fam.sizes(cfg))
+        sizes["vocab_size"] = cfg.vocab_size
+        sizes["positions"] = fam.longest_input(cfg)
+    except Exception as e:
+        raise CheckpointError(f"config.json of {source} is incomplete: {e}") from None
+    field_of = {"layers": "the number of layers", "hidden": "the hidden size", "heads": "the number of heads",
+                "intermediate": "the intermediate size", "embedding": "the embedding size",
+                "vocab_size": "vocab_size", "positions": "the maximum input length"}
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == "layers" else 1):
+            raise CheckpointError(f"config.json of {source}: {field_of.get(k, k)} must be a positive whole "
+                                  f"number, got {v!r}")
+    if sizes["heads"] > sizes["hidden"]:
+        raise CheckpointError(f"config.json of {source}: {sizes['heads']} attention heads for a hidden size of "
+                              f"{sizes['hidden']}")
+    shapes = _weights_header(folder)
+    if not shapes:
+        return
+    layer = re.escape(fam.layer[0].template).replace(re.escape("{base}"), r"(?:\w+\.)?").replace(
+        re.escape("{l}"), r"(\d+)")
+    found = [int(m.group(1)) for k in shapes if (m := re.match(layer, k))]
+    in_file = max(found) + 1 if found else 0
+    if sizes["layers"] > in_file:
+        raise CheckpointError(f"config.json of {source} declares {sizes['layers']} layers, but its weights hold "
+                              f"{in_file}; the config does not belong to these weights")
+    widest = max((d for shape in shapes.values() for d in shape), default=0)
+    for k in ("hidden", "intermediate", "embedding", "vocab_size"):
+        if sizes[k] > widest:
+            raise CheckpointError(f"config.json of {source}: {field_of[k]} {sizes[k]} is larger than any tensor "
+                                  f"dimension in its weights (at most {widest}); the config does not belong "
+                                  "to these weights")
 
 
 def _architecture(cfg) -> str:
@@ -163,6 +267,34 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                     "tokenizer.model")
 
 
+def _read_weights(folder: Path) -> dict | None:
+    """The safetensors weights of a folder read into memory (no memory map: a file rewritten or
+    truncated while it is read is an error, not a SIGBUS); None for legacy .bin weights."""
+    from safetensors.torch import load as load_bytes
+
+    index = folder / "model.safetensors.index.json"
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif index.is_file():
+        try:
+            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"unreadable {index}: {e}") from None
+    else:
+        return None
+    state = {}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                blob = fh.read()
+            state.update(load_bytes(blob))
+        except Exception as e:
+            msg = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+            raise CheckpointError(f"corrupt weights file {f}: {msg} (was it changed while it was read?)") from None
+        del blob
+    return state
+
+
 def _check_loading_info(source: str, model, info: dict) -> None:
     missing = sorted(info.get("missing_keys") or ())
     if missing:
@@ -181,8 +313,10 @@ def _check_loading_info(source: str, model, info: dict) -> None:
                               f"that the {type(model).__name__} architecture does not have")
     mismatched = list(info.get("mismatched_keys") or ())
     if mismatched:
-        raise CheckpointError(f"checkpoint {source}: tensor {mismatched[0][0] if isinstance(mismatched[0], tuple) else mismatched[0]} "
-                              "has the wrong shape for its config")
+        m = mismatched[0]
+        name, shapes = (m[0], f" ({tuple(m[1])} in the file, {tuple(m[2])} for its config)") \
+            if isinstance(m, (tuple, list)) and len(m) == 3 else (m, "")
+        raise CheckpointError(f"checkpoint {source}: tensor {name} has the wrong shape{shapes}")
 
 
 def check_finite(source: str, model) -> None:
@@ -193,18 +327,116 @@ def check_finite(source: str, model) -> None:
             raise CheckpointError(f"checkpoint {source} has non-finite weights in {name} ({nan} NaN, {inf} inf)")
 
 
-def _load_tokenizer(target: str, local: bool):
+def _load_tokenizer(target: str, local: bool, source: str | None = None):
     import transformers
 
-    if local and not any((Path(target) / f).is_file() for f in _TOKENIZER_FILES):
+    present = [f for f in _TOKENIZER_FILES if (Path(target) / f).is_file()] if local else []
+    if local and not present:
         return None
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False)
-    except Exception:
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False,
+                                                         **({} if local else {"local_files_only": not downloads_allowed()}))
+    except Exception as e:
+        if present:  # the files are there but do not load: say so rather than "no tokenizer"
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {source or target}: its tokenizer ({', '.join(present)}) cannot be "
+                                  f"read: {msg}") from None
         return None  # a checkpoint without tokenizer files; data that needs one will say so
     if len(tok) <= len(set(tok.all_special_tokens)):  # special tokens only: no real vocabulary
         return None
     return tok
+
+
+# The parts of a tokenizer that decide the ids of a text, in the order they act (fast tokenizers).
+_TOKENIZER_PARTS = (("normalizer", "normalisers"), ("pre_tokenizer", "pre-tokenisers"), ("model", "models"),
+                    ("added_tokens", "added tokens"), ("post_processor", "post-processors"))
+
+
+def _short(v, width: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= width else r[: width - 1] + "…"
+
+
+def _first_difference(a, b, path: str = ""):
+    """(path, value in a, value in b) of the first difference between two JSON trees, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if k not in b or k not in a or a[k] != b[k]:
+                if k in a and k in b:
+                    return _first_difference(a[k], b[k], f"{path}.{k}" if path else str(k))
+                return (f"{path}.{k}" if path else str(k), a.get(k, "(absent)"), b.get(k, "(absent)"))
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_difference(x, y, f"{path}[{i}]")
+        return None
+    return None if a == b else (path, a, b)
+
+
+def _vocab_difference(va: dict, vb: dict) -> str | None:
+    if va == vb:
+        return None
+    for tok, i in sorted(va.items(), key=lambda kv: kv[1]):
+        if vb.get(tok) != i:
+            return (f"token {tok!r} is id {i} in A's vocabulary and "
+                    + (f"id {vb[tok]} in B's" if tok in vb else "absent from B's"))
+    tok = min((t for t in vb if t not in va), key=lambda t: vb[t])
+    return f"token {tok!r} is id {vb[tok]} in B's vocabulary and absent from A's"
+
+
+def tokenizer_difference(ta, tb) -> str | None:
+    """The first difference between two tokenizers that can change the ids of a text (vocabulary,
+    normaliser, pre-tokeniser, model options, added and special tokens), in words; None if none."""
+    d = _vocab_difference(ta.get_vocab(), tb.get_vocab())
+    if d:
+        return f"their vocabularies differ: {d}"
+    ja = json.loads(ta.backend_tokenizer.to_str()) if hasattr(ta, "backend_tokenizer") else None
+    jb = json.loads(tb.backend_tokenizer.to_str()) if hasattr(tb, "backend_tokenizer") else None
+    if ja is not None and jb is not None:
+        for part, words in _TOKENIZER_PARTS:
+            pa, pb = ja.get(part), jb.get(part)
+            if part == "model" and isinstance(pa, dict) and isinstance(pb, dict):
+                pa = {k: v for k, v in pa.items() if k not in ("vocab", "merges")}
+                pb = {k: v for k, v in pb.items() if k not in ("vocab", "merges")}
+                if ja["model"].get("merges") != jb["model"].get("merges"):
+                    return "their BPE merges differ"
+            diff = _first_difference(pa, pb)
+            if diff:
+                where, x, y = diff
+                return f"their {words} differ{' in ' + where if where else ''}: {_short(x)} (A) vs {_short(y)} (B)"
+    else:  # slow tokenizers: the options they share
+        for opt in ("do_lower_case", "strip_accents", "tokenize_chinese_chars", "add_prefix_space"):
+            x, y = getattr(ta, opt, None), getattr(tb, opt, None)
+            if x != y:
+                return f"their option {opt} differs: {x!r} (A) vs {y!r} (B)"
+    sa, sb = ta.special_tokens_map, tb.special_tokens_map
+    diff = _first_difference(sa, sb)
+    if diff:
+        where, x, y = diff
+        return f"their special token {where} differs: {_short(x)} (A) vs {_short(y)} (B)"
+    return None
+
+
+def check_tokenizers(a: "Checkpoint", b: "Checkpoint") -> None:
+    """One tokenizer for the pair: IncompatibleModels naming the first difference between the two
+    checkpoints' tokenizers, and CheckpointError when the tokenizer's ids do not fit the models'
+    embeddings (which would fail in the middle of a forward pass)."""
+    ta, tb = a.tokenizer, b.tokenizer
+    if ta is not None and tb is not None:
+        diff = tokenizer_difference(ta, tb)
+        if diff:
+            raise IncompatibleModels(f"the checkpoints' tokenizers differ: {diff}; give a pair with one tokenizer")
+    tok, owner = (tb, "B") if tb is not None else (ta, "A")
+    if tok is None:
+        return
+    top = max([len(tok) - 1, *tok.get_vocab().values()])
+    for name, c in (("A", a), ("B", b)):
+        rows = c.model.get_input_embeddings().num_embeddings
+        if top >= rows:
+            raise CheckpointError(f"the tokenizer of checkpoint {owner} has ids up to {top}, but checkpoint {name}'s "
+                                  f"embedding has {rows} rows (vocab_size {c.config.vocab_size}); "
+                                  "the tokenizer does not belong to this model")
 
 
 def load_checkpoint(source: str, cfg=None) -> Checkpoint:
@@ -215,18 +447,24 @@ def load_checkpoint(source: str, cfg=None) -> Checkpoint:
     arch = _architecture(cfg)
     local = _is_local(source)
     target = str(Path(os.path.expanduser(source))) if local else source
+    state = None
     if local:
         _check_weight_files(Path(target))
+        state = _read_weights(Path(target))
     try:
-        model, info = getattr(transformers, arch).from_pretrained(target, config=cfg, dtype=torch.float32,
-                                                                   trust_remote_code=False, output_loading_info=True)
+        where = {"state_dict": state} if state is not None else \
+            {"local_files_only": not downloads_allowed()} if not local else {}
+        # mismatched shapes are reported by name below (transformers would only say "see the report")
+        model, info = getattr(transformers, arch).from_pretrained(
+            None if state is not None else target, config=cfg, dtype=torch.float32, trust_remote_code=False,
+            output_loading_info=True, ignore_mismatched_sizes=True, **where)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
     _check_loading_info(source, model, info)
     model = model.float().eval()
     check_finite(source, model)
-    return Checkpoint(source, model, _load_tokenizer(target, local), arch, state_hash(model))
+    return Checkpoint(source, model, _load_tokenizer(target, local, source), arch, state_hash(model))
 
 
 def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:

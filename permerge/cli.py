@@ -47,6 +47,18 @@ class Progress:
             bar.close()
             self.bars.pop(key, None)
 
+    def close(self) -> None:
+        """End the open bars' lines, so that a message printed next starts on its own line."""
+        for bar in list(self.bars.values()):
+            bar.close()
+        self.bars.clear()
+
+
+def _plain(message) -> str:
+    """A message as printable text: control characters from user input (ANSI colour codes, a
+    carriage return, a newline inside a file name) are shown escaped, never interpreted."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(message))
+
 
 # --- argument parsing -----------------------------------------------------------------------
 
@@ -55,7 +67,7 @@ class _Parser(argparse.ArgumentParser):
     other input error (argparse's default also prints the usage)."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {_plain(message)} (see {self.prog} --help)\n")
 
 
 def _int_at_least(low: int, what: str):
@@ -233,7 +245,8 @@ def _pipeline(args, distributed: bool, rank: int):
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
         job = Job(**{**job.to_dict(), "device": device})
     cache = args.cache = NoCache() if (args.no_cache or distributed) else ResultCache(args.cache_dir)
-    pipe = Pipeline(job, cache=cache, progress=Progress(not args.quiet and rank == 0), distributed=distributed)
+    args.progress = Progress(not args.quiet and rank == 0)
+    pipe = Pipeline(job, cache=cache, progress=args.progress, distributed=distributed)
     return pipe, options
 
 
@@ -366,7 +379,7 @@ class Terminated(KeyboardInterrupt):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
     if issubclass(category, PermergeWarning):
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        print(f"warning: {_plain(message)}", file=sys.stderr, flush=True)
     else:
         _default(message, category, filename, lineno, file, line)
 
@@ -417,12 +430,18 @@ def main(argv=None) -> int:
                 return cmd_interpolate(args)
             return cmd_zoo(args)
     except PermergeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if getattr(args, "progress", None) is not None:
+            args.progress.close()  # the error gets its own line, not the end of a progress bar's
+        print(f"error: {_plain(e)}", file=sys.stderr)
         return 2
     except Terminated:
+        if getattr(args, "progress", None) is not None:
+            args.progress.close()
         print("error: terminated; nothing was written", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
+        if getattr(args, "progress", None) is not None:
+            args.progress.close()
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:

@@ -13,6 +13,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import DataError, warn
@@ -26,8 +27,12 @@ _SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
 def check_data_path(path: str | Path, what: str = "--data") -> Path:
     """A readable regular file or folder outside the system folders, or DataError."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data path not found: {path}")
+    try:
+        p.stat()
+    except FileNotFoundError:
+        raise DataError(f"data path not found: {path}") from None
+    except OSError as e:  # a name too long for the file system, a loop of links, ...
+        raise DataError(f"cannot use {what} {path}: {e.strerror or e}") from None
     rp = p.resolve()
     if any(rp == Path(r) or Path(r) in rp.parents for r in _SYSTEM_ROOTS):
         raise DataError(f"{what} {path} is in a system folder ({', '.join(_SYSTEM_ROOTS)}); give a text file or folder")
@@ -62,6 +67,230 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise DataError(f"the data at {path} is empty")
     return text
+
+
+# --- plain text, read lazily: memory bounded by the token budget, not by the file ----------------
+
+SMALL_TEXT = 4 << 20  # bytes: plain-text data up to this size is read whole
+_CHUNK = 1 << 20  # bytes read at a time
+_PIECE = 1 << 16  # bytes: a longer line is tokenised in pieces cut before whitespace
+_BATCH = 256  # lines per tokenizer call
+
+
+def _cut(buf: bytes, limit: int) -> int:
+    """Where to cut a line longer than ``limit`` bytes into a first piece: before the last
+    whitespace within the limit, else at a UTF-8 character boundary."""
+    i = max(buf.rfind(b" ", 1, limit), buf.rfind(b"\t", 1, limit))
+    if i <= 0:
+        i = limit
+        while i > 1 and 0x80 <= buf[i] < 0xC0:  # inside a multi-byte character
+            i -= 1
+    return i
+
+
+def _lines_forward(files: list[Path], stop: tuple[int, int] | None = None):
+    """(text, (file index, byte offset of its start)) for each line of the files in order, long
+    lines in pieces; ends before the position ``stop``."""
+    for fi, f in enumerate(files):
+        if stop is not None and fi > stop[0]:
+            return
+        end = stop[1] if stop is not None and fi == stop[0] else None
+        try:
+            fh = f.open("rb")
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        with fh:
+            buf, base, pos = b"", 0, 0  # buf holds the file's bytes from offset base on
+            while True:
+                want = _CHUNK if end is None else min(_CHUNK, end - pos)
+                try:
+                    chunk = fh.read(want) if want > 0 else b""
+                except OSError as e:
+                    raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+                pos += len(chunk)
+                buf += chunk
+                i = 0  # the next line starts at buf[i]
+                while True:
+                    nl = buf.find(b"\n", i)
+                    if nl >= 0:
+                        yield buf[i:nl], (fi, base + i)
+                        i = nl + 1
+                    elif len(buf) - i > _PIECE and chunk:
+                        cut = i + _cut(buf[i:i + _PIECE + 1], _PIECE)
+                        yield buf[i:cut], (fi, base + i)
+                        i = cut
+                    else:
+                        break
+                buf, base = buf[i:], base + i
+                if not chunk:
+                    if buf:
+                        yield buf, (fi, base)
+                    break
+
+
+def _lines_backward(files: list[Path]):
+    """(text, (file index, byte offset of its start)) for each line of the files from the last
+    one back, long lines in pieces."""
+    for fi in range(len(files) - 1, -1, -1):
+        f = files[fi]
+        try:
+            fh = f.open("rb")
+            size = os.fstat(fh.fileno()).st_size
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        with fh:
+            buf, pos = b"", size  # buf holds the bytes from pos on that are not yet given out
+            while True:
+                step = min(_CHUNK, pos)
+                pos -= step
+                try:
+                    fh.seek(pos)
+                    chunk = fh.read(step)
+                except OSError as e:
+                    raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+                buf = chunk + buf
+                j = len(buf)  # buf[:j] is not given out yet
+                while True:
+                    nl = buf.rfind(b"\n", 0, j)
+                    if nl >= 0:
+                        yield buf[nl + 1:j], (fi, pos + nl + 1)
+                        j = nl
+                    elif j > _PIECE:
+                        k = buf.find(b" ", j - _PIECE, j)
+                        k = k if k > 0 else j - _PIECE
+                        while k < j and 0x80 <= buf[k] < 0xC0:
+                            k += 1
+                        yield buf[k:j], (fi, pos + k)
+                        j = k
+                    else:
+                        break
+                buf = buf[:j]
+                if pos == 0:
+                    if buf:
+                        yield buf, (fi, 0)
+                    break
+
+
+def _encode(tokenizer, lines) -> "array":
+    """Token ids of the non-empty lines (each line alone, without special tokens)."""
+    from array import array
+
+    texts = [t for raw in lines for t in raw.decode("utf-8", errors="replace").splitlines() if t.strip()]
+    out = array("i")
+    if texts:
+        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            out.extend(ids)
+    return out
+
+
+class _Budget:
+    """Reads lines, tokenises them in batches and stops once ``need`` tokens are in (None: all)."""
+
+    def __init__(self, tokenizer, need: int | None):
+        from array import array
+
+        self.tokenizer, self.need = tokenizer, need
+        self.parts: list = []
+        self.n = 0
+        self.first = None  # position of the earliest line used (backward reading)
+        self._array = array
+
+    def take(self, lines, backward: bool = False) -> "array":
+        batch, where, size = [], None, 0
+        for line, at in lines:
+            batch.append(line)
+            where, size = at, size + len(line)
+            if len(batch) >= _BATCH or size >= _PIECE:
+                if self._flush(batch, backward, where):
+                    break
+                batch, size = [], 0
+        else:
+            if batch:
+                self._flush(batch, backward, where)
+        parts = self.parts[::-1] if backward else self.parts
+        out = self._array("i")
+        for p in parts:
+            out.extend(p)
+        return out
+
+    def _flush(self, batch, backward, where) -> bool:
+        ids = _encode(self.tokenizer, batch[::-1] if backward else batch)
+        self.parts.append(ids)
+        self.n += len(ids)
+        self.first = where
+        batch.clear()
+        return self.need is not None and self.n >= self.need
+
+
+def _blocks(tokenizer, ids, block: int, specials: bool, n: int | None = None, from_end: bool = False) -> torch.Tensor:
+    body = block - 2 if specials else block
+    k = len(ids) // body if n is None else min(n, len(ids) // body)
+    t = torch.from_numpy(np.frombuffer(ids, dtype=np.int32).astype(np.int64)) if len(ids) else \
+        torch.zeros(0, dtype=torch.long)
+    t = (t[len(t) - k * body:] if from_end else t[: k * body]).view(k, body)
+    if not specials:
+        return t
+    cls = torch.full((k, 1), tokenizer.cls_token_id, dtype=torch.long)
+    sep = torch.full((k, 1), tokenizer.sep_token_id, dtype=torch.long)
+    return torch.cat([cls, t, sep], dim=1)
+
+
+def _check_tokens(tokenizer, ids, path) -> None:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and len(ids):
+        n_unk = ids.count(unk)
+        if n_unk == len(ids):
+            raise DataError(f"every token of the data at {path} is {tokenizer.unk_token} (unknown to the "
+                            "tokenizer): nothing to align or score; is this the right data for these checkpoints?")
+        if n_unk / len(ids) >= UNK_WARN:
+            warn(f"{100 * n_unk / len(ids):.1f}% of the data's tokens are {tokenizer.unk_token} (unknown to the "
+                 "tokenizer); is this the right data for these checkpoints?")
+
+
+def text_data(tokenizer, path: str | Path, block: int = BLOCK, specials: bool = True, tokens: int | None = None,
+              hold_out: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(alignment blocks, held-out blocks) of plain-text data, read lazily.
+
+    The alignment blocks are the shortest prefix of the data with at least ``tokens`` tokens (all
+    of it when ``tokens`` is None); with ``hold_out`` > 0 the last ``hold_out`` blocks of the data
+    are held out (at most half of the data's blocks) and never used for alignment.  Only what the
+    budget needs is read and tokenised: data of up to ``SMALL_TEXT`` bytes is read whole, from a
+    larger one the alignment prefix is read from the start and the held-out blocks from the end."""
+    _need_tokenizer(tokenizer)
+    files = text_files(path)
+    body = block - 2 if specials else block
+    want = None if tokens is None else -(-tokens // block) * body  # a block counts its [CLS] and [SEP]
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError as e:
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+    if total > SMALL_TEXT and hold_out:
+        tail_budget = _Budget(tokenizer, hold_out * body)
+        tail = tail_budget.take(_lines_backward(files), backward=True)
+        if len(tail) >= hold_out * body:
+            head = _Budget(tokenizer, want).take(_lines_forward(files, stop=tail_budget.first))
+            if len(head) >= body:
+                _check_tokens(tokenizer, head, path)
+                return (_blocks(tokenizer, head, block, specials, None if want is None else want // body),
+                        _blocks(tokenizer, tail, block, specials, hold_out, from_end=True))
+        # a large file with few tokens: read it whole below (its tokens are few)
+    ids = _Budget(tokenizer, None if hold_out else want).take(_lines_forward(files))
+    if len(ids) == 0 and not any(line.strip() for line, _ in _lines_forward(files)):
+        raise DataError(f"the data at {path} is empty")
+    _check_tokens(tokenizer, ids, path)
+    n = len(ids) // body
+    if n == 0:
+        raise DataError(f"the data has {len(ids)} tokens, fewer than one {block}-token block")
+    held = None
+    if hold_out:
+        k = min(hold_out, n // 2)
+        if k == 0:
+            raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
+        held = _blocks(tokenizer, ids[(n - k) * body: n * body], block, specials)
+        n -= k
+    return _blocks(tokenizer, ids, block, specials, n if want is None else min(n, want // body)), held
 
 
 def text_blocks(tokenizer, text: str, block: int = BLOCK, specials: bool = True) -> torch.Tensor:
@@ -152,13 +381,19 @@ def read_task(folder: str | Path, split: str) -> Task:
     if not f.is_file():
         raise DataError(f"missing {f.name} in task folder {folder}")
     check_data_path(f, "the task file")
+    rows = []
     try:
-        with f.open(encoding="utf-8", newline="") as fh:
-            rows = [(i + 1, r) for i, r in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))]
+        # utf-8-sig: a byte-order mark before the header is not part of its first column's name
+        with f.open(encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for r in reader:
+                rows.append((reader.line_num, r))
     except UnicodeDecodeError as e:
         raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except (OSError, csv.Error) as e:
-        raise DataError(f"cannot read {f}: {e}") from None
+    except csv.Error as e:  # a field over the csv module's size limit, a NUL byte, ...
+        raise DataError(f"{f}, line {reader.line_num}: {e}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]  # blank lines
     if not rows:
         raise DataError(f"{f} is empty")
@@ -178,6 +413,9 @@ def read_task(folder: str | Path, split: str) -> Task:
     for n, r in body:
         if len(r) < width:
             raise DataError(f"{f}, line {n}: {len(r)} tab-separated column(s), expected {width}")
+        if len(r) > width:
+            raise DataError(f"{f}, line {n}: {len(r)} tab-separated columns, expected {width} (a tab inside "
+                            "a sentence?)")
     ta = [r[ia] for _, r in body]
     tb = [r[ib] for _, r in body] if ib is not None else None
     y = [r[il].strip() for _, r in body]
@@ -233,6 +471,8 @@ def check_task_labels(task: Task, num_labels: int) -> None:
     if num_labels == 1 and not task.regression:
         raise DataError(f"{task.where(0)}: label {task.labels[0]:g} is a class, but the checkpoints are regression "
                         "models (1 output); regression labels are numbers with a decimal point")
+    if num_labels > 1 and task.regression and all(v == int(v) for v in task.labels):
+        task.regression, task.num_labels = False, num_labels  # class ids written as 0.0, 1.0, ...
     if num_labels > 1 and task.regression:
         i = next((i for i, v in enumerate(task.labels) if v != int(v)), 0)
         raise DataError(f"{task.where(i)}: label {task.labels[i]:g} is not a class id; the checkpoints are "
@@ -246,28 +486,33 @@ def check_task_labels(task: Task, num_labels: int) -> None:
 
 def task_batches(tokenizer, task: Task, batch_size: int, max_len: int = BLOCK) -> list[dict]:
     """Encode sentences (pairs with their real token_type_ids), padded per batch."""
+    return list(iter_task_batches(tokenizer, task, batch_size, max_len))
+
+
+def iter_task_batches(tokenizer, task: Task, batch_size: int, max_len: int = BLOCK):
+    """``task_batches`` one batch at a time, so that ``limit_tokens`` encodes only what it takes."""
     _need_tokenizer(tokenizer)
-    out = []
     for i in range(0, len(task.texts_a), batch_size):
         a = task.texts_a[i:i + batch_size]
         b = task.texts_b[i:i + batch_size] if task.texts_b else None
         enc = tokenizer(a, b, padding=True, truncation=True, max_length=max_len, return_tensors="pt",
                         return_token_type_ids=True, return_special_tokens_mask=True)
         y = torch.tensor(task.labels[i:i + batch_size], dtype=torch.float if task.regression else torch.long)
-        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "token_type_ids": enc["token_type_ids"], "special_tokens_mask": enc["special_tokens_mask"],
-                    "labels": y})
-    return out
+        yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+               "token_type_ids": enc["token_type_ids"], "special_tokens_mask": enc["special_tokens_mask"],
+               "labels": y}
 
 
 def limit_tokens(batches: list[dict], tokens: int | None) -> list[dict]:
     """The shortest prefix of the batches with at least ``tokens`` non-padding tokens (rows cut)."""
     if tokens is None:
-        return batches
+        return list(batches)
     if tokens <= 0:
         raise DataError("--tokens must be positive")
     out, seen = [], 0
     for b in batches:
+        if seen >= tokens:
+            break
         per_row = b["attention_mask"].sum(1)
         cum = torch.cumsum(per_row, 0)
         need = int((cum < tokens - seen).sum().item()) + 1
@@ -276,6 +521,9 @@ def limit_tokens(batches: list[dict], tokens: int | None) -> list[dict]:
             return out
         out.append(b)
         seen += int(per_row.sum())
+    if seen < tokens:
+        warn(f"--tokens {tokens} is more than the alignment data holds: using all of its {seen} tokens "
+             f"({sum(len(b['input_ids']) for b in out)} sequences)")
     return out
 
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,41 @@ from pathlib import Path
 from .errors import OutputError
 
 MARKER = ".permerge-output"  # present in every folder permerge writes; --overwrite needs it
+_MARKER_HEAD = "written by permerge; `--overwrite` may replace this folder; its entries:"
+# What a folder written before markers listed their entries can hold: the command line's outputs
+# and the files of save_pretrained (the Export page).
+_LEGACY_ENTRIES = re.compile(r"model|permutations\.safetensors|report\.json|curve\.csv|barrier\.json|config\.json|"
+                             r"generation_config\.json|model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|tokenizer.*|"
+                             r"vocab\.(txt|json)|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+                             r"spiece\.model|sentencepiece\.bpe\.model|chat_template.*")
+
+
+def written_entries(folder: Path) -> set[str] | None:
+    """The entries permerge wrote into ``folder`` according to its marker (None: no marker)."""
+    try:
+        text = (folder / MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [x.strip() for x in text.splitlines()]
+    if lines and lines[0] == _MARKER_HEAD:
+        return {x for x in lines[1:] if x}
+    return {p.name for p in folder.iterdir() if _LEGACY_ENTRIES.fullmatch(p.name)}
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Entries of a permerge output folder that permerge did not write (the user's own files)."""
+    mine = written_entries(folder) or set()
+    return sorted(p.name + ("/" if p.is_dir() and not p.is_symlink() else "") for p in folder.iterdir()
+                  if p.name != MARKER and p.name not in mine)
+
+
+def _foreign_message(raw, folder: Path) -> str | None:
+    extra = foreign_entries(folder)
+    if not extra:
+        return None
+    shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+    return (f"refusing to replace {raw}: it holds entries permerge did not write ({shown}); "
+            "move them out or choose another folder")
 _PROBE_BYTES = 64 * 1024
 
 
@@ -44,6 +80,7 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
     raw = str(out).strip()
     if not raw:
         raise OutputError(f"{what} is empty")
+    _check_names(Path(raw).expanduser(), raw, what)
     path = Path(raw).expanduser().resolve()
     home, cwd = Path.home().resolve(), Path.cwd().resolve()
     if raw in (".", "..", "~", "/") or path == Path(path.anchor) or _within(home, path) or _within(cwd, path):
@@ -73,8 +110,33 @@ def check_out(out: str | os.PathLike, overwrite: bool = False, inputs: dict | No
             if not (path / MARKER).is_file():
                 raise OutputError(f"refusing to replace {raw}: permerge did not write it (no {MARKER} file); "
                                   "remove it yourself or choose another folder")
+            foreign = _foreign_message(raw, path)
+            if foreign:
+                raise OutputError(foreign)
     check_writable(path, need_bytes, what)
     return path
+
+
+# staged() writes into ".<name>.partial-XXXXXXXX" and moves an old folder to ".<name>.old-<pid>"
+_STAGING_EXTRA = len("..partial-") + 8
+
+
+def _check_names(path: Path, raw: str, what: str) -> None:
+    """Every component of the path fits the file system, and the last one leaves room for the
+    staging folders' names, so that a long name fails now and not after all the computation."""
+    base = _nearest_existing(path.absolute().parent)
+    try:
+        name_max = os.pathconf(base, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    for part in path.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise OutputError(f"{what} {raw}: the name {part[:16]}… is too long ({len(os.fsencode(part))} bytes; "
+                              f"the file system allows {name_max})")
+    n = len(os.fsencode(path.name))
+    if n + _STAGING_EXTRA > name_max:
+        raise OutputError(f"{what} {raw}: the folder name is too long ({n} bytes; at most "
+                          f"{name_max - _STAGING_EXTRA}, since permerge writes it under a longer temporary name first)")
 
 
 def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None:
@@ -85,14 +147,14 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
     try:
         fd, probe = tempfile.mkstemp(prefix=".permerge-probe-", dir=base)
     except OSError as e:
-        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); put {what} in a folder you can write to") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(b"\0" * _PROBE_BYTES)
             fh.flush()
             os.fsync(fh.fileno())
     except OSError as e:
-        raise OutputError(f"cannot write to {base} ({e.strerror or e}); choose a writable {what}") from None
+        raise OutputError(f"cannot write to {base} ({e.strerror or e}); put {what} in a folder you can write to") from None
     finally:
         try:
             os.unlink(probe)
@@ -102,6 +164,17 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
     if need_bytes and free < need_bytes:
         raise OutputError(f"not enough free space for {what} at {base}: about {need_bytes / 2**20:.0f} MiB "
                           f"needed, {free / 2**20:.0f} MiB free")
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask would, for every thread)
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _is_write_error(e: BaseException) -> bool:
@@ -129,11 +202,13 @@ def staged(final: Path, overwrite: bool = False):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual mode
         except OSError as e:
             raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
         yield tmp
         try:
-            (tmp / MARKER).write_text("written by permerge; `--overwrite` may replace this folder\n")
+            entries = sorted(p.name for p in tmp.iterdir() if p.name != MARKER)
+            (tmp / MARKER).write_text("\n".join([_MARKER_HEAD, *entries]) + "\n", encoding="utf-8")
             _commit(tmp, final, overwrite)
         except _Refused as e:
             kept = True  # the finished results stay in tmp
@@ -168,6 +243,9 @@ def _commit(tmp: Path, final: Path, overwrite: bool = False) -> None:
             raise _Refused(f"refusing to replace {final}: it is not empty (it appeared or changed during the run)")
         if not (final / MARKER).is_file():
             raise _Refused(f"refusing to replace {final}: permerge did not write it (no {MARKER} file)")
+        foreign = _foreign_message(final, final)
+        if foreign:
+            raise _Refused(foreign)
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
     final.rename(old)
     try:

@@ -22,7 +22,7 @@ from . import data as D
 from .align import VANILLA, AlignOptions, Alignment, compute_alignment
 from .arch import spec_for
 from .cache import NoCache, make_key
-from .checkpoints import load_pair
+from .checkpoints import check_tokenizers, load_pair
 from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # noqa: F401 (Cancelled: re-export)
 from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_into,
@@ -34,10 +34,14 @@ from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precis
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PermergeError("--device cuda was asked for, but no CUDA GPU is available")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise PermergeError(f"unknown device {device!r}: use auto, cpu or cuda")
+    index = device[5:] if device.startswith("cuda:") else None
+    if device not in ("cpu", "cuda") and not (index and index.isdigit()):
+        raise PermergeError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PermergeError(f"--device {device} was asked for, but no CUDA GPU is available")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise PermergeError(f"--device {device}: there is no GPU {index} (this machine has "
+                            f"{torch.cuda.device_count()}: cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -107,9 +111,7 @@ class Pipeline:
     def pair(self):
         t = time.perf_counter()
         a, b = load_pair(self.job.model_a, self.job.model_b)
-        ta, tb = a.tokenizer, b.tokenizer
-        if ta is not None and tb is not None and ta.get_vocab() != tb.get_vocab():
-            raise IncompatibleModels("the checkpoints' tokenizers have different vocabularies")
+        check_tokenizers(a, b)  # one tokenizer for the pair, its ids within the embeddings
         self.timings["load_s"] = time.perf_counter() - t
         return a, b
 
@@ -151,7 +153,7 @@ class Pipeline:
             if head == "classifier":  # file and line of the first label that does not fit (dev: below)
                 D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
-            align = D.limit_tokens(D.task_batches(tok, train, job.batch_size, self.block), job.tokens)
+            align = D.limit_tokens(D.iter_task_batches(tok, train, job.batch_size, self.block), job.tokens)
             dev = self._eval_cut(dev)
             if ev is None:
                 text = "\n".join(dev.texts_a + (dev.texts_b or []))
@@ -159,7 +161,8 @@ class Pipeline:
             task = dev.name
         else:  # plain text: no labels are needed to align, only to evaluate a classifier
             specials = self.spec.table.block_specials
-            blocks = D.text_blocks(tok, D.read_text(job.data), self.block, specials)
+            hold_out = 0 if head == "classifier" or job.eval_data else job.eval_blocks
+            blocks, tail = D.text_data(tok, job.data, self.block, specials, job.tokens, hold_out)
             if head == "classifier":
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
                 if not align:  # before reading the evaluation folder
@@ -167,12 +170,9 @@ class Pipeline:
                 ev = self._classifier_eval(job.eval_data)
             else:
                 if job.eval_data:
-                    eval_blocks = D.text_blocks(tok, D.read_text(job.eval_data), self.block, specials)[: job.eval_blocks]
-                else:  # hold out the tail of the data for evaluation
-                    k = min(job.eval_blocks, len(blocks) // 2)
-                    if k == 0:
-                        raise DataError("the data is too short to hold out evaluation blocks; give --eval-data")
-                    blocks, eval_blocks = blocks[:-k], blocks[-k:]
+                    eval_blocks = D.text_data(tok, job.eval_data, self.block, specials, job.eval_blocks * self.block)[0]
+                else:  # the tail of the data, held out for evaluation
+                    eval_blocks = tail
                 align = D.limit_tokens(D.block_batches(blocks, job.batch_size, special), job.tokens)
                 if self.spec.evaluation == "mlm":
                     ev = self._mlm_eval(eval_blocks)

@@ -140,9 +140,11 @@ def test_bad_inputs(tiny_mlm_pair, tmp_path, capsys):
     assert (out / "keep").exists()
     shutil.rmtree(out)
     assert run("align", a, b, "--data", text, "--out", out) == 0
-    (out / "extra").write_text("x")
     assert run("align", a, b, "--data", text, "--out", out, "--overwrite") == 0
-    assert not (out / "extra").exists() and (out / "report.json").exists()
+    (out / "extra").write_text("x")  # a file the user added: refused, named, kept
+    assert run("align", a, b, "--data", text, "--out", out, "--overwrite") == 2
+    assert "(extra)" in capsys.readouterr().err
+    assert (out / "extra").exists() and (out / "report.json").exists()
     assert not [p for p in out.parent.iterdir() if ".old-" in p.name or ".partial-" in p.name]
 
 

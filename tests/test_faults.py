@@ -129,7 +129,7 @@ def test_killed_runs_leave_no_lock(tiny_mlm_pair, tmp_path, capsys):
 def test_a_waiting_run_says_what_it_waits_for(tmp_path):
     from permerge.cache import ResultCache, make_key
 
-    key = make_key("stats", x=1)
+    key = make_key("test", x=1)
     holder = ResultCache(tmp_path)
     started, release = threading.Event(), threading.Event()
 
@@ -147,7 +147,7 @@ def test_a_waiting_run_says_what_it_waits_for(tmp_path):
     assert waiter.get_or_compute(key, lambda: pytest.fail("computed twice"), poll=0.05) == 5
     t.join(10)
     assert len(notes) == 1 and f"pid {os.getpid()} on {socket.gethostname()}" in notes[0]
-    assert "stats" in notes[0], notes
+    assert "test" in notes[0], notes
 
 
 # --- 2. --out never destroys inputs; replaces only its own folders --------------------------------------
@@ -686,8 +686,12 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
         (default / "stale").write_text("x")
         save(default)
         assert any("exists and is not empty" in e.value for e in at.error)
+        save(default, replace=True)  # a file permerge did not write: named, kept, nothing replaced
+        assert any("did not write (stale)" in e.value for e in at.error), [e.value for e in at.error]
+        assert (default / "stale").exists()
+        (default / "stale").unlink()
         save(default, replace=True)
-        assert not (default / "stale").exists() and (default / "model.safetensors").is_file()
+        assert (default / "model.safetensors").is_file()
         # a file, an input, the home folder, a folder permerge did not write: clean one-line errors
         f = tmp_path / "a-file"
         f.write_text("x")
