@@ -80,7 +80,7 @@ def _is_corruption(e: BaseException) -> bool:
 
 # Result classes a cached value may hold, rebuilt from their fields (dataclasses of permerge).
 _CLASSES = {"AlignOptions": "permerge.align", "GroupResult": "permerge.align", "Alignment": "permerge.align",
-            "CurveResult": "permerge.pipeline"}
+            "CurveResult": "permerge.pipeline", "WeightMatchTrace": "permerge.weight_match"}
 _NPZ_MAGIC = b"PK\x03\x04"
 
 
@@ -245,6 +245,10 @@ def _check_alignment(v) -> None:
         _number_array(g.perm)
         if g.perm.ndim != 1 or sorted(g.perm.tolist()) != list(range(len(g.perm))):
             raise ValueFormatError(f"group {g.name}: not a permutation")
+    if v.trace is not None:
+        from .weight_match import WeightMatchTrace
+
+        _is(v.trace, WeightMatchTrace)
 
 
 def _check_row(r) -> None:
