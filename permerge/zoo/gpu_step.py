@@ -10,9 +10,10 @@ checkpoint folder: fp16 safetensors, tokenizer, config, permerge.json, card), ``
 seed) and ``gpu_step.log`` (everything printed).  At most 8 files, each under 16 MiB; the limits
 are checked before training (from the parameter count) and again at the end.
 
-Each seed's training loop stops after ``--time-budget`` seconds (its learning-rate schedule is
-compressed to fit, see ``train.pretrain``), and a seed still running ``--deadline`` seconds after
-the start is stopped, so the step cannot overrun.  Exit status 0 when every seed was written, 1
+Every seed's training loop ends at the latest ``--time-budget`` seconds after the step started
+(start-up time included; the learning-rate schedule is compressed to fit the time left, see
+``train.pretrain``), then it is evaluated and archived; a seed still running ``--deadline``
+seconds after the start is stopped, so the step cannot overrun.  Exit status 0 when every seed was written, 1
 when some failed (the others' archives are still there), 2 for bad input (one line, before any
 training).
 
@@ -35,7 +36,8 @@ from pathlib import Path
 from ..errors import PermergeError
 from . import pack as P
 
-DEFAULT_TIME_BUDGET = 300.0  # seconds of training loop per seed (all seeds run at the same time)
+DEFAULT_TIME_BUDGET = 300.0  # seconds from the start until every seed's training loop ends (all run at once)
+DEFAULT_GRACE = 90.0  # default deadline = time budget + this (evaluation and archive after training)
 ARCHIVE_OVERHEAD = 1 * P.MiB  # tokenizer, config, card and tar headers beside the fp16 weights
 RECIPE_FLAGS = ("layers", "hidden", "heads", "ffn", "dropout", "steps", "batch", "lr", "warmup", "sampling")
 
@@ -55,11 +57,11 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (dry run)")
     p.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated seeds (default 1,2,3,4,5)")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
-                   help=f"seconds of training loop per seed; the LR schedule is compressed to fit "
-                        f"(default {DEFAULT_TIME_BUDGET:.0f})")
+                   help=f"every seed's training ends this many seconds after the start, start-up included; "
+                        f"the LR schedule is compressed to fit (default {DEFAULT_TIME_BUDGET:.0f})")
     p.add_argument("--deadline", type=float, default=None,
                    help="stop any seed still running this many seconds after the start "
-                        "(default: time budget + 120)")
+                        f"(default: time budget + {DEFAULT_GRACE:.0f})")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per seed process (default: CPU cores / seeds)")
     p.add_argument("--work", type=Path, default=None,
@@ -72,6 +74,7 @@ def parse_args(argv=None):
             g.add_argument(f"--{k}", type=type(getattr(d, k)), default=getattr(d, k),
                            help=f"default {getattr(d, k)}")
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: one seed
+    p.add_argument("--train-until", type=float, default=None, help=argparse.SUPPRESS)  # internal: epoch seconds
     return p.parse_args(argv)
 
 
@@ -116,6 +119,9 @@ def _worker(args) -> int:
 
     from . import train
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bars in the log
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda"):
@@ -132,8 +138,14 @@ def _worker(args) -> int:
           f"{train.device_name(args.device)}", flush=True)
     name = f"mlm-seed{seed}"
     ckpt = work / "checkpoints" / name
+    left = args.train_until - time.time()
+    if left < 0.1 * args.time_budget:
+        print(f"  no time left to train ({left:.0f} s of the {args.time_budget:.0f} s budget; start-up was too slow)",
+              flush=True)
+        return 1
+    print(f"  training for at most {left:.0f} s", flush=True)
     meta = train.pretrain(seed, tok_dir, stream, eval_blocks, ckpt, recipe=_recipe(args), device=args.device,
-                          time_budget_s=args.time_budget, log=lambda m: print(m, flush=True),
+                          time_budget_s=left, log=lambda m: print(m, flush=True),
                           extra_meta={"pack_sha256": manifest["sha256"], "built_by": "permerge.zoo.gpu_step"})
     arch = P.archive_checkpoint(ckpt, args.out / f"{name}.tar")
     result = {"file": f"{name}.tar", "seed": seed, **arch, "eval_mlm_loss": meta["metrics"]["eval_mlm_loss"],
@@ -170,7 +182,8 @@ def _write_returned(out: Path, record: dict) -> None:
 def _child_argv(args, seed: int, threads: int) -> list[str]:
     argv = [sys.executable, "-m", "permerge.zoo.gpu_step", "--worker", str(seed), "--pack", str(args.pack),
             "--out", str(args.out), "--work", str(args.work), "--device", args.device,
-            "--time-budget", str(args.time_budget), "--threads", str(threads)]
+            "--time-budget", str(args.time_budget), "--train-until", str(args.train_until),
+            "--threads", str(threads)]
     for k in RECIPE_FLAGS:
         argv += [f"--{k}", str(getattr(args, k))]
     return argv
@@ -182,6 +195,7 @@ def main(argv=None) -> int:
     if args.worker is not None:
         args.work = args.work.resolve()
         return _worker(args)
+    t0 = time.time()  # the time budget and the deadline count from here
     # ---- every check before any training
     recipe = _recipe(args)
     try:
@@ -195,7 +209,7 @@ def main(argv=None) -> int:
                             f"{P.RETURN_MAX_FILES}")
     if not args.time_budget > 0:
         raise PermergeError("--time-budget must be positive")
-    deadline = args.deadline if args.deadline is not None else args.time_budget + 120
+    deadline = args.deadline if args.deadline is not None else args.time_budget + DEFAULT_GRACE
     if not deadline > 0:
         raise PermergeError("--deadline must be positive")
     manifest = P.read_manifest(args.pack)  # verifies every file's checksum
@@ -223,13 +237,12 @@ def main(argv=None) -> int:
     args.work = Path(tempfile.mkdtemp(prefix="permerge-gpu-step-")) if own_work else args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     log = _Log(args.out / P.LOG_FILE)
-    t0 = time.time()
     versions = _versions()
     log(f"permerge zoo GPU step: pack {manifest['sha256']} ({P.pack_bytes(args.pack) / P.MiB:.2f} MiB, checksums "
         f"verified), device {device}, seeds {seeds}")
     log(f"versions {json.dumps(versions)}")
-    log(f"recipe {json.dumps(recipe.to_dict())}; time budget {args.time_budget:.0f} s per seed, "
-        f"deadline {deadline:.0f} s")
+    log(f"recipe {json.dumps(recipe.to_dict())}; training ends by +{args.time_budget:.0f} s, "
+        f"deadline +{deadline:.0f} s")
     stream = P.load_stream(args.pack, manifest, dest=args.work / "train.u16")
     (args.work / "pack_manifest.json").write_text(json.dumps(manifest))
     log(f"training stream: {len(stream) / 1e6:.2f} M tokens (checksum verified)")
@@ -240,6 +253,7 @@ def main(argv=None) -> int:
     _write_returned(args.out, record)
 
     threads = args.threads or max(1, (os.cpu_count() or 1) // len(seeds))
+    args.train_until = t0 + args.time_budget
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     procs: dict[int, subprocess.Popen] = {}
     pumps: dict[int, threading.Thread] = {}
@@ -254,8 +268,9 @@ def main(argv=None) -> int:
                 log(f"[seed {seed}] {line}")
 
     for s in seeds:
+        # cwd: the folder holding the permerge package, so that `-m permerge.zoo.gpu_step` finds this copy
         procs[s] = subprocess.Popen(_child_argv(args, s, threads), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, env=env)
+                                    text=True, env=env, cwd=str(Path(__file__).resolve().parents[2]))
         pumps[s] = threading.Thread(target=pump, args=(s, procs[s]), daemon=True)
         pumps[s].start()
     running = set(seeds)
