@@ -58,7 +58,7 @@ def chain(tmp_path_factory):
                     "--pack", str(p)) == 0
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_blocking_path(tmp)), str(REPO)]), OMP_NUM_THREADS="1")
     gpu = _run(["-m", "permerge.zoo.gpu_step", "--pack", str(pack), "--out", str(ret), "--device", "cpu",
-                "--seeds", "1,2", "--threads", "1", "--time-budget", "120", *TINY], env=env)
+                "--seeds", "1,2", "--threads", "1", "--time-budget", "600", *TINY], env=env)
     rc = _cli("zoo", "build", "--device", "cpu", "--stages", "adopt,finetune,evaluate,acceptance", "--from", str(ret),
               "--pack", str(pack), "--finetune-seeds", "1,2", "--tasks", "style,supersense", "--threads", "1",
               "--out", str(out), "--build-dir", str(build), "--align-tokens", "1024", "--eval-blocks", "2",
