@@ -229,75 +229,8 @@ def _tiny_zoo(tmp: Path) -> tuple[Path, Path]:
     return build, out
 
 
-@pytest.fixture(scope="module")
-def tiny_build(tmp_path_factory):
-    """One tiny CPU build of every stage after the corpus: 2 seeds pre-trained in parallel processes,
-    fine-tuned on two tasks, re-evaluated, and checked by the acceptance stage."""
-    from permerge import cli
-
-    tmp = tmp_path_factory.mktemp("zoo")
-    build, out = _tiny_zoo(tmp)
-    rc = cli.main(["zoo", "build", "--device", "cpu", "--stages", "pretrain,finetune,evaluate,acceptance",
-                   "--seeds", "1,2", "--finetune-seeds", "1,2", "--tasks", "style,supersense", "--jobs", "2",
-                   "--threads", "1", "--out", str(out), "--build-dir", str(build), "--align-tokens", "1024",
-                   "--eval-blocks", "2", "--lambdas", "5", *TINY])
-    return rc, out
-
-
-@pytest.mark.slow
-def test_tiny_build_records_recipe(tiny_build):
-    rc, out = tiny_build
-    assert rc == 1  # the acceptance stage ran and (rightly) failed these 3-step models
-    want = {"layers": 1, "hidden": 16, "heads": 2, "ffn": 24, "dropout": 0.05, "steps": 3, "batch": 4,
-            "lr": 5e-4, "warmup": 1, "sampling": "blocks"}
-    for s in (1, 2):
-        d = out / "checkpoints" / f"mlm-seed{s}"
-        meta = json.loads((d / "permerge.json").read_text())
-        assert meta["recipe"] == want
-        assert meta["steps"] == 3 and meta["train_tokens"] == 3 * 4 * 128
-        cfg = json.loads((d / "config.json").read_text())
-        assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["intermediate_size"],
-                cfg["num_hidden_layers"]) == (16, 2, 24, 1)
-        assert cfg["hidden_dropout_prob"] == cfg["attention_probs_dropout_prob"] == 0.05
-        card = (d / "README.md").read_text()
-        assert "layers 1, hidden 16, heads 2, FFN 24, dropout 0.05" in card
-        assert "3 steps x batch 4, AdamW lr 0.0005, 1 warm-up steps" in card and "`blocks`" in card
-    for task in ("style", "supersense"):
-        for s in (1, 2):
-            meta = json.loads((out / "checkpoints" / f"{task}-seed{s}" / "permerge.json").read_text())
-            assert meta["base_recipe"] == want and meta["base"] == f"mlm-seed{s}"
-            assert meta["head_init_seed"] == meta["finetune_recipe"]["head_init_seed"]
-
-
-@pytest.mark.slow
-def test_tiny_build_seeds_differ(tiny_build):
-    import torch
-    from safetensors.torch import load_file
-
-    _, out = tiny_build
-    a = load_file(str(out / "checkpoints" / "mlm-seed1" / "model.safetensors"))
-    b = load_file(str(out / "checkpoints" / "mlm-seed2" / "model.safetensors"))
-    assert not torch.equal(a["bert.embeddings.word_embeddings.weight"], b["bert.embeddings.word_embeddings.weight"])
-
-
-@pytest.mark.slow
-def test_tiny_acceptance_report(tiny_build):
-    _, out = tiny_build
-    rep = json.loads((out / "acceptance.json").read_text())
-    from permerge.zoo import acceptance
-
-    names = [r["variant"] for r in rep["barriers"]]
-    assert names == [n for n, _ in acceptance.VARIANTS]
-    assert all(r["pairs"] == 1 for r in rep["barriers"])  # 2 seeds: 1 pair
-    assert {c["task"] for c in rep["classifier_curves"]} == {"style", "supersense"}
-    assert all(len(c["loss"]) == 5 for c in rep["classifier_curves"])
-    assert rep["passed"] is False
-    crit = {c["criterion"].split(" (")[0]: c for c in rep["criteria"]}
-    assert not crit["every MLM's eval loss <= 3.5"]["passed"]  # 3 steps: near ln(8192)
-    assert not crit["style: classifiers from >= 3 base seeds"]["passed"]
-    md = (out / "acceptance.md").read_text()
-    assert "| FF + Head-Perm + residual All | yes |" in md and "FAIL" in md
-    assert "| style | style-seed1 vs style-seed2 | Vanilla |" in md  # one cell per pair
+# The tiny build of every stage after the corpus (pack, GPU step on the CPU, adopt, finetune,
+# evaluate, acceptance) is tests/test_zoo_gpu_step.py's chain.
 
 
 def _good_inputs():

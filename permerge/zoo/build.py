@@ -3,10 +3,14 @@
     python -m permerge zoo build --device cuda --jobs 5       # the bundled family (one H200, < 8 min)
     python -m permerge zoo build --device cpu --steps 20 --batch 8 --hidden 32 --ffn 64 --out /tmp/z
     python -m permerge zoo build --stages evaluate,acceptance  # re-measure and check built checkpoints
+    python -m permerge zoo build --stages corpus,tokenizer,pack --out /tmp/zoo-data   # inputs of the GPU step
+    python -m permerge zoo build --stages adopt,finetune,evaluate,acceptance --from DIR  # its archives
 
 Stages: corpus (apt-get download + dpkg-deb -x into build/zoo, held-out eval/align text, task
 TSVs), tokenizer (WordPiece, 8192 entries, deterministic ids), pretrain (MLM family, one
-checkpoint per seed), finetune (classifiers per task and base seed), evaluate (re-measure every
+checkpoint per seed), pack (the pre-training inputs as one folder of at most 16 MiB for
+``python -m permerge.zoo.gpu_step``, see ``pack.py``), adopt (that step's archives, checksums
+verified, unpacked into the zoo), finetune (classifiers per task and base seed), evaluate (re-measure every
 saved checkpoint on its fp16 weights), acceptance (barriers over all MLM pairs and classifier
 curves with permerge's own pipeline, checked against the family's acceptance criteria).  Every
 checkpoint is trained in memory and written to ``<name>.tmp`` then renamed, so an interrupted
@@ -27,7 +31,9 @@ from ..errors import PermergeError
 
 ZOO = Path(__file__).resolve().parent
 REPO = ZOO.parent.parent
-STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "evaluate", "acceptance")
+STAGES = ("corpus", "tokenizer", "pack", "pretrain", "adopt", "finetune", "evaluate", "acceptance")
+# what runs without --stages: the whole build in one place (pack and adopt are the two ends of the GPU step)
+DEFAULT_STAGES = ("corpus", "tokenizer", "pretrain", "finetune", "evaluate", "acceptance")
 TASKS = ("style", "testament", "supersense", "paraphrase")
 DEFAULT_TASKS = ("style", "testament", "supersense")  # paraphrase: built, not fine-tuned by default (README)
 RECIPE_FLAGS = ("layers", "hidden", "heads", "ffn", "dropout", "steps", "batch", "lr", "warmup", "sampling")
@@ -75,7 +81,12 @@ def parse_args(argv=None):
                    help=f"tasks to fine-tune (default {','.join(DEFAULT_TASKS)}; also: paraphrase)")
     p.add_argument("--finetune-epochs", type=float, default=2.0, help="fine-tuning epochs (default 2)")
     p.add_argument("--finetune-lr", type=float, default=2e-4, help="fine-tuning peak learning rate (default 2e-4)")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ",".join(STAGES))
+    p.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                   help=f"comma-separated subset of {','.join(STAGES)} (default {','.join(DEFAULT_STAGES)})")
+    p.add_argument("--pack", type=Path, default=REPO / "build" / "zoo-pack",
+                   help="pack folder written by the pack stage and checked by adopt (default build/zoo-pack)")
+    p.add_argument("--from", dest="from_dir", type=Path, default=None,
+                   help="adopt: the GPU step's output folder (mlm-seed*.tar, returned.json, gpu_step.log)")
     p.add_argument("--jobs", type=int, default=1,
                    help="pre-train this many seeds at once, one process each (on one GPU: 5)")
     p.add_argument("--out", type=Path, default=ZOO, help="zoo folder (default: permerge/zoo)")
@@ -228,6 +239,10 @@ def main(argv=None) -> int:
         raise PermergeError("--finetune-epochs and --finetune-lr must be positive")
     if args.jobs < 1:
         raise PermergeError("--jobs must be at least 1")
+    if "adopt" in stages and args.from_dir is None:
+        raise PermergeError("the adopt stage needs --from DIR (the GPU step's output folder)")
+    if "adopt" in stages and "pretrain" in stages:
+        raise PermergeError("choose pretrain (here) or adopt (archives of the GPU step), not both")
     out: Path = args.out.resolve()
     build: Path = args.build_dir.resolve()
     data = out / "data"
@@ -269,6 +284,23 @@ def main(argv=None) -> int:
         train.train_tokenizer(corpus_txt, tok_dir, log=_log)
         timings["tokenizer"] = time.time() - t
 
+    if "pack" in stages:
+        from . import pack
+
+        _stage("pack")
+        t = time.time()
+        if not (tok_dir / "tokenizer.json").exists():
+            raise PermergeError(f"{tok_dir} has no tokenizer: run the tokenizer stage first")
+        stream = _training_stream(build, tok_dir, args.train_tokens, _log)
+        m = pack.write_pack(args.pack.resolve(), tok_dir, stream, data / "eval.txt", log=_log)
+        del stream
+        for name, f in m["files"].items():
+            _log(f"  {name:32s} {f['bytes']:>10,d} bytes  sha256 {f['sha256']}")
+        _log(f"  pack {args.pack.resolve()}: {m['total_bytes'] / pack.MiB:.2f} MiB (limit "
+             f"{pack.PACK_MAX_BYTES // pack.MiB}), {m['stream']['tokens'] / 1e6:.2f} M training tokens")
+        _log(f"  pack checksum (sha256 of manifest.json): {m['sha256']}")
+        timings["pack"] = time.time() - t
+
     if "pretrain" in stages:
         _stage("pretrain")
         t = time.time()
@@ -290,6 +322,19 @@ def main(argv=None) -> int:
                                device=device, time_budget_s=args.time_budget, log=_log)
                 timings[f"pretrain seed {seed}"] = time.time() - ts
         timings["pretrain"] = time.time() - t
+
+    if "adopt" in stages:
+        from . import pack
+
+        _stage("adopt")
+        t = time.time()
+        local = None
+        if (args.pack / pack.MANIFEST).is_file():
+            local = pack.read_manifest(args.pack, verify=False)["sha256"]
+        else:
+            _log(f"  note: no pack at {args.pack}; the archives' pack checksum is not compared with a local one")
+        pack.adopt(args.from_dir.resolve(), ckpts, pack_sha256=local, log=_log)
+        timings["adopt"] = time.time() - t
 
     if "finetune" in stages:
         _stage("finetune")

@@ -331,8 +331,9 @@ def save_checkpoint(model, tokenizer, out: Path, meta: dict, card: str):
 
 def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarray, out: Path,
              recipe: Recipe = Recipe(), device: str = "cpu", time_budget_s: float | None = None,
-             log=print) -> dict:
-    """Pre-train one MLM of the family (seed: initialisation and data order) and save it."""
+             log=print, extra_meta: dict | None = None) -> dict:
+    """Pre-train one MLM of the family (seed: initialisation and data order) and save it.
+    ``extra_meta`` is merged into its permerge.json (provenance, e.g. the pack it was trained from)."""
     from transformers import BertConfig, BertForMaskedLM
 
     tokenizer = load_tokenizer(tok_dir)
@@ -341,7 +342,9 @@ def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarr
     cfg = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **recipe.model_config())
     model = BertForMaskedLM(cfg).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    # fused: one kernel for the whole update on CUDA (same arithmetic as the default loop)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01,
+                            fused=device.startswith("cuda"))
     steps = recipe.steps
     warmup_frac = recipe.warmup / steps
     # linear warm-up over the first `warmup` steps, then linear decay to 0 at `steps`; progress is
@@ -354,7 +357,7 @@ def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarr
     t0 = time.time()
     loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
     recent: list[float] = []
-    done = 0
+    done = since = 0
     for step in range(steps):
         progress = step / steps
         if time_budget_s:
@@ -379,15 +382,16 @@ def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarr
         opt.step()
         loss_sum += loss.detach()
         done = step + 1
-        if done % log_every == 0 or done == steps:
-            k = done % log_every or log_every
-            recent.append(loss_sum.item() / k)
+        since += 1
+        if done % log_every == 0 or done == steps or done == 1:  # step 1: the device works
+            recent.append(loss_sum.item() / since)
             loss_sum.zero_()
+            since = 0
             el = time.time() - t0
             log(f"    seed {seed} step {done:5d}/{steps} loss {recent[-1]:.3f} "
                 f"lr {opt.param_groups[0]['lr']:.2e} {done * recipe.batch * SEQ_LEN / el:,.0f} tok/s {el:.0f}s")
-    if done % log_every and done != steps:  # stopped by the time budget between two log lines
-        recent.append(loss_sum.item() / (done % log_every))
+    if since:  # stopped by the time budget between two log lines
+        recent.append(loss_sum.item() / since)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     wall = time.time() - t0
@@ -419,6 +423,7 @@ def pretrain(seed: int, tok_dir: Path, stream: np.ndarray, eval_blocks: np.ndarr
         "device": device_name(device), "autocast": "bf16" if use_amp else None,
         "wall_time_s": round(wall, 1), "dtype_saved": "float16",
     }
+    meta.update(extra_meta or {})
     card = _mlm_card(f"mlm-seed{seed}", meta)
     save_checkpoint(model, tokenizer, out, meta, card)
     return meta

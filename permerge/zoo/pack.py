@@ -1,0 +1,271 @@
+"""The GPU step's inputs and outputs as files that fit the transfer limits of a borrowed GPU machine.
+
+``write_pack`` (the ``pack`` stage of ``zoo build``) puts everything pre-training needs into one
+folder of at most ``PACK_MAX_BYTES``: the tokenizer, the training token stream (little-endian
+uint16, xz-compressed) and the held-out eval text, with ``manifest.json`` listing the sha256 and
+size of every file.  The same inputs give the same bytes; the sha256 of ``manifest.json`` is the
+pack's checksum.
+
+``permerge.zoo.gpu_step`` writes one tar archive per checkpoint plus ``returned.json`` (sha256 of
+each archive) and its log; ``check_returned`` enforces the limits on what comes back, and
+``adopt`` verifies the archives and unpacks them into a zoo folder.
+
+Only the standard library and numpy here: the GPU step imports this module.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import lzma
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+from ..errors import PermergeError
+
+MiB = 1 << 20
+PACK_MAX_BYTES = 16 * MiB
+PACK_FORMAT = "permerge-zoo-pack/1"
+STREAM_FILE = "train.u16.xz"
+EVAL_FILE = "eval.txt"
+TOKENIZER_DIR = "tokenizer"
+MANIFEST = "manifest.json"
+
+# what may come back from the GPU machine
+RETURN_MAX_FILES = 8
+RETURN_MAX_FILE_BYTES = 16 * MiB
+RETURN_MAX_TOTAL_BYTES = 64 * MiB
+RETURN_MAX_DEPTH = 2  # folders below the output folder
+RETURN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+RETURNED = "returned.json"
+RETURNED_FORMAT = "permerge-zoo-returned/1"
+LOG_FILE = "gpu_step.log"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(MiB), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _compress(raw: bytes) -> bytes:
+    # one thread, fixed preset: the same input always gives the same bytes
+    return lzma.compress(raw, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64,
+                         preset=9 | lzma.PRESET_EXTREME)
+
+
+def write_pack(pack_dir: Path, tok_dir: Path, stream, eval_txt: Path, log=print) -> dict:
+    """Write the pack folder (replacing an older one only when the new one is complete and fits).
+
+    ``stream``: the training token stream (numpy uint16 array).  Returns the manifest with the
+    pack's checksum under ``"sha256"`` (not stored in the file)."""
+    import numpy as np
+
+    pack_dir = Path(pack_dir)
+    tok_files = sorted(p for p in Path(tok_dir).iterdir() if p.is_file())
+    if not any(p.name == "tokenizer.json" for p in tok_files):
+        raise PermergeError(f"{tok_dir} has no tokenizer.json: run the tokenizer stage first")
+    if not Path(eval_txt).is_file():
+        raise PermergeError(f"{eval_txt} is missing: run the corpus stage first")
+    raw = np.ascontiguousarray(stream, dtype="<u2").tobytes()
+    log(f"  compressing {len(raw) / 1e6:.1f} MB of uint16 tokens (xz -9e)")
+    blob = _compress(raw)
+    contents: dict[str, bytes] = {STREAM_FILE: blob, EVAL_FILE: Path(eval_txt).read_bytes()}
+    for p in tok_files:
+        contents[f"{TOKENIZER_DIR}/{p.name}"] = p.read_bytes()
+    manifest = {
+        "format": PACK_FORMAT,
+        "stream": {"file": STREAM_FILE, "dtype": "uint16 little-endian", "tokens": len(raw) // 2,
+                   "sha256_uncompressed": hashlib.sha256(raw).hexdigest()},
+        "files": {name: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                  for name, b in sorted(contents.items())},
+    }
+    mbytes = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    total = sum(len(b) for b in contents.values()) + len(mbytes)
+    if total > PACK_MAX_BYTES:
+        raise PermergeError(f"the pack would be {total / MiB:.2f} MiB, over the {PACK_MAX_BYTES / MiB:.0f} MiB "
+                            "limit (use --train-tokens to pack fewer training tokens)")
+    tmp = pack_dir.with_name(pack_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / TOKENIZER_DIR).mkdir(parents=True)
+    for name, b in contents.items():
+        (tmp / name).write_bytes(b)
+    (tmp / MANIFEST).write_bytes(mbytes)
+    old = pack_dir.with_name(pack_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if pack_dir.exists():
+        pack_dir.rename(old)
+    tmp.rename(pack_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return manifest | {"sha256": hashlib.sha256(mbytes).hexdigest(), "total_bytes": total}
+
+
+def pack_bytes(pack_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(pack_dir).rglob("*") if p.is_file())
+
+
+def read_manifest(pack_dir: Path, verify: bool = True) -> dict:
+    """The pack's manifest (plus ``"sha256"``, the pack checksum); with ``verify`` every file's
+    size and sha256 are checked first (PermergeError naming the first that differs)."""
+    pack_dir = Path(pack_dir)
+    mpath = pack_dir / MANIFEST
+    if not mpath.is_file():
+        raise PermergeError(f"{pack_dir} is not a zoo pack (no {MANIFEST}); build it with "
+                            "`python -m permerge zoo build --stages corpus,tokenizer,pack`")
+    mbytes = mpath.read_bytes()
+    try:
+        manifest = json.loads(mbytes)
+    except ValueError:
+        raise PermergeError(f"{mpath} is not valid JSON") from None
+    if manifest.get("format") != PACK_FORMAT:
+        raise PermergeError(f"{mpath}: unknown format {manifest.get('format')!r} (expected {PACK_FORMAT})")
+    if verify:
+        for name, info in manifest["files"].items():
+            p = pack_dir / name
+            if not p.is_file():
+                raise PermergeError(f"pack file {p} is missing")
+            if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+                raise PermergeError(f"pack file {p} does not match its checksum in {MANIFEST}")
+    return manifest | {"sha256": hashlib.sha256(mbytes).hexdigest()}
+
+
+def load_stream(pack_dir: Path, manifest: dict, dest: Path | None = None):
+    """Decompress the training stream -> numpy uint16 array (checked against its sha256); with
+    ``dest`` the raw bytes are also written there (for worker processes to read)."""
+    import numpy as np
+
+    raw = lzma.decompress((Path(pack_dir) / manifest["stream"]["file"]).read_bytes())
+    if hashlib.sha256(raw).hexdigest() != manifest["stream"]["sha256_uncompressed"]:
+        raise PermergeError(f"the training stream in {pack_dir} does not match its checksum")
+    if dest is not None:
+        tmp = Path(dest).with_name(Path(dest).name + ".tmp")
+        tmp.write_bytes(raw)
+        tmp.replace(dest)
+    return np.frombuffer(raw, dtype="<u2").astype(np.uint16, copy=False)
+
+
+# ----------------------------------------------------------------------------- returned files
+def check_returned(out_dir: Path) -> list[str]:
+    """What breaks the limits on returned files (empty list: all fine): at most 8 files, each at
+    most 16 MiB, 64 MiB in all, names of letters, digits, '.', '_', '-', at most 2 folders down."""
+    out_dir = Path(out_dir)
+    problems = []
+    files = []
+    for p in sorted(out_dir.rglob("*")):
+        rel = p.relative_to(out_dir)
+        if any(not RETURN_NAME.match(part) for part in rel.parts):
+            problems.append(f"{rel}: name has characters other than letters, digits, '.', '_', '-'")
+        if p.is_symlink():
+            problems.append(f"{rel}: a link")
+        elif p.is_file():
+            files.append(p)
+            if len(rel.parts) - 1 > RETURN_MAX_DEPTH:
+                problems.append(f"{rel}: more than {RETURN_MAX_DEPTH} folders down")
+            if p.stat().st_size > RETURN_MAX_FILE_BYTES:
+                problems.append(f"{rel}: {p.stat().st_size / MiB:.2f} MiB, over {RETURN_MAX_FILE_BYTES // MiB} MiB")
+        elif not p.is_dir():
+            problems.append(f"{rel}: not a plain file")
+    if len(files) > RETURN_MAX_FILES:
+        problems.append(f"{len(files)} files, over {RETURN_MAX_FILES}")
+    total = sum(p.stat().st_size for p in files)
+    if total > RETURN_MAX_TOTAL_BYTES:
+        problems.append(f"{total / MiB:.2f} MiB in all, over {RETURN_MAX_TOTAL_BYTES // MiB} MiB")
+    return problems
+
+
+def archive_checkpoint(ckpt: Path, dest: Path) -> dict:
+    """A checkpoint folder -> one uncompressed tar (members ``<name>/<file>``, sorted, no owner or
+    time), written as ``dest`` atomically. Returns {bytes, sha256}."""
+    ckpt = Path(ckpt)
+    part = Path(dest).with_name("." + Path(dest).name + ".part")
+    with tarfile.open(part, "w", format=tarfile.PAX_FORMAT) as tar:
+        for p in sorted(ckpt.iterdir()):
+            if not p.is_file():
+                continue
+            data = p.read_bytes()
+            info = tarfile.TarInfo(f"{ckpt.name}/{p.name}")
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    part.replace(dest)
+    return {"bytes": Path(dest).stat().st_size, "sha256": sha256_file(Path(dest))}
+
+
+_MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
+_NEEDED = ("config.json", "model.safetensors", "permerge.json", "tokenizer.json")
+
+
+def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print) -> list[str]:
+    """Verify the GPU step's archives in ``from_dir`` against its ``returned.json`` and unpack them
+    into ``ckpts`` (each checkpoint written as ``<name>.tmp`` and renamed into place).  Every archive
+    is checked before anything is written.  Classifiers fine-tuned from a replaced MLM are removed
+    (the finetune stage makes them again).  Returns the adopted checkpoint names."""
+    from_dir, ckpts = Path(from_dir), Path(ckpts)
+    rpath = from_dir / RETURNED
+    if not rpath.is_file():
+        raise PermergeError(f"{from_dir} has no {RETURNED}: not the output folder of the GPU step")
+    try:
+        returned = json.loads(rpath.read_text())
+    except ValueError:
+        raise PermergeError(f"{rpath} is not valid JSON") from None
+    if returned.get("format") != RETURNED_FORMAT:
+        raise PermergeError(f"{rpath}: unknown format {returned.get('format')!r}")
+    if pack_sha256 and returned.get("pack_sha256") != pack_sha256:
+        raise PermergeError(f"the archives in {from_dir} were trained from pack {returned.get('pack_sha256')}, "
+                            f"not from the local pack {pack_sha256}")
+    archives = returned.get("archives") or {}
+    if not archives:
+        raise PermergeError(f"{rpath} lists no archive (did every seed fail? see {from_dir / LOG_FILE})")
+    members: dict[str, dict[str, bytes]] = {}
+    for fname, info in sorted(archives.items()):
+        p = from_dir / fname
+        if not _MEMBER.match(fname) or not fname.endswith(".tar"):
+            raise PermergeError(f"{rpath}: bad archive name {fname!r}")
+        if not p.is_file():
+            raise PermergeError(f"archive {p} is missing")
+        if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
+            raise PermergeError(f"archive {p} does not match its checksum in {RETURNED}")
+        name = fname[:-4]
+        files: dict[str, bytes] = {}
+        with tarfile.open(p, "r:") as tar:
+            for m in tar.getmembers():
+                parts = m.name.split("/")
+                if not m.isfile() or len(parts) != 2 or parts[0] != name or not _MEMBER.match(parts[1]) \
+                        or parts[1] in (".", ".."):
+                    raise PermergeError(f"archive {p}: unexpected member {m.name!r}")
+                files[parts[1]] = tar.extractfile(m).read()
+        missing = [f for f in _NEEDED if f not in files]
+        if missing:
+            raise PermergeError(f"archive {p} lacks {', '.join(missing)}")
+        if json.loads(files["permerge.json"]).get("kind") != "mlm":
+            raise PermergeError(f"archive {p} does not hold an MLM checkpoint")
+        members[name] = files
+    ckpts.mkdir(parents=True, exist_ok=True)
+    for name, files in members.items():
+        out = ckpts / name
+        tmp = out.with_name(name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f, b in files.items():
+            (tmp / f).write_bytes(b)
+        old = out.with_name(name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+        meta = json.loads(files["permerge.json"])
+        log(f"  adopted {name}: eval MLM loss {meta['metrics']['eval_mlm_loss']:.3f} ({meta['steps']} steps, "
+            f"{meta['device']})")
+    for pj in sorted(ckpts.glob("*/permerge.json")):
+        d = pj.parent
+        if d.name.endswith((".tmp", ".old")):
+            continue
+        meta = json.loads(pj.read_text())
+        if meta.get("kind") == "classifier" and meta.get("base") in members:
+            shutil.rmtree(d)
+            log(f"  removed {d.name} (fine-tuned from the replaced {meta['base']})")
+    return sorted(members)
