@@ -154,7 +154,7 @@ def correlation_work(registry, job, options, group: str):
     """One group's correlation matrix before and after alignment, its matching result and the weights it
     touches (from the architecture table)."""
     from .align import correlation
-    from .work import about
+    from .work import about, tokens_used
 
     def work(progress):
         pipe = registry.get(job)
@@ -171,7 +171,7 @@ def correlation_work(registry, job, options, group: str):
                 "after": np.asarray(C)[:, np.asarray(res.perm)],  # column i: B's unit perm[i] = B′'s unit i
                 "result": res,
                 "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
-                "about": about(job, options, group=g)}
+                "about": about(job, options, group=g, tokens_used=tokens_used(pipe))}
     return work
 
 

@@ -1,0 +1,75 @@
+"""Words a page may say about figures it shows ("lower", "helps", "hurts", "67 % lower"), derived from
+those figures here, so that no verdict is typed into a page as prose.
+
+* ``change``: how a barrier moved from one figure to another (relative change, word, verdict).
+* ``residual_rows``: Table 2's residual variants against Identity on one pair, each with its verdict.
+* ``residual_summary``: one sentence for those rows, and whether they agree with what the paper reported.
+"""
+from __future__ import annotations
+
+import math
+
+TOLERANCE = 0.01  # a relative change below 1 % counts as no change
+
+
+def _finite(*xs) -> bool:
+    return all(x is not None and math.isfinite(float(x)) for x in xs)
+
+
+def change(before: float, after: float, se_before: float | None = None, se_after: float | None = None,
+           tol: float = TOLERANCE) -> dict:
+    """How a barrier moved from ``before`` to ``after`` (lower is better).
+
+    Returns ``relative`` ((after - before) / |before|, None when before is 0 or a figure is missing),
+    ``word`` ("lower", "higher", "about the same", "unknown"), ``verdict`` ("helps", "hurts",
+    "makes no clear difference", "unknown") and ``text`` ("0.203, 67 % lower than 0.615").  A change
+    smaller than ``tol`` of ``before``, or within one combined standard error when both are given,
+    is "about the same"."""
+    if not _finite(before, after):
+        return {"relative": None, "word": "unknown", "verdict": "unknown", "text": "not measured"}
+    before, after = float(before), float(after)
+    diff = after - before
+    rel = diff / abs(before) if before != 0 else None
+    noise = tol * abs(before)
+    if _finite(se_before, se_after):
+        noise = max(noise, math.hypot(float(se_before), float(se_after)))
+    if abs(diff) <= noise:
+        word, verdict = "about the same", "makes no clear difference"
+    elif diff < 0:
+        word, verdict = "lower", "helps"
+    else:
+        word, verdict = "higher", "hurts"
+    if word == "about the same" or rel is None:
+        text = f"{after:.3f}, {word} as {before:.3f}" if word == "about the same" else f"{after:.3f} vs {before:.3f}"
+    else:
+        text = f"{after:.3f}, {abs(rel):.0%} {word} than {before:.3f}"
+    return {"relative": rel, "word": word, "verdict": verdict, "text": text}
+
+
+def residual_rows(barriers: dict[str, float], identity: str, variants: dict[str, str],
+                  ses: dict[str, float] | None = None) -> list[dict]:
+    """Each residual variant against Identity on one pair.  ``barriers``: method label -> barrier;
+    ``identity``: the label of the row without a residual permutation; ``variants``: label -> the
+    name shown ("First", "Last", "All").  Variants without a figure are left out."""
+    ses = ses or {}
+    base = barriers.get(identity)
+    rows = []
+    for label, shown in variants.items():
+        if label not in barriers or base is None:
+            continue
+        c = change(base, barriers[label], ses.get(identity), ses.get(label))
+        rows.append({"variant": shown, "barrier": float(barriers[label]), "identity": float(base), **c})
+    return rows
+
+
+def residual_summary(rows: list[dict]) -> dict:
+    """One sentence for ``residual_rows`` and how it compares with the paper, which reported that
+    every residual variant raised the barrier above Identity: ``agrees`` is True when every variant
+    hurts here, False when none does, None when the pair is mixed (or nothing was measured)."""
+    if not rows:
+        return {"sentence": "", "agrees": None, "verdicts": {}}
+    parts = [f"{r['variant']} {r['verdict']} ({r['text']})" for r in rows]
+    verdicts = {r["variant"]: r["verdict"] for r in rows}
+    hurts = [v == "hurts" for v in verdicts.values()]
+    agrees = True if all(hurts) else False if not any(hurts) else None
+    return {"sentence": "; ".join(parts), "agrees": agrees, "verdicts": verdicts}
