@@ -33,7 +33,8 @@ def q_int(key: str, default: int, lo: int, hi: int) -> int:
 
 # The form's widgets have keys; their values are kept in FORM_STATE while other pages are shown, so
 # that coming back shows the settings of the current run (not the defaults).
-for k, v in ss.get(FORM_STATE, {}).items():
+current = ss.get(RUN_STATE)
+for k, v in (ss.get(FORM_STATE) or (current.form if current is not None else {})).items():
     if k not in ss:
         ss[k] = v
 

@@ -145,8 +145,8 @@ else:
             st.markdown(f"This run's options with the residual permutation ({run.options.label()}) against the same "
                         f"options without it ({opts[-2].label()}): {c['text']}; the residual permutation "
                         f"{c['verdict']} here.")
-        st.caption("A change under 1 % of the barrier it is compared with, or within one standard error, "
-                   "counts as no clear difference.")
+        st.caption("A change under 1 % of the barrier it is compared with counts as no clear difference; "
+                   "\"within one standard error\" marks a change that may be noise of the evaluation text.")
         about_caption(found["about"])
 
 st.subheader("Where to look next")

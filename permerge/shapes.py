@@ -98,18 +98,21 @@ def table3(curves: pd.DataFrame, bars: pd.DataFrame, vanilla: str = "vanilla", a
         s = shapes[shapes["task"] == task]
         m_van = list(s.loc[(s["method"] == vanilla) & s["m_shaped"], "pair"])
         m_al = list(s.loc[(s["method"] == aligned) & s["m_shaped"], "pair"])
-        worse = [p for p in a.index if p in v.index and change(v[p], a[p])["word"] == "higher"]
+        worse = [w["pair"] for w in worse_pairs(b, vanilla) if w["method"] == aligned]
         rows.append({"task": task, "pairs": int(len(v)), "vanilla barrier": _pm(vm, vse),
                      f"aligned barrier ({aligned})": _pm(am, ase),
                      "M-shaped (vanilla)": ", ".join(m_van) or "none",
                      "M-shaped (aligned)": ", ".join(m_al) or "none",
-                     "alignment raised the barrier": ", ".join(worse) or "none"})
+                     "alignment raised the barrier": ", ".join(worse) or "none",
+                     "alignment tokens used": ", ".join(f"{int(t):,}" for t in b.loc[b["method"] == aligned, "tokens"]
+                                                        if t == t and t is not None) or "-"})
     return pd.DataFrame(rows)
 
 
 def worse_pairs(bars: pd.DataFrame, vanilla: str = "vanilla") -> list[dict]:
-    """The (task, pair) whose aligned barrier is higher than vanilla's, with both figures and the
-    change's text (``verdicts.change``)."""
+    """The (task, pair) whose aligned barrier is higher than vanilla's by more than ``verdicts.change``
+    counts as noise (1 %, or one standard error when ``barrier_se`` is given), with both figures and
+    the change's text."""
     out = []
     keys = [k for k in ("task", "pair") if k in bars]
     for ident, g in bars.groupby(keys, sort=False):
@@ -117,7 +120,8 @@ def worse_pairs(bars: pd.DataFrame, vanilla: str = "vanilla") -> list[dict]:
         van = g[g["method"] == vanilla]
         for _, r in g[g["method"] != vanilla].iterrows():
             if len(van):
-                c = change(float(van["barrier"].iloc[0]), float(r["barrier"]))
+                se = (van["barrier_se"].iloc[0], r["barrier_se"]) if "barrier_se" in g else (None, None)
+                c = change(float(van["barrier"].iloc[0]), float(r["barrier"]), *se)
                 if c["word"] == "higher":
                     out.append({**dict(zip(keys, ident)), "method": r["method"], "vanilla": float(van["barrier"].iloc[0]),
                                 "aligned": float(r["barrier"]), "text": c["text"]})

@@ -16,34 +16,42 @@ def _finite(*xs) -> bool:
     return all(x is not None and math.isfinite(float(x)) for x in xs)
 
 
+def fmt(x: float) -> str:
+    """A barrier as shown: three decimals, or three significant digits below 0.1 (0.00793)."""
+    x = float(x)
+    return f"{x:.3f}" if abs(x) >= 0.1 or x == 0 else f"{x:.3g}"
+
+
 def change(before: float, after: float, se_before: float | None = None, se_after: float | None = None,
            tol: float = TOLERANCE) -> dict:
     """How a barrier moved from ``before`` to ``after`` (lower is better).
 
     Returns ``relative`` ((after - before) / |before|, None when before is 0 or a figure is missing),
-    ``word`` ("lower", "higher", "about the same", "unknown"), ``verdict`` ("helps", "hurts",
-    "makes no clear difference", "unknown") and ``text`` ("0.203, 67 % lower than 0.615").  A change
-    smaller than ``tol`` of ``before``, or within one combined standard error when both are given,
-    is "about the same"."""
+    ``word`` ("lower", "higher", "about the same" for a change under ``tol`` of ``before``,
+    "unknown"), ``verdict`` ("helps", "hurts", "makes no clear difference", "unknown"),
+    ``within_se`` (the change is at most one combined standard error, when both are given: it may
+    be noise) and ``text`` ("0.203, 67 % lower than 0.615")."""
     if not _finite(before, after):
-        return {"relative": None, "word": "unknown", "verdict": "unknown", "text": "not measured"}
+        return {"relative": None, "word": "unknown", "verdict": "unknown", "within_se": False, "text": "not measured"}
     before, after = float(before), float(after)
     diff = after - before
     rel = diff / abs(before) if before != 0 else None
-    noise = tol * abs(before)
-    if _finite(se_before, se_after):
-        noise = max(noise, math.hypot(float(se_before), float(se_after)))
-    if abs(diff) <= noise:
+    if abs(diff) <= tol * abs(before):
         word, verdict = "about the same", "makes no clear difference"
     elif diff < 0:
         word, verdict = "lower", "helps"
     else:
         word, verdict = "higher", "hurts"
-    if word == "about the same" or rel is None:
-        text = f"{after:.3f}, {word} as {before:.3f}" if word == "about the same" else f"{after:.3f} vs {before:.3f}"
+    within = _finite(se_before, se_after) and abs(diff) <= math.hypot(float(se_before), float(se_after))
+    if word == "about the same":
+        text = f"{fmt(after)}, about the same as {fmt(before)}"
+    elif rel is None:
+        text = f"{fmt(after)} vs {fmt(before)}"
     else:
-        text = f"{after:.3f}, {abs(rel):.0%} {word} than {before:.3f}"
-    return {"relative": rel, "word": word, "verdict": verdict, "text": text}
+        text = f"{fmt(after)}, {abs(rel):.0%} {word} than {fmt(before)}"
+    if within and word != "about the same":
+        text += ", within one standard error"
+    return {"relative": rel, "word": word, "verdict": verdict, "within_se": bool(within), "text": text}
 
 
 def residual_rows(barriers: dict[str, float], identity: str, variants: dict[str, str],
