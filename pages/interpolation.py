@@ -157,13 +157,14 @@ else:
                 st.caption(f"{task}, {pair}: " + "; ".join(f"{r['method']}: {r['shape']}" for _, r in sh.iterrows())
                            + ". Triangles mark where the loss dips below both ends (the M shape of the paper's "
                              "Fig. 8 has two such dips).")
-        st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned (mean ± standard "
-                    "error over pairs; one pair has no standard error), and which pairs are M-shaped.")
+        st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned with "
+                    f"{cls_opts[1].label()} (mean ± standard error over pairs; one pair has no standard error), which "
+                    "pairs are M-shaped, and where alignment made a pair worse.")
         st.dataframe(table3(curves_df, bars_df), width="stretch", hide_index=True)
         worse = worse_pairs(bars_df)
         if worse:
             st.caption("Alignment raised the barrier of " + "; ".join(
-                f"{w['task']} {w['pair']} ({w['text']})" for w in worse)
+                f"{w['task']} ({w['pair']}: {w['text']})" for w in worse)
                 + ". Alignment matches units by their correlation on the alignment text; it does not minimise the "
                   "loss, and when the vanilla barrier is already small (fine-tuned classifiers), the noise of a "
                   "matching estimated from a few thousand tokens can cost more than the matching gains. \"Within "

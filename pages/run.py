@@ -263,6 +263,7 @@ if st.button("Run alignment", type="primary", disabled=not ready or running, ico
              help="A run is going: wait for it or cancel it." if running else None):
     jobs().submit(key, work.pair_work(registry(), job, options, int(lambdas)), label=pair_title(job))
     ss[PENDING_STATE] = Run(job, options, int(lambdas), key, dict(ss[FORM_STATE]))
+    st.rerun()  # drawn again with the Run button disabled while the run goes
 
 # --- progress and result -------------------------------------------------------------------------------
 pending = ss.get(PENDING_STATE)

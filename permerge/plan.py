@@ -88,8 +88,8 @@ class JobPlan:
         measured) and ``at`` (when it was measured)."""
         total = sum(s.units for s in self.stages)
         done = sum(s.units * s.fraction for s in self.stages)
-        eta = 0.0
-        for s in self.stages[self.current:]:
+        eta = 0.0 if total > 0 else None  # nothing sized yet (e.g. while loading): unknown, not zero
+        for s in self.stages[self.current:] if eta is not None else []:
             left = s.units * (1.0 - s.fraction)
             if left <= 0:
                 continue

@@ -451,17 +451,21 @@ def mark_dips(fig: go.Figure, curves: pd.DataFrame, shapes: pd.DataFrame, value:
     dip, labelled with its lambda, in the method's colour; an M-shaped curve's legend entry says so."""
     if value != "loss":
         return fig
-    for _, s in shapes.iterrows():
-        if not s["dips"]:
-            continue
+    rows = [s for _, s in shapes.iterrows() if s["dips"]]
+    labelled: set = set()
+    for n, s in enumerate(rows):
         color = method_color(s["method"])
         label = ("M shape" if s["m_shaped"] else "dip below both ends") + f" ({s['method']})"
-        fig.add_trace(go.Scatter(x=list(s["dips"]), y=list(s["dip_losses"]), mode="markers+text", name=label,
+        # nudged sideways per method as the barrier bars are; each lambda labelled once
+        dx = 0.012 * (n - (len(rows) - 1) / 2)
+        text = [f"λ = {x:.2f}" if round(x, 6) not in labelled else "" for x in s["dips"]]
+        labelled |= {round(x, 6) for x in s["dips"]}
+        fig.add_trace(go.Scatter(x=[x + dx for x in s["dips"]], y=list(s["dip_losses"]), mode="markers+text", name=label,
                                  marker=dict(symbol="triangle-down", size=14, color=color,
                                              line=dict(width=1, color="black")),
-                                 text=[f"λ = {x:.2f}" for x in s["dips"]], textposition="bottom center",
-                                 textfont=dict(color=color, size=12),
-                                 hovertemplate=f"{s['method']}: below both ends<br>λ %{{x:.2f}}<br>loss %{{y:.4f}}"
+                                 customdata=list(s["dips"]), text=text, textposition="bottom center",
+                                 textfont=dict(color="black", size=12),
+                                 hovertemplate=f"{s['method']}: below both ends<br>λ %{{customdata:.2f}}<br>loss %{{y:.4f}}"
                                                "<extra></extra>"))
     return fig
 

@@ -82,9 +82,10 @@ def _pm(m: float, se: float) -> str:
 
 def table3(curves: pd.DataFrame, bars: pd.DataFrame, vanilla: str = "vanilla", aligned: str | None = None) -> pd.DataFrame:
     """The paper's Table 3 on these pairs: per task, the vanilla and the aligned barrier as mean ±
-    standard error over pairs ("-" for the standard error of one pair), the number of pairs, the pairs
-    whose vanilla or aligned curve is M-shaped, and the pairs whose barrier alignment raised (the
-    word from ``verdicts.change``).  ``aligned``: the aligned method's label (the other method)."""
+    standard error over pairs (no standard error for one pair), the number of pairs, the pairs whose
+    vanilla or aligned curve is M-shaped, the pairs whose barrier alignment raised ("aligned is
+    worse": ``worse_pairs``) and the alignment tokens used per pair.  ``aligned``: the aligned
+    method's label (the other method)."""
     if aligned is None:
         aligned = next(m for m in dict.fromkeys(bars["method"]) if m != vanilla)
     shapes = shapes_frame(curves)
@@ -100,12 +101,12 @@ def table3(curves: pd.DataFrame, bars: pd.DataFrame, vanilla: str = "vanilla", a
         m_al = list(s.loc[(s["method"] == aligned) & s["m_shaped"], "pair"])
         worse = [w["pair"] for w in worse_pairs(b, vanilla) if w["method"] == aligned]
         rows.append({"task": task, "pairs": int(len(v)), "vanilla barrier": _pm(vm, vse),
-                     f"aligned barrier ({aligned})": _pm(am, ase),
+                     "aligned barrier": _pm(am, ase),
                      "M-shaped (vanilla)": ", ".join(m_van) or "none",
                      "M-shaped (aligned)": ", ".join(m_al) or "none",
-                     "alignment raised the barrier": ", ".join(worse) or "none",
-                     "alignment tokens used": ", ".join(f"{int(t):,}" for t in b.loc[b["method"] == aligned, "tokens"]
-                                                        if t == t and t is not None) or "-"})
+                     "aligned is worse": ", ".join(worse) or "none",
+                     "tokens used": ", ".join(f"{int(t):,}" for t in b.loc[b["method"] == aligned, "tokens"]
+                                              if t == t and t is not None) or "-"})
     return pd.DataFrame(rows)
 
 

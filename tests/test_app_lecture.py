@@ -264,8 +264,8 @@ def test_table3():
     assert row["vanilla barrier"] == "0.391 ± 0.011"
     assert row["M-shaped (vanilla)"] == "style-seed1 | style-seed2, style-seed1 | style-seed3"
     assert row["M-shaped (aligned)"] == "none"
-    assert row["alignment raised the barrier"] == "style-seed1 | style-seed2"
-    assert row["alignment tokens used"] == "2,085, 2,085"
+    assert row["aligned is worse"] == "style-seed1 | style-seed2"
+    assert row["tokens used"] == "2,085, 2,085"
 
 
 def test_classifier_section_marks_the_m_shape_and_keeps_its_curves_across_runs():
@@ -286,9 +286,9 @@ def test_classifier_section_marks_the_m_shape_and_keeps_its_curves_across_runs()
         assert [t for t in figs[0].data if t.showlegend is False and len(t.y) == 2]  # barrier bars as on MLM charts
         assert any("(L(A) + L(B)) / 2" in (a.text or "") for a in figs[0].layout.annotations)  # endpoint mean
         table = [d.value for d in at.dataframe if "M-shaped (vanilla)" in d.value.columns]
-        assert table and table[0]["alignment raised the barrier"].iloc[0] == "style-seed1 | style-seed2"
+        assert table and table[0]["aligned is worse"].iloc[0] == "style-seed1 | style-seed2"
         text = texts(at)
-        assert "Alignment raised the barrier of style style-seed1 | style-seed2 (0.470, 17% higher than 0.402)" in text
+        assert "Alignment raised the barrier of style (style-seed1 | style-seed2: 0.470, 17% higher than 0.402)" in text
         assert "M-shaped: dips below both ends at λ = 0.10, 0.90" in text
 
     check()
@@ -303,6 +303,11 @@ def test_dip_marks_and_plain_log_ticks():
                         "function_preserving": True} for x, y in zip(np.linspace(0, 1, 11), M_LOSS)])
     fig = plots.mark_dips(plots.curves(df, "loss"), df, shapes.shapes_frame(df))
     assert [list(t.x) for t in fig.data if t.name == "M shape (vanilla)"] == [[0.1, 0.9]]
+    two = pd.concat([df, df.assign(method="FF + attn:head-perm")])
+    fig2 = plots.mark_dips(plots.curves(two, "loss"), two, shapes.shapes_frame(two))
+    marks = [t for t in fig2.data if (t.name or "").startswith("M shape")]
+    assert len(marks) == 2 and marks[0].x[0] < marks[1].x[0]  # side by side, not on top of each other
+    assert [list(t.text) for t in marks] == [["λ = 0.10", "λ = 0.90"], ["", ""]]  # each lambda labelled once
     log = plots.curves(df, "pseudo_perplexity", log_y=True)  # 81 ... 1808: no lone digits as ticks
     ticks = list(log.layout.yaxis.ticktext)
     assert ticks == ["100", "200", "500", "1,000"], ticks
@@ -319,6 +324,9 @@ def test_job_plan_counts_stages_and_the_time_left_for_the_whole_job(monkeypatch)
     plan = JobPlan([("load", "load", 0), ("statistics", "statistics", 100), ("curve 1", "curve", 50),
                     ("curve 2", "curve", 50)])
     seen = []
+    unsized = JobPlan([("load", "load", 0), ("statistics", "statistics", 0)])
+    unsized.report(lambda *a, **k: seen.append(k["job"]), 0, "loading", 0, 0)
+    assert seen[-1]["eta_s"] is None  # nothing sized yet: unknown, not "0 s left"
     cb = plan.callback(lambda *a, **k: seen.append(k["job"]), 2, {"statistics": 1})
     cb("statistics", 1, 10)  # warm-up step: not timed
     assert seen[-1]["stage"] == 2 and seen[-1]["stages"] == 4 and seen[-1]["eta_s"] is None
