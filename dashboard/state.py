@@ -272,8 +272,10 @@ def overall_line(snap: dict) -> str:
     left for the job."""
     plan = snap["info"]["job"]
     left = snap.get("job_eta_s")
-    return (f"stage {plan['stage']} of {plan['stages']} ({plan['name']}), {plan['fraction']:.0%} of the job done, "
-            + (f"about {_fmt_s(left)} left for the whole job" if left is not None else "time left: measuring …"))
+    done = min(plan["fraction"], 0.99)  # a job still running is not 100 % done
+    return (f"stage {plan['stage']} of {plan['stages']} ({plan['name']}), {done:.0%} of the job done, "
+            + ("time left: measuring …" if left is None else
+               "finishing its last steps" if left < 1 else f"about {_fmt_s(left)} left for the whole job"))
 
 
 def eta_line(snap: dict) -> str:

@@ -463,7 +463,7 @@ def mark_dips(fig: go.Figure, curves: pd.DataFrame, shapes: pd.DataFrame, value:
         fig.add_trace(go.Scatter(x=[x + dx for x in s["dips"]], y=list(s["dip_losses"]), mode="markers+text", name=label,
                                  marker=dict(symbol="triangle-down", size=14, color=color,
                                              line=dict(width=1, color="black")),
-                                 customdata=list(s["dips"]), text=text, textposition="bottom center",
+                                 customdata=list(s["dips"]), text=text, textposition="middle left",
                                  textfont=dict(color="black", size=12),
                                  hovertemplate=f"{s['method']}: below both ends<br>λ %{{customdata:.2f}}<br>loss %{{y:.4f}}"
                                                "<extra></extra>"))

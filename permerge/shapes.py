@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .interpolate import mean_sem
-from .verdicts import change
+from .verdicts import change, fmt
 
 
 def dips(lambdas, losses, tol: float = 0.0) -> list[dict]:
@@ -77,7 +77,7 @@ def shapes_frame(curves: pd.DataFrame, value: str = "loss") -> pd.DataFrame:
 def _pm(m: float, se: float) -> str:
     if m != m:
         return "-"
-    return f"{m:.3f} ± {se:.3f}" if se == se else f"{m:.3f}"
+    return f"{fmt(m)} ± {fmt(se)}" if se == se else fmt(m)
 
 
 def table3(curves: pd.DataFrame, bars: pd.DataFrame, vanilla: str = "vanilla", aligned: str | None = None) -> pd.DataFrame:
@@ -99,7 +99,8 @@ def table3(curves: pd.DataFrame, bars: pd.DataFrame, vanilla: str = "vanilla", a
         s = shapes[shapes["task"] == task]
         m_van = list(s.loc[(s["method"] == vanilla) & s["m_shaped"], "pair"])
         m_al = list(s.loc[(s["method"] == aligned) & s["m_shaped"], "pair"])
-        worse = [w["pair"] for w in worse_pairs(b, vanilla) if w["method"] == aligned]
+        worse = [w["pair"] + (" (within one s.e.)" if w["within_se"] else "")
+                 for w in worse_pairs(b, vanilla) if w["method"] == aligned]
         rows.append({"task": task, "pairs": int(len(v)), "vanilla barrier": _pm(vm, vse),
                      "aligned barrier": _pm(am, ase),
                      "M-shaped (vanilla)": ", ".join(m_van) or "none",
@@ -125,5 +126,5 @@ def worse_pairs(bars: pd.DataFrame, vanilla: str = "vanilla") -> list[dict]:
                 c = change(float(van["barrier"].iloc[0]), float(r["barrier"]), *se)
                 if c["word"] == "higher":
                     out.append({**dict(zip(keys, ident)), "method": r["method"], "vanilla": float(van["barrier"].iloc[0]),
-                                "aligned": float(r["barrier"]), "text": c["text"]})
+                                "aligned": float(r["barrier"]), "text": c["text"], "within_se": c["within_se"]})
     return out

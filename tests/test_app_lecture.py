@@ -369,7 +369,7 @@ def test_one_progress_line_for_the_job_and_no_second_run_meanwhile():
 
     release = threading.Event()
     plan = JobPlan([("loading checkpoints and data", "load", 0), ("statistics pass", "statistics", 100),
-                    ("assignments", "assignment", 0), ("vanilla curve", "curve", 50), ("B′ check", "check", 0)])
+                    ("assignments", "assignment", 0), ("vanilla curve", "curve", 100_000), ("B′ check", "check", 0)])
 
     def work(progress):
         cb = plan.callback(progress, 1)
@@ -394,7 +394,7 @@ def test_one_progress_line_for_the_job_and_no_second_run_meanwhile():
         assert_clean(at)
         bars = [p.text for p in at.get("progress")]
         assert bars and "stage 2 of 5 (statistics pass)" in bars[0] and "left for the whole job" in bars[0], bars
-        assert "20% of the job done" in bars[0], bars  # 30 of the 150 units
+        assert ", 0% of the job done" in bars[0], bars  # 30 of the 100,100 units
         assert [b for b in at.button if b.label == "Run alignment"][0].disabled
     finally:
         release.set()
