@@ -135,10 +135,8 @@ else:
         rows = verdicts.residual_rows(bars, RESIDUAL_VARIANTS[0].label(),
                                       {o.label(): table_label(o) for o in RESIDUAL_VARIANTS[1:]}, ses)
         summary = verdicts.residual_summary(rows)
-        verdict = {True: "agrees with what the paper reported", False: "differs from what the paper reported",
-                   None: "agrees with the paper for some variants and not for others"}[summary["agrees"]]
         st.markdown(f"**What this pair shows** (barrier against Identity, {bars[RESIDUAL_VARIANTS[0].label()]:.3f}): "
-                    f"{summary['sentence']}. This {verdict}.")
+                    f"{summary['sentence']}. This {summary['paper']}.")
         if own:
             c = verdicts.change(bars[opts[-2].label()], bars[run.options.label()], ses.get(opts[-2].label()),
                                 ses.get(run.options.label()))

@@ -73,11 +73,14 @@ def residual_rows(barriers: dict[str, float], identity: str, variants: dict[str,
 def residual_summary(rows: list[dict]) -> dict:
     """One sentence for ``residual_rows`` and how it compares with the paper, which reported that
     every residual variant raised the barrier above Identity: ``agrees`` is True when every variant
-    hurts here, False when none does, None when the pair is mixed (or nothing was measured)."""
+    hurts here, False when none does, None when the pair is mixed (or nothing was measured), and
+    ``paper`` says so in words."""
     if not rows:
-        return {"sentence": "", "agrees": None, "verdicts": {}}
+        return {"sentence": "", "agrees": None, "verdicts": {}, "paper": ""}
     parts = [f"{r['variant']} {r['verdict']} ({r['text']})" for r in rows]
     verdicts = {r["variant"]: r["verdict"] for r in rows}
     hurts = [v == "hurts" for v in verdicts.values()]
     agrees = True if all(hurts) else False if not any(hurts) else None
-    return {"sentence": "; ".join(parts), "agrees": agrees, "verdicts": verdicts}
+    paper = {True: "agrees with what the paper reported", False: "differs from what the paper reported",
+             None: "agrees with the paper for some variants and not for others"}[agrees]
+    return {"sentence": "; ".join(parts), "agrees": agrees, "verdicts": verdicts, "paper": paper}

@@ -173,7 +173,9 @@ def test_verdicts():
     assert [r["variant"] for r in rows] == ["First", "All"]  # Last was not measured
     assert verdicts.residual_summary(rows)["agrees"] is None
     assert verdicts.residual_summary(rows[:1])["agrees"] is True
-    assert verdicts.residual_summary(rows[1:])["agrees"] is False
+    assert verdicts.residual_summary(rows[1:])["paper"] == "differs from what the paper reported"
+    assert verdicts.residual_summary(rows)["sentence"] == ("First hurts (1.200, 20% higher than 1.000); "
+                                                           "All helps (0.800, 20% lower than 1.000)")
 
 
 # --- 2. an evaluation text on Pick and run -------------------------------------------------------------
