@@ -2,8 +2,6 @@
 merge them along lambda, and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
-from dashboard.state import current_run, name_md
-
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 
 # Sections of the navigation; a new page is one more st.Page in one of these lists.
@@ -23,7 +21,9 @@ PAGES = {
     ],
     "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],
 }
-page = st.navigation(PAGES)
+page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
+
+from dashboard.state import current_run, name_md  # noqa: E402 (imports torch: after the navigation)
 
 with st.sidebar:
     run = current_run()

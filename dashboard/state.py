@@ -268,6 +268,23 @@ def describe(snap: dict) -> str:
     return txt
 
 
+def overall_line(snap: dict) -> str:
+    """The whole job in one line: stage k of n (its name), the share of the job done, and the time
+    left for the job."""
+    plan = snap["info"]["job"]
+    left = snap.get("job_eta_s")
+    done = min(plan["fraction"], 0.99)  # a job still running is not 100 % done
+    return (f"stage {plan['stage']} of {plan['stages']} ({plan['name']}), {done:.0%} of the job done, "
+            + ("time left: measuring …" if left is None else
+               "finishing its last steps" if left < 1 else f"about {_fmt_s(left)} left for the whole job"))
+
+
+def eta_line(snap: dict) -> str:
+    eta = snap["eta_s"]
+    return (f"Elapsed {_fmt_s(snap['elapsed_s'])}; the time left is estimated from the rates measured so far in "
+            "this job" + (f" (this stage: about {_fmt_s(eta)})." if eta is not None else "."))
+
+
 def _partial_chart(snap: dict) -> None:
     """The curve being evaluated, drawn as its points come in (coarse grid first)."""
     import pandas as pd
@@ -294,11 +311,16 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
         snap = h.snapshot()
         if not h.active:
             st.rerun()
-        st.progress(min(max(snap["fraction"], 0.0), 1.0), text=f"{title} — {describe(snap)}")
-        eta = snap["eta_s"]
-        st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
-                   + (f"; this stage: about {_fmt_s(eta)} left at the rate measured so far" if eta is not None else
-                      "; time left: measuring …" if snap["total"] else ""))
+        plan = snap["info"].get("job")
+        if plan:  # one line for the whole job: stage k of n, and the time left for all of it
+            st.progress(min(max(snap["fraction"], 0.0), 1.0), text=f"{title} — {overall_line(snap)}")
+            st.caption(f"Now: {describe(snap)}. " + eta_line(snap))
+        else:
+            st.progress(min(max(snap["fraction"], 0.0), 1.0), text=f"{title} — {describe(snap)}")
+            eta = snap["eta_s"]
+            st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
+                       + (f"; this stage: about {_fmt_s(eta)} left at the rate measured so far" if eta is not None else
+                          "; time left: measuring …" if snap["total"] else ""))
         _partial_chart(snap)
         if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()

@@ -42,7 +42,8 @@ o1, o2, o3 = st.columns([2, 2, 1])
 order = o1.radio("Order of the units", views.ORDERS, key="corr_order",
                  help="Clustering puts A's units with similar correlation patterns next to each other and moves "
                       "each unit's matched partner of B with it, so the diagonal stays the matched pairs.")
-lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, min(d, 64)), key=f"corr_window_{group}",
+lo, hi = (o2.slider("Units shown (positions in this order)", 0, d, (0, views.default_window(d, heads)),
+                    key=f"corr_window_{group}",
                     help="A window of the matrix: fewer units, bigger cells, a clearer diagonal.")
           if d > 64 else (0, d))
 max_pixels = o3.select_slider("Pixel limit per side", [256, 512, 1024, 2048], value=512,
@@ -85,8 +86,9 @@ st.caption(
     f"because the two models learned their units in different orders. For {ds['share_row_best']:.0%} of A's units "
     f"the matched partner is also the single best-correlated unit of B in its row"
     + (f"; {ds['share_other_above_mean_matched']:.0%} of the other pairs correlate more than the average matched "
-       "pair, which is why the diagonal is hard to see cell by cell here (the matching must be one-to-one, and "
-       "units inside a head tend to vary together)." if ds["share_other_above_mean_matched"] > 0.02 else "."))
+       "pair, which is why the diagonal is hard to see cell by cell here (the matching must be one-to-one"
+       + (", and units inside a head tend to vary together)." if heads else ").")
+       if ds["share_other_above_mean_matched"] > 0.02 else "."))
 
 if heads:
     st.subheader("Heads")

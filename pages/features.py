@@ -19,6 +19,11 @@ which = st.radio("Alignment shown", ["this run's options", "every group aligned"
                       "residual point: the best each point can reach; not function-preserving as a model).")
 options = run.options if which == "this run's options" else AlignOptions(
     ff=True, attention="head-perm", residual="separate", pooler=run.options.pooler)
+if which != "this run's options":
+    st.caption("⚠ \"Every group aligned\" aligns the residual points with **Separate**: one permutation per point, "
+               "the best each point can reach on its own. That is **not function-preserving** (a model built with "
+               "it would not compute B), so these residual correlations are an upper bound; a function-preserving "
+               "run (residual All) shares one permutation over every point and reaches less.")
 key = job_key("features", job=run.job.to_dict(), options=options.to_dict())
 jobs().submit(key, work.alignment_work(registry(), run.job, options), "feature correlations")
 job_panel(key, "Solving / loading the alignment")

@@ -1,10 +1,11 @@
 """Loss and pseudo-perplexity along lambda: this pair, the paper's Fig. 4 variants, a family of pairs, classifiers."""
 import streamlit as st
 
-from dashboard.state import (about_caption, job_key, name, pair_title, pick_pairs, registry, require_run, run_result,
-                             section_result, start, study_base)
+from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, name, pair_title, pick_pairs,
+                             registry, require_run, run_result, section_result, start, study_base)
 from permerge import plots, work, zoo
 from permerge.align import VANILLA, AlignOptions
+from permerge.shapes import shapes_frame, table3, worse_pairs
 from permerge.study import FIG4, band, barriers_frame, curves_frame, family_pairs
 
 st.title("Interpolation")
@@ -121,20 +122,56 @@ else:
     cls_opts = [VANILLA, AlignOptions(ff=True, attention="head-perm", pooler=True)]
     keyc = job_key("tasks", tasks=sel, tokens=run.job.tokens, device=run.job.device, lambdas=int(cls_lambdas))
     if st.button("Compute the classifier curves", key="cls_btn", disabled=not sel):
-        start("cls", run, keyc, work.tasks_work(registry(), sel, {t: str(zoo.task_dir(t)) for t in sel}, run.job.tokens,
-                                                run.job.device, cls_opts, int(cls_lambdas), None), "classifier curves")
-    resc = section_result("cls", run, "Classifier curves")
+        jobs().submit(keyc, work.tasks_work(registry(), sel, {t: str(zoo.task_dir(t)) for t in sel}, run.job.tokens,
+                                            run.job.device, cls_opts, int(cls_lambdas), None), "classifier curves")
+        st.session_state["cls_key"] = keyc
+    # Classifier curves belong to their tasks and settings, not to the run: kept across runs.
+    shown_key = keyc if jobs().get(keyc) is not None else st.session_state.get("cls_key")
+    resc = None
+    if shown_key is not None:
+        job_panel(shown_key, "Classifier curves")
+        resc = job_outcome(shown_key)
     if resc is not None:
+        if shown_key != keyc:
+            st.caption("Shown: the classifier curves computed last in this session; the settings above differ "
+                       "from them.")
         curves_df, bars_df = resc["curves"], resc["bars"]
+        shapes_df = shapes_frame(curves_df)
         view = st.radio("View", ["loss", "accuracy"], horizontal=True, key="cls_view")
         for task in dict.fromkeys(curves_df["task"]):
             sub = curves_df[curves_df["task"] == task]
             if view not in sub or not sub[view].notna().any():
                 st.caption(f"{task}: no {view} (regression task).")
                 continue
-            st.plotly_chart(plots.band(band(sub, view), f"{task}: {view} (mean ± s.e. over pairs)", y_title=view),
-                            width="stretch")
-        st.dataframe(bars_df[["task", "pair", "method", "barrier", "barrier_se", "barrier_lambda"]], width="stretch",
-                     hide_index=True)
-        st.caption(f"Bundled classifiers of {', '.join(resc['about']['tasks'])}; each task's own train/dev data; "
-                   f"≤ {resc['about']['tokens']:,} alignment tokens; {resc['about']['lambdas']} λ points.")
+            pairs_here = list(dict.fromkeys(sub["pair"]))
+            if len(pairs_here) > 1:
+                st.plotly_chart(plots.band(band(sub, view), f"{task}: {view} (mean ± s.e. over {len(pairs_here)} pairs)",
+                                           y_title=view), width="stretch", key=f"cls_band_{task}_{view}")
+            for pair in pairs_here:
+                one = sub[sub["pair"] == pair]
+                b = bars_df[(bars_df["task"] == task) & (bars_df["pair"] == pair)]
+                fig = plots.curves(one, view, b if view == "loss" else None, title=f"{task}, pair {pair}: {view}",
+                                   y_title=f"dev-set {view}")
+                sh = shapes_df[(shapes_df["task"] == task) & (shapes_df["pair"] == pair)]
+                st.plotly_chart(plots.mark_dips(fig, one, sh, view), width="stretch", key=f"cls_{task}_{pair}_{view}")
+                st.caption(f"{task}, {pair}: " + "; ".join(f"{r['method']}: {r['shape']}" for _, r in sh.iterrows())
+                           + ". Triangles mark where the loss dips below both ends (the M shape of the paper's "
+                             "Fig. 8 has two such dips).")
+        st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned with "
+                    f"{cls_opts[1].label()} (mean ± standard error over pairs; one pair has no standard error), which "
+                    "pairs are M-shaped, and where alignment made a pair worse.")
+        st.dataframe(table3(curves_df, bars_df), width="stretch", hide_index=True)
+        worse = worse_pairs(bars_df)
+        if worse:
+            st.caption("Alignment raised the barrier of " + "; ".join(
+                f"{w['task']} ({w['pair']}: {w['text']})" for w in worse)
+                + ". Alignment matches units by their correlation on the alignment text; it does not minimise the "
+                  "loss, and when the vanilla barrier is already small (fine-tuned classifiers), the noise of a "
+                  "matching estimated from a few thousand tokens can cost more than the matching gains. \"Within "
+                  "one standard error\" (over the dev examples) means the rise may be noise of the dev set.")
+        with st.expander("Every pair's barriers"):
+            st.dataframe(bars_df[["task", "pair", "method", "barrier", "barrier_se", "barrier_lambda"]],
+                         width="stretch", hide_index=True)
+        st.caption(f"Bundled classifiers of {', '.join(resc['about']['tasks'])}; each task's own train/dev data "
+                   "(alignment tokens used per pair: Table 3's last column); "
+                   f"{resc['about']['lambdas']} λ points.")

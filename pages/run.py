@@ -33,7 +33,8 @@ def q_int(key: str, default: int, lo: int, hi: int) -> int:
 
 # The form's widgets have keys; their values are kept in FORM_STATE while other pages are shown, so
 # that coming back shows the settings of the current run (not the defaults).
-for k, v in ss.get(FORM_STATE, {}).items():
+current = ss.get(RUN_STATE)
+for k, v in (ss.get(FORM_STATE) or (current.form if current is not None else {})).items():
     if k not in ss:
         ss[k] = v
 
@@ -99,6 +100,33 @@ loss_name = {"mlm": "Masked-LM", "causal-lm": "Causal-LM"}.get(evaluation)
 has_pooler = bool(facts and facts["pooler"]) and is_classifier
 
 # --- data --------------------------------------------------------------------------------------------
+EVAL_CHOICES = ["bundled evaluation text", "a text file", "the tail of the alignment data"]
+
+
+def pick_eval_text(data_kind: str, data: str | None) -> str | None:
+    """The evaluation text of a language-model pair, as the command line's --eval-data: the bundled
+    evaluation text, a file, or (None) the last evaluation blocks of the alignment data, held out."""
+    if ss.get("_eval_for") != data_kind:  # a new kind of data: its natural evaluation text
+        ss["eval_kind"] = EVAL_CHOICES[0] if data_kind == "bundled alignment text" else EVAL_CHOICES[2]
+        ss["_eval_for"] = data_kind
+    kind = st.radio("Evaluation text", EVAL_CHOICES, horizontal=True, key="eval_kind",
+                    help="Where the " + ("next-token" if evaluation == "causal-lm" else "masked-LM") + " loss along λ "
+                         "is measured. The tail of the alignment data is held out: never used for alignment.")
+    what = "next-token loss" if evaluation == "causal-lm" else "masked-LM loss (fixed masks)"
+    if kind == EVAL_CHOICES[0]:
+        st.caption(f"The {what} is measured on the held-out English text bundled with permerge "
+                   f"({work.data_label(str(zoo.eval_text()))}).")
+        return str(zoo.eval_text())
+    if kind == EVAL_CHOICES[1]:
+        path = st.text_input("Evaluation text file", placeholder="/path/to/eval.txt", key="eval_path").strip()
+        if path:
+            st.caption(f"The {what} is measured on {work.data_label(path)}.")
+        return path or None
+    st.caption(f"The {what} is measured on the last evaluation blocks of "
+               f"{work.data_label(data) if data else 'the alignment data'}, held out from the alignment.")
+    return None
+
+
 st.subheader("Data")
 tasks = zoo.list_tasks()
 task_of_a = next((e.get("task") for e in bundled if e["path"] == model_a), None)
@@ -114,16 +142,11 @@ eval_data = None
 task_choices = tasks + ["other folder…"]
 if data_kind == "bundled alignment text":
     data = str(zoo.align_text())
-    if not is_classifier:
-        eval_data = str(zoo.eval_text())
-        st.caption("Held-out English text bundled with permerge; the "
-                   + ("next-token loss is measured on the bundled evaluation text." if evaluation == "causal-lm" else
-                      "masked-LM loss is measured on the bundled evaluation text with fixed masks."))
 elif data_kind == "text file":
     data = st.text_input("Text file path", placeholder="/path/to/text.txt", key="data_path").strip()
-    if not is_classifier:
-        st.caption("The tail of the file is held out for evaluation.")
-else:
+if data_kind != "GLUE-format task folder" and not is_classifier:  # where the language-model loss is measured
+    eval_data = pick_eval_text(data_kind, data)
+elif data_kind == "GLUE-format task folder":
     ss.setdefault("task", task_of_a if task_of_a in tasks else task_choices[0])
     t = st.selectbox("Task", task_choices, key="task")
     data = str(zoo.task_dir(t)) if t in tasks else st.text_input("Task folder", placeholder="/path/to/task",
@@ -210,6 +233,8 @@ ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k 
     "eval_task", "eval_task_path", "ff", "pooler", "attention", "residual", "tokens", "lambdas", "device",
     "eval_blocks", "eval_examples", "exclude_special", "precision", "_form_head", "matcher")}
 
+ss[FORM_STATE].update({k: ss[k] for k in ("eval_kind", "eval_path", "_eval_for") if k in ss})
+
 data_problem = None
 for what, path in (("data", data), ("evaluation data", eval_data)):
     if path and not Path(path).expanduser().exists():
@@ -221,8 +246,13 @@ elif not data_problem and data:  # regular files and folders only, nothing under
     from permerge.errors import DataError
     try:
         check_data_path(data, "the data path")
+        if eval_data:
+            check_data_path(eval_data, "the evaluation data path")
     except DataError as e:
         data_problem = str(e)
+if not data_problem and not eval_data and not is_classifier and data_kind != "GLUE-format task folder" \
+        and ss.get("eval_kind") == EVAL_CHOICES[1]:
+    data_problem = "evaluation text file: give its path (or pick another evaluation text)"
 if data_problem:
     st.error(data_problem)
 ready = bool(model_a and model_b and data) and not problems and not reason and not data_problem
@@ -234,9 +264,13 @@ if ready:
               exclude_special=exclude_special)
 key = job_key("pair", job=job.to_dict() if job else None, options=options.to_dict(), lambdas=int(lambdas))
 
-if st.button("Run alignment", type="primary", disabled=not ready, icon=":material/play_arrow:"):
+pending = ss.get(PENDING_STATE)
+running = pending is not None and jobs().get(pending.key) is not None and jobs().get(pending.key).active
+if st.button("Run alignment", type="primary", disabled=not ready or running, icon=":material/play_arrow:",
+             help="A run is going: wait for it or cancel it." if running else None):
     jobs().submit(key, work.pair_work(registry(), job, options, int(lambdas)), label=pair_title(job))
     ss[PENDING_STATE] = Run(job, options, int(lambdas), key, dict(ss[FORM_STATE]))
+    st.rerun()  # drawn again with the Run button disabled while the run goes
 
 # --- progress and result -------------------------------------------------------------------------------
 pending = ss.get(PENDING_STATE)

@@ -1,13 +1,14 @@
 """Start here: what a loss barrier is, what alignment changes, what the paper found, what this pair shows."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from permerge import plots
-from permerge.study import barriers_frame, curves_frame
-from dashboard.state import current_run, jobs, pair_title
+from permerge import plots, verdicts, work
+from permerge.study import TABLE2, barriers_frame, curves_frame, table_label
+from dashboard.state import about_caption, current_run, job_key, jobs, pair_title, registry, section_result, start
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -27,7 +28,7 @@ def figure_data():
     if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
-        tokens = f"{run.job.tokens:,} alignment tokens" if run.job.tokens else "all the alignment data"
+        tokens = f"{h.result['tokens']:,} alignment tokens"  # as used, not the bound asked for
         label = f"Measured on your current run: {pair_title(run.job)}, {tokens}, {run.lambdas} λ points."
         return curves_frame(results), barriers_frame(results), label, True
     curve = FIGURE_DIR / "default-pair-curve.csv"
@@ -71,9 +72,10 @@ st.markdown(
     "* Aligning the feed-forward and attention layers lowers the barrier. Among the attention variants "
     "(their Table 1, feed-forward layers aligned in every row) the barrier falls in the order **Vanilla averaging > Monotonic > Ignore-Heads > Head-Perm**: "
     "respecting heads *and* letting them change places works best.\n"
-    "* Permuting the **residual stream** hurts (their Table 2): one permutation must then serve every layer's "
-    "input and output, and the First, Last and All variants all gave higher barriers than leaving it alone "
-    "(Identity).\n"
+    "* The paper reported that permuting the **residual stream** raised the barrier (their Table 2): one "
+    "permutation must then serve every layer's input and output, and its First, Last and All variants all gave "
+    "higher barriers than leaving the stream alone (Identity). What a pair of your own shows can differ; see "
+    "below.\n"
     "* Between classifiers fine-tuned on GLUE tasks the barriers are smaller, and some curves are "
     "**M-shaped**: points near λ ≈ 0.15 and 0.85 have *lower* loss than either model.")
 
@@ -87,15 +89,63 @@ else:
     who = "Your pair" if mine else "The bundled pair"
     if others:
         m = others[0]
-        change = (van - float(b[m])) / van if van else float("nan")
+        se = bdf.set_index("method")["barrier_se"] if "barrier_se" in bdf else {}
+        c = verdicts.change(van, float(b[m]), se.get("vanilla"), se.get(m))
         st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats; after alignment "
-                    f"({m}) it is **{float(b[m]):.3f}**, "
-                    + (f"{change:.0%} lower." if change > 0 else f"{-change:.0%} higher: alignment did not help "
-                       "this pair (small or weakly trained models can behave so).")
+                    f"({m}) it is **{c['text']}**: on this pair alignment {c['verdict']}."
+                    + (" Alignment did not lower this pair's barrier (small or weakly trained models can "
+                       "behave so)." if c["word"] == "higher" else "")
                     + (" The bundled models are small and briefly trained, so their numbers are far from the "
                        "paper's; the shapes are what to compare." if not mine else ""))
     else:
         st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats (this run aligned nothing).")
+
+st.subheader("The residual stream: the paper and this pair")
+RESIDUAL_VARIANTS = [o for o in TABLE2 if o.function_preserving]  # Identity, First, Last, All
+st.markdown(
+    "**What the paper reported** (Table 2, residual stream permuted alone): First, Last and All each gave a "
+    "higher barrier than Identity.  \n"
+    "**Why a pair here can differ:** the paper's public code permutes the residual stream without the MLM "
+    "head's transform (a dense layer and a LayerNorm that read the stream before the vocabulary), so its B′ "
+    "no longer computes B: its logits differ from B's, and that error adds to the barrier it measures for "
+    "every residual variant. permerge permutes the transform too (docs/method.md, *the MLM head's transform*), "
+    "so B′ computes B and only the alignment itself is measured. Small, briefly trained models and other "
+    "data can differ from the paper's twelve-layer BERTs as well.")
+run = current_run()
+if run is None or not mine:
+    st.markdown("**What this pair shows:** run an alignment, then measure Table 2's residual variants on your "
+                "pair here (or on several pairs on **Methods**).")
+else:
+    opts = list(RESIDUAL_VARIANTS)
+    own = run.options.residual != "identity" and run.options not in RESIDUAL_VARIANTS
+    if own:  # the run's own options with and without the residual permutation
+        opts += [replace(run.options, residual="identity"), run.options]
+    key = job_key("start_residual", job=run.job.to_dict(), options=[o.label() for o in opts], lambdas=run.lambdas)
+    if st.button("Measure the residual variants on this pair", key="start_residual_btn",
+                 help="Identity, First, Last and All (residual stream only, as in Table 2), and this run's own "
+                      "options without the residual permutation when it has one; from this run's statistics."):
+        start("start_residual", run, key, work.curves_work(registry(), run.job, opts, run.lambdas),
+              "residual variants")
+    found = section_result("start_residual", run, "Residual variants on this pair")
+    if found is None:
+        st.markdown("**What this pair shows:** not measured yet; the button above computes it.")
+    else:
+        bars = {c.method: c.barrier for c in found["curves"]}
+        ses = {c.method: c.barrier_se for c in found["curves"]}
+        rows = verdicts.residual_rows(bars, RESIDUAL_VARIANTS[0].label(),
+                                      {o.label(): table_label(o) for o in RESIDUAL_VARIANTS[1:]}, ses)
+        summary = verdicts.residual_summary(rows)
+        st.markdown(f"**What this pair shows** (barrier against Identity, {bars[RESIDUAL_VARIANTS[0].label()]:.3f}): "
+                    f"{summary['sentence']}. This {summary['paper']}.")
+        if own:
+            c = verdicts.change(bars[opts[-2].label()], bars[run.options.label()], ses.get(opts[-2].label()),
+                                ses.get(run.options.label()))
+            st.markdown(f"This run's options with the residual permutation ({run.options.label()}) against the same "
+                        f"options without it ({opts[-2].label()}): {c['text']}; the residual permutation "
+                        f"{c['verdict']} here.")
+        st.caption("A change under 1 % of the barrier it is compared with counts as no clear difference; "
+                   "\"within one standard error\" marks a change that may be noise of the evaluation text.")
+        about_caption(found["about"])
 
 st.subheader("Where to look next")
 c1, c2 = st.columns(2)

@@ -68,14 +68,24 @@ class JobHandle:
         """How much of the job is done: of the whole study when the work reports ``overall=(k, n)``
         (curves done of n, plus the current curve's share), else of the current stage."""
         stage = self.done / self.total if self.total else 0.0
+        if "job" in self.info:  # the work follows a plan of its stages (``plan.JobPlan``)
+            return float(self.info["job"]["fraction"])
         if "overall" in self.info:
             k, n = self.info["overall"]
             return (k + stage) / n if n else stage
         return stage
 
+    def job_eta_s(self) -> float | None:
+        """Time left for the whole job when the work follows a plan: the plan's estimate at its last
+        event, less the time since then (None when unknown)."""
+        plan = self.info.get("job")
+        if not plan or plan.get("eta_s") is None:
+            return None
+        return max(float(plan["eta_s"]) - (time.time() - float(plan["at"])), 0.0)
+
     def snapshot(self) -> dict:
         with self._lock:
-            return {"key": self.key, "label": self.label, "state": self.state, "stage": self.stage,
+            return {"job_eta_s": self.job_eta_s(), "key": self.key, "label": self.label, "state": self.state, "stage": self.stage,
                     "done": self.done, "total": self.total, "info": dict(self.info), "error": self.error,
                     "elapsed_s": (self.finished or time.time()) - self.started, "eta_s": self.eta_s(),
                     "fraction": self.fraction()}

@@ -312,6 +312,10 @@ def curves(df: pd.DataFrame, value: str = "loss", barriers: pd.DataFrame | None 
         top = 60 + 19 * len(lines)
     fig.update_xaxes(title=LAMBDA_TITLE, range=[-0.02, 1.02])
     fig.update_yaxes(title=y_title or value.replace("_", " "), type="log" if log_y else "linear")
+    if log_y and len(df) and df[value].notna().any():  # plain numbers on the log axis, not "3 ... 9, 100, 2 ..."
+        vals, text = plain_log_ticks(float(df[value].min()), float(df[value].max()))
+        if vals:
+            fig.update_yaxes(tickvals=vals, ticktext=text, title=(y_title or value.replace("_", " ")) + " (log scale)")
     fig.update_layout(title=dict(text=title, y=0.98, yanchor="top"), height=440 + top - 50, hovermode="x unified",
                       margin=dict(l=60, r=20, t=top, b=50), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -446,3 +450,42 @@ def to_image(fig: go.Figure, fmt: str = "png") -> bytes | None:
         return fig.to_image(format=fmt)
     except Exception:
         return None
+
+
+def mark_dips(fig: go.Figure, curves: pd.DataFrame, shapes: pd.DataFrame, value: str = "loss") -> go.Figure:
+    """Marks on a curves figure where each method's curve dips below both of its endpoints
+    (``shapes.shapes_frame`` rows: method, dips, dip_losses, m_shaped): a downward triangle at every
+    dip, labelled with its lambda, in the method's colour; an M-shaped curve's legend entry says so."""
+    if value != "loss":
+        return fig
+    rows = [s for _, s in shapes.iterrows() if s["dips"]]
+    labelled: set = set()
+    for n, s in enumerate(rows):
+        color = method_color(s["method"])
+        label = ("M shape" if s["m_shaped"] else "dip below both ends") + f" ({s['method']})"
+        # nudged sideways per method as the barrier bars are; each lambda labelled once
+        dx = 0.012 * (n - (len(rows) - 1) / 2)
+        text = [f"λ = {x:.2f}" if round(x, 6) not in labelled else "" for x in s["dips"]]
+        labelled |= {round(x, 6) for x in s["dips"]}
+        fig.add_trace(go.Scatter(x=[x + dx for x in s["dips"]], y=list(s["dip_losses"]), mode="markers+text", name=label,
+                                 marker=dict(symbol="triangle-down", size=14, color=color,
+                                             line=dict(width=1, color="black")),
+                                 customdata=list(s["dips"]), text=text, textposition="middle left",
+                                 textfont=dict(color="black", size=12),
+                                 hovertemplate=f"{s['method']}: below both ends<br>λ %{{customdata:.2f}}<br>loss %{{y:.4f}}"
+                                               "<extra></extra>"))
+    return fig
+
+
+def plain_log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Ticks for a log axis from ``lo`` to ``hi`` written as plain numbers (1, 2, 5 times a power of
+    ten; decades only when the range spans more than three), so that no tick reads as a lone digit."""
+    lo, hi = float(min(lo, hi)), float(max(lo, hi))
+    if not (lo > 0 and np.isfinite(hi)):
+        return [], []
+    e0, e1 = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+    steps = (1,) if e1 - e0 > 3 else (1, 2, 5)
+    vals = [m * 10.0 ** e for e in range(e0, e1 + 1) for m in steps if lo <= m * 10.0 ** e <= hi]
+    if len(vals) < 2:  # a narrow range: its ends and a few even steps between them
+        vals = sorted(set(float(f"{v:.2g}") for v in np.geomspace(lo, hi, 4)))
+    return vals, [f"{v:,.0f}" if v >= 10 else f"{v:g}" for v in vals]

@@ -21,6 +21,16 @@ from .permute import permute_state_dict
 ORDERS = ("B′ order (matched pairs on the diagonal)", "A's units clustered (matched columns follow)")
 
 
+def default_window(d: int, heads: int | None = None, units: int = 64) -> int:
+    """The end of the unit window a correlation matrix opens on: about ``units`` units, in whole heads
+    and at least two of them for an attention group (so that a head boundary shows), all of a
+    smaller group."""
+    if heads and heads > 1 and d % heads == 0:
+        dk = d // heads
+        return min(d, max(2, -(-units // dk)) * dk)
+    return min(d, units)
+
+
 def cluster_order(C: np.ndarray) -> np.ndarray:
     """Leaves order of an average-linkage clustering of the rows of ``C`` by their correlation
     profiles (1 - Pearson correlation between rows).  Deterministic; constant rows go last."""
@@ -154,7 +164,7 @@ def correlation_work(registry, job, options, group: str):
     """One group's correlation matrix before and after alignment, its matching result and the weights it
     touches (from the architecture table)."""
     from .align import correlation
-    from .work import about
+    from .work import about, tokens_used
 
     def work(progress):
         pipe = registry.get(job)
@@ -171,7 +181,7 @@ def correlation_work(registry, job, options, group: str):
                 "after": np.asarray(C)[:, np.asarray(res.perm)],  # column i: B's unit perm[i] = B′'s unit i
                 "result": res,
                 "params": [(p, ax, spec.axis_label(p, ax)) for p, ax in spec.params_of(g)],
-                "about": about(job, options, group=g)}
+                "about": about(job, options, group=g, tokens_used=tokens_used(pipe))}
     return work
 
 

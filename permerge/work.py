@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .align import VANILLA, AlignOptions
 from .pipeline import Job, permutations_tensors
+from .plan import JobPlan, forward_tokens
 from .study import (PipelineRegistry, data_amount, family_curves, layer_correlations, pair_curves, pair_name,
                     short_names)
 
@@ -26,42 +27,111 @@ def about(job: Job, options: AlignOptions | None = None, lambdas: int | None = N
     return {**out, **extra}
 
 
+def data_label(path: str | None) -> str:
+    """A data file or folder's name that tells two of the same name apart: "bundled align.txt" for
+    permerge's own, else the parent folder and the name ("pairB/align.txt")."""
+    if not path:
+        return "?"
+    p = Path(str(path)).expanduser()
+    try:
+        from . import zoo
+
+        root = zoo.DATA_DIR.resolve()
+        if p.resolve().is_relative_to(root):
+            return f"bundled {p.resolve().relative_to(root)}"
+    except (OSError, ValueError):
+        pass
+    return "/".join(p.parts[-2:]) if len(p.parts) >= 2 else p.name
+
+
 def describe_about(a: dict) -> str:
-    """One line for a caption: pair, data, options, settings."""
-    data = Path(a["data"]).name if a.get("data") else "?"
-    bits = [f"pair {a['pair']}" if a.get("pair") else None, f"data {data}",
-            f"≤ {a['tokens']:,} alignment tokens" if a.get("tokens") else None,
+    """One line for a caption: pair, data (and evaluation data), options, settings; the alignment
+    tokens as used when the result says (``tokens_used``), else the bound asked for."""
+    data = data_label(a.get("data"))
+    if a.get("eval_data"):
+        data += f", evaluated on {data_label(a['eval_data'])}"
+    if a.get("tokens_used"):
+        tokens = f"{a['tokens_used']:,} alignment tokens"
+    else:
+        tokens = f"up to {a['tokens']:,} alignment tokens" if a.get("tokens") else None
+    bits = [f"pair {a['pair']}" if a.get("pair") else None, f"data {data}", tokens,
             f"{a['eval_blocks']} evaluation blocks" if a.get("eval_blocks") else None,
             a.get("options"), f"{a['lambdas']} λ points" if a.get("lambdas") else None,
             f"pairs: {a['pairs']}" if a.get("pairs") else None]
     return "; ".join(b for b in bits if b)
 
 
+def tokens_used(pipe) -> int | None:
+    """The alignment tokens of the pipeline's statistics when they are loaded (None otherwise: a
+    result served from the cache does not load them only to say how many tokens they hold)."""
+    stats = getattr(pipe, "_stats", None)
+    return int(stats.tokens) if stats is not None else None
+
+
 def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambdas: int):
     """Statistics, permutations, vanilla and aligned curves, and the B' vs B check for one pair."""
     def work(progress):
         pipe = registry.get(job)
-        progress("loading checkpoints and data", 0, 0)
-        stats = pipe.stats(progress) if options.matcher == "activation" else None  # weight matching: none
-        pipe.alignment(options, progress=progress)
+        plan = pair_plan(job, options, lambdas)
+        plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        size_pair_plan(plan, pipe, lambdas)
+        weight = options.matcher == "weight"  # weight matching: no statistics pass
+        steps = {} if weight else {"statistics": plan.index("statistics"), "assignment": plan.index("assignment")}
+        if not weight:
+            pipe.stats(plan.callback(progress, plan.index("statistics"), steps))
+        pipe.alignment(options, progress=plan.callback(progress, plan.index("assignment"), steps))
+        curves = [k for k, s in enumerate(plan.stages) if s.kind == "curve"]
         if pipe.prepared.evalset.kind == "none":  # e.g. a classifier aligned on plain text, no labels
             van = aligned = None
         else:
-            van = pipe.curve(VANILLA, lambdas, progress=progress)
-            aligned = pipe.curve(options, lambdas, progress=progress) if options != VANILLA else van
-        check = pipe.function_check(options, progress=progress)
-        return {"vanilla": van, "aligned": aligned, "check": check, "tokens": stats.tokens if stats else 0,
+            van = pipe.curve(VANILLA, lambdas, progress=plan.callback(progress, curves[0], steps))
+            aligned = (pipe.curve(options, lambdas, progress=plan.callback(progress, curves[-1], steps))
+                       if options != VANILLA else van)
+        plan.reach(len(plan.stages) - 1)
+        plan.report(progress, len(plan.stages) - 1, "checking B′ against B", 0, 0)
+        check = pipe.function_check(options, progress=plan.callback(progress, len(plan.stages) - 1, steps))
+        stats = None if weight else pipe.stats()
+        tokens = stats.tokens if stats else 0
+        return {"vanilla": van, "aligned": aligned, "check": check, "tokens": tokens,
                 "sentences": stats.sentences if stats else 0, "device": pipe.device, "task": pipe.prepared.task,
                 "eval_kind": pipe.prepared.evalset.kind, "summaries": [c.summary() for c in pipe.pair],
-                "about": about(job, options, lambdas)}
+                "about": about(job, options, lambdas, tokens_used=tokens)}
     return work
+
+
+def pair_plan(job: Job, options: AlignOptions, lambdas: int) -> JobPlan:
+    """The stages of ``pair_work``: loading, the statistics pass, the assignments, the vanilla and the
+    aligned curve (one when the options are vanilla), the B′ check."""
+    stages = [("loading checkpoints and data", "load", 0)]
+    if options.matcher == "weight":  # from the weights alone: no statistics pass
+        stages.append(("weight matching", "assignment", 0))
+    else:
+        stages += [("statistics pass", "statistics", 0), ("assignments", "assignment", 0)]
+    stages.append(("vanilla curve", "curve", 0))
+    if options != VANILLA:
+        stages.append((f"{options.label()} curve", "curve", 0))
+    return JobPlan(stages + [("B′ check", "check", 0)])
+
+
+def size_pair_plan(plan: JobPlan, pipe, lambdas: int) -> None:
+    """The stages' sizes in token-forwards, from the pair's prepared data: the statistics pass runs
+    both models over the alignment tokens, every curve point one model over the evaluation set."""
+    prep = pipe.prepared
+    if "statistics" in (s.kind for s in plan.stages):
+        plan.set_units(plan.index("statistics"), 2 * forward_tokens(prep.align_batches))
+    per_curve = 0 if prep.evalset.kind == "none" else lambdas * forward_tokens(prep.evalset.batches)
+    for k, s in enumerate(plan.stages):
+        if s.kind == "curve":
+            plan.set_units(k, per_curve)
 
 
 def curves_work(registry: PipelineRegistry, job: Job, options: list[AlignOptions], lambdas: int):
     """Curves of several options on one pair (e.g. the paper's Fig. 4 variants)."""
     def work(progress):
-        return {"curves": pair_curves(registry.get(job), options, lambdas, progress=progress),
-                "about": about(job, None, lambdas, variants=[o.label() for o in options])}
+        pipe = registry.get(job)
+        return {"curves": pair_curves(pipe, options, lambdas, progress=progress),
+                "about": about(job, None, lambdas, variants=[o.label() for o in options],
+                               tokens_used=tokens_used(pipe))}
     return work
 
 
@@ -69,7 +139,11 @@ def family_work(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, st
                 lambdas: int):
     """Curves and barriers over many pairs with the data and settings of ``base``."""
     def work(progress):
-        curves, bars = family_curves(registry, base, pairs, options, lambdas, progress=progress)
+        plan = JobPlan(family_stages(pairs, options))
+        plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        size_family_plan(plan, 0, registry, base, pairs, options, lambdas)
+        curves, bars = family_curves(registry, base, pairs, options, lambdas,
+                                     progress=family_progress(plan, progress, len(options)))
         return {"curves": curves, "bars": bars,
                 "about": about(base, None, lambdas, pairs=", ".join(pair_name(a, b) for a, b in pairs))}
     return work
@@ -81,21 +155,78 @@ def tasks_work(registry: PipelineRegistry, tasks: dict[str, list[tuple[str, str]
     """Classifier pairs per task (data = the task's folder): curves and barriers with a task column."""
     import pandas as pd
 
+    def task_base(task):
+        return Job(model_a="", model_b="", data=str(task_dirs[task]), tokens=tokens, device=device,
+                   eval_examples=eval_examples)
+
     def work(progress):
+        stages, offsets = [], {}
+        for task, pairs in tasks.items():
+            offsets[task] = len(stages)
+            stages += family_stages(pairs, options, f"{task}: ")
+        plan = JobPlan(stages)
+        plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        for task, pairs in tasks.items():
+            size_family_plan(plan, offsets[task], registry, task_base(task), pairs, options, lambdas)
         frames, bars = [], []
         for i, (task, pairs) in enumerate(tasks.items()):
-            base = Job(model_a="", model_b="", data=str(task_dirs[task]), tokens=tokens, device=device,
-                       eval_examples=eval_examples)
+            base = task_base(task)
 
             def sub(stage, done, total, _i=i, _t=task, **info):
                 progress(f"task {_i + 1}/{len(tasks)} ({_t}) {stage}", done, total, **info)
 
-            c, b = family_curves(registry, base, pairs, options, lambdas, progress=sub)
+            c, b = family_curves(registry, base, pairs, options, lambdas,
+                                 progress=family_progress(plan, sub, len(options), offsets[task]))
             frames.append(c.assign(task=task))
             bars.append(b.assign(task=task))
         return {"curves": pd.concat(frames, ignore_index=True), "bars": pd.concat(bars, ignore_index=True),
                 "about": {"tasks": list(tasks), "tokens": tokens, "lambdas": lambdas}}
     return work
+
+
+def family_stages(pairs: list[tuple[str, str]], options: list[AlignOptions], prefix: str = "") -> list[tuple]:
+    """The stages of ``study.family_curves``: per pair, its statistics pass, then one curve per option
+    (a curve's assignments count towards it)."""
+    out = []
+    for i, (a, b) in enumerate(pairs):
+        where = f"{prefix}pair {i + 1}/{len(pairs)}"
+        out.append((f"{where}: statistics pass", "statistics", 0))
+        out += [(f"{where}: {o.label()} curve", "curve", 0) for o in options]
+    return out
+
+
+def size_family_plan(plan: JobPlan, offset: int, registry: PipelineRegistry, base: Job,
+                     pairs: list[tuple[str, str]], options: list[AlignOptions], lambdas: int) -> None:
+    """Sizes of the stages of one family (every pair has ``base``'s data and settings, so the first
+    pair's prepared data sizes them all)."""
+    if not pairs:
+        return
+    pipe = registry.get(Job(**{**base.to_dict(), "model_a": pairs[0][0], "model_b": pairs[0][1]}))
+    prep = pipe.prepared
+    stats = 2 * forward_tokens(prep.align_batches)
+    curve = 0 if prep.evalset.kind == "none" else lambdas * forward_tokens(prep.evalset.batches)
+    for i in range(len(pairs)):
+        k = offset + i * (1 + len(options))
+        plan.set_units(k, stats)
+        for j in range(len(options)):
+            plan.set_units(k + 1 + j, curve)
+
+
+def family_progress(plan: JobPlan, progress, n_options: int, offset: int = 0):
+    """Maps ``study.family_curves``' events (``overall=(curves done, n)``, and "family" after each
+    curve) to the stages of ``family_stages``."""
+    def stage_of(curve: int, statistics: bool) -> int:
+        p, j = divmod(curve, n_options)
+        return offset + p * (1 + n_options) + (0 if statistics else 1 + j)
+
+    def cb(stage, done, total, **info):
+        if stage == "family":  # ``done`` curves are finished
+            k = stage_of(done - 1, False)
+            plan.report(progress, k, stage, 1, 1, **info)
+            return
+        curve = info.get("overall", (0, 0))[0]
+        plan.report(progress, stage_of(curve, str(stage).endswith("statistics")), stage, done, total, **info)
+    return cb
 
 
 def data_amount_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambdas: int):
@@ -115,7 +246,7 @@ def alignment_work(registry: PipelineRegistry, job: Job, options: AlignOptions):
             from .compare import with_feature_correlations
 
             al = with_feature_correlations(al, pipe.spec, pipe.stats(progress).at(1.0))
-        return {"frame": layer_correlations(al, pipe.spec), "about": about(job, options)}
+        return {"frame": layer_correlations(al, pipe.spec), "about": about(job, options, tokens_used=tokens_used(pipe))}
     return work
 
 
