@@ -2,6 +2,7 @@
 merge them along lambda, and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
+from dashboard import presenter
 from dashboard.state import current_run, name_md
 
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
@@ -33,5 +34,7 @@ with st.sidebar:
                    f"{run.options.label()}, {run.lambdas} λ points", unsafe_allow_html=True)
         if not run.options.function_preserving:
             st.caption("⚠ not function-preserving")
+    presenter.toggle()
+presenter.bar(page.title)
 
 page.run()

@@ -3,6 +3,8 @@ import streamlit as st
 
 from dashboard.state import (about_caption, job_key, name, pair_title, pick_pairs, registry, require_run, run_result,
                              section_result, start, study_base)
+from dashboard.figures import fig_name, show_figure
+from dashboard.text import md, plot_text
 from permerge import plots, work, zoo
 from permerge.align import VANILLA, AlignOptions
 from permerge.study import FIG4, band, barriers_frame, curves_frame, family_pairs
@@ -25,8 +27,8 @@ def show_curves(results, title, key):
     tabs = st.tabs([v.replace("_", "-") for v in value_views(df)])
     for tab, v in zip(tabs, value_views(df)):
         with tab:
-            st.plotly_chart(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
-                                         log_y=v.endswith("perplexity")), width="stretch", key=f"{key}_{v}")
+            show_figure(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
+                                     log_y=v.endswith("perplexity")), fig_name(run, "curves" if key == "mine" else f"{key}-curves", v), df)
     st.dataframe(bars[["method", "barrier", "barrier_se", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]],
                  width="stretch", hide_index=True,
                  column_config={"barrier_se": st.column_config.NumberColumn("± s.e.", format="%.4f")})
@@ -67,7 +69,7 @@ if pairs:
     fam_lambdas = c1.number_input("λ points", 3, 41, 11, step=2, key="fam_lambdas")
     choices = {o.label(): o for o in FIG4 + [run.options] if o.function_preserving or o == run.options}
     picked = c2.multiselect("Variants", list(choices), default=["vanilla", AlignOptions().label()], key="fam_opts")
-    st.caption("Pairs: " + "; ".join(f"{name(a)} | {name(b)}" for a, b in pairs))
+    st.caption("Pairs: " + "; ".join(f"{md(name(a))} | {md(name(b))}" for a, b in pairs))
     base = study_base(run)
     opts = [choices[p] for p in picked]
     keyf = job_key("family", base=base.to_dict(), pairs=pairs, options=[o.label() for o in opts],
@@ -81,8 +83,9 @@ if pairs:
         tabs = st.tabs([v.replace("_", "-") for v in views])
         for tab, v in zip(tabs, views):
             with tab:
-                st.plotly_chart(plots.band(band(curves_df, v), f"Mean ± s.e. over {bars_df['pair'].nunique()} pair(s): "
-                                           f"{v.replace('_', '-')}", y_title=v.replace("_", "-")), width="stretch")
+                show_figure(plots.band(band(curves_df, v), f"Mean ± s.e. over {bars_df['pair'].nunique()} pair(s): "
+                                       f"{v.replace('_', '-')}", y_title=v.replace("_", "-")),
+                            fig_name(run, "pairs-mean-se", v, f"{bars_df['pair'].nunique()}pairs"), band(curves_df, v))
         st.dataframe(bars_df[["pair", "method", "barrier", "barrier_se", "barrier_lambda", "function_preserving"]],
                      width="stretch", hide_index=True)
         about_caption(resf["about"])
@@ -105,11 +108,11 @@ else:
     near = [t for t in task_pairs if not learning.get(t, {}).get("learned", False)]
     if near:
         st.caption("Near chance (the bundled classifiers did not learn the task, so their curves say little): "
-                   + "; ".join(f"{t}: dev accuracy "
+                   + "; ".join(f"{md(t)}: dev accuracy "
                                + ", ".join(f"{a:.2f}" for a in learning[t]["dev_accuracy"].values() if a is not None)
                                + (f" vs {learning[t]['chance']:.2f} by always answering the commonest label"
                                   if learning[t]["chance"] is not None else "")
-                               if t in learning else t for t in near) + ".")
+                               if t in learning else md(t) for t in near) + ".")
     learned = [t for t in task_pairs if t not in near]
     c1, c2, c3 = st.columns(3)
     picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=(learned or list(task_pairs))[:1], key="cls_tasks",
@@ -130,10 +133,10 @@ else:
         for task in dict.fromkeys(curves_df["task"]):
             sub = curves_df[curves_df["task"] == task]
             if view not in sub or not sub[view].notna().any():
-                st.caption(f"{task}: no {view} (regression task).")
+                st.caption(f"{md(task)}: no {view} (regression task).")
                 continue
-            st.plotly_chart(plots.band(band(sub, view), f"{task}: {view} (mean ± s.e. over pairs)", y_title=view),
-                            width="stretch")
+            show_figure(plots.band(band(sub, view), f"{plot_text(task)}: {view} (mean ± s.e. over pairs)", y_title=view),
+                        fig_name(None, "fig8-classifiers", task, view), band(sub, view))
         st.dataframe(bars_df[["task", "pair", "method", "barrier", "barrier_se", "barrier_lambda"]], width="stretch",
                      hide_index=True)
         st.caption(f"Bundled classifiers of {', '.join(resc['about']['tasks'])}; each task's own train/dev data; "
