@@ -117,5 +117,6 @@ if results is not None:
     show_figure(fig, fig_name(run, "curves", "loss"), df)
     st.download_button("Figure (.html, interactive, works offline)", plots.to_html(fig).encode(),
                        file_name=f"{fig_name(run, 'curves', 'loss')}.html", mime="text/html")
-    st.caption("Every chart of the dashboard has a Download menu under it: the chart as PNG or SVG (rendered on "
-               "the server with kaleido, a few seconds the first time) and the data behind it as CSV.")
+    st.caption("Offered: interactive HTML here; under every chart of the dashboard a Download menu with the chart "
+               "as PNG or SVG (rendered on the server with kaleido, a few seconds the first time) and the data "
+               "behind it as CSV.")
