@@ -41,7 +41,11 @@ def show_figure(fig, name: str, data=None, *, key: str | None = None) -> None:
     if presenting():  # a projector: larger type on the chart too (the downloads keep the normal size)
         import plotly.graph_objects as go
 
-        shown = go.Figure(fig).update_layout(font=dict(size=17), title_font=dict(size=21))
+        shown = go.Figure(fig).update_layout(font_size=17, title_font_size=22, legend_font_size=16,
+                                             hoverlabel_font_size=16)
+        shown.update_xaxes(tickfont_size=15, title_font_size=17).update_yaxes(tickfont_size=15, title_font_size=17)
+        for note in shown.layout.annotations:  # barrier labels, subplot titles: two points larger
+            note.font.size = (note.font.size or 13) + 2
     st.plotly_chart(shown, width="stretch", key=f"chart::{ident}")
     renderer = _renderer()
 

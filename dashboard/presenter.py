@@ -66,7 +66,7 @@ def bar(title: str) -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     k = step_of(title)
     with st.container(key="presenter_bar"):
-        text, buttons = st.columns([5, 2], vertical_alignment="center")
+        text, buttons = st.columns([3, 2], vertical_alignment="center")
         with text:
             if k is None:
                 st.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
@@ -74,14 +74,14 @@ def bar(title: str) -> None:
                 st.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {TOUR[k][2]}")
         with buttons:
             back, nxt, leave = st.columns(3)
-            if back.button("Back", icon=":material/arrow_back:", shortcut="Left", disabled=not k,
+            if back.button("Back", shortcut="Left", disabled=not k, width="stretch",
                            key="presenter_back", help="Previous step (← key)"):
                 st.switch_page(TOUR[k - 1][0])
             last = k is not None and k == len(TOUR) - 1
-            if nxt.button("Next", icon=":material/arrow_forward:", shortcut="Right", disabled=last,
+            if nxt.button("Next", shortcut="Right", disabled=last, width="stretch",
                           key="presenter_next", type="primary", help="Next step (→ key)"):
                 st.switch_page(TOUR[0 if k is None else k + 1][0])
-            if leave.button("Leave", icon=":material/close:", key="presenter_leave",
+            if leave.button("Leave", key="presenter_leave", width="stretch",
                             help="Back to the normal view with the sidebar"):
                 st.session_state[STATE] = False
                 st.rerun()

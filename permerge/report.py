@@ -214,8 +214,10 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
             body.append(figure(plots.curves(df, value, title=pt(f"{value.replace('_', '-')} along λ"),
                                             log_y=value.endswith("perplexity"))))
         shown = bars[["method", "barrier", "barrier_se", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]]
+        shown = shown.assign(function_preserving=["yes" if v else "NO" for v in shown["function_preserving"]])
         body.append(_table(shown.rename(columns={"barrier_se": "± s.e.", "barrier_lambda": "at λ",
-                                                 "loss_a": "loss of A", "loss_b": "loss of B"})))
+                                                 "loss_a": "loss of A", "loss_b": "loss of B",
+                                                 "function_preserving": "function-preserving"})))
         van = bars.iloc[0]
         words = [f"Vanilla averaging: barrier {van['barrier']:.3f} at λ = {van['barrier_lambda']:.2f}."]
         if len(bars) > 1:

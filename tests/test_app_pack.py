@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cach
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = ["![p](http://x/y.png)", "**bold**", "<img src=x onerror=alert(1)>", "[link](http://x)", "$x^2$",
            ":smile: :red[red]", "# heading", "- item\n1. item", "a_b_c *d* ~~e~~ `f` | g", "www.example.com",
-           "me@example.com", "&amp; &lt;", "back\\slash"]
+           "me@example.com", "&amp; &lt;", "back\\slash", "zoo:red[x] y:blue :small[s] :help[h]",
+           "https://example.com/x"]
 
 
 def render(markdown: str) -> str:
@@ -47,7 +48,14 @@ def test_md_shows_a_users_string_as_typed(value):
     assert "$" not in md(value).replace("\\$", "")  # no LaTeX
     assert not re.search(r":[\w/+-]+:", md(value).replace("\\", ""))  # no emoji short code
     assert not re.search(r"(?<!\\)://|[wW]{3}\.", md(value))  # no bare web address
+    assert not re.search(r"(?<!\\):(red|blue|small|help)\b", md(value))  # no colour or other directive
     assert "<" not in plot_text(value) and (">" not in plot_text(value))
+
+
+def test_md_leaves_plain_names_alone():
+    from dashboard.text import md
+
+    assert md("zoo:mlm-seed1") == "zoo:mlm-seed1" and md("/data/run 3/align.txt") == "/data/run 3/align.txt"
 
 
 def fresh() -> AppTest:
