@@ -37,16 +37,17 @@ def show_figure(fig, name: str, data=None, *, key: str | None = None) -> None:
     from dashboard.presenter import presenting
 
     ident = key or name
-    shown = fig
+    shown, theme = fig, "streamlit"
     if presenting():  # a projector: larger type on the chart too (the downloads keep the normal size)
         import plotly.graph_objects as go
 
-        shown = go.Figure(fig).update_layout(font_size=17, title_font_size=22, legend_font_size=16,
-                                             hoverlabel_font_size=16)
+        theme = None  # Streamlit's chart theme would set its own (small) type
+        shown = go.Figure(fig).update_layout(template="plotly_white", font_size=17, title_font_size=22,
+                                             legend_font_size=16, hoverlabel_font_size=16)
         shown.update_xaxes(tickfont_size=15, title_font_size=17).update_yaxes(tickfont_size=15, title_font_size=17)
         for note in shown.layout.annotations:  # barrier labels, subplot titles: two points larger
             note.font.size = (note.font.size or 13) + 2
-    st.plotly_chart(shown, width="stretch", key=f"chart::{ident}")
+    st.plotly_chart(shown, width="stretch", key=f"chart::{ident}", theme=theme)
     renderer = _renderer()
 
     def image(fmt):

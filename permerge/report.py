@@ -23,7 +23,8 @@ def safe_name(*parts) -> str:
     """A file name (without extension) from its parts, e.g. the pair, the figure and the options:
     every run of characters other than letters, digits and ``._+-`` becomes ``-``, parts are joined
     with ``__``, no leading dot or dash, at most ``MAX_NAME`` characters."""
-    cleaned = [_UNSAFE.sub("-", str(p)).strip("-.") for p in parts if p is not None and str(p).strip()]
+    cleaned = [_UNSAFE.sub("-", re.sub(r"\s*\+\s*", "+", str(p))).strip("-.")
+               for p in parts if p is not None and str(p).strip()]
     name = "__".join(c for c in cleaned if c) or "figure"
     return name[:MAX_NAME].rstrip("-.") or "figure"
 
@@ -143,8 +144,12 @@ def _table(df: pd.DataFrame, floats: str = "{:.4f}") -> str:
 
 
 def _missing(what: str, where: str) -> str:
-    return f'<p class="missing">{_e(what)} was not computed for this run. To include it: {_e(where)}, then ' \
+    return f'<p class="missing">Not computed for this run yet. To include {_e(what)}: {_e(where)}, then ' \
            "download the lecture pack again.</p>"
+
+
+BAR_COLUMNS = {"barrier_se": "± s.e.", "barrier_lambda": "at λ", "loss_a": "loss of A", "loss_b": "loss of B",
+               "function_preserving": "function-preserving"}
 
 
 def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: list | None, check: dict | None,
@@ -215,9 +220,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
                                             log_y=value.endswith("perplexity"))))
         shown = bars[["method", "barrier", "barrier_se", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]]
         shown = shown.assign(function_preserving=["yes" if v else "NO" for v in shown["function_preserving"]])
-        body.append(_table(shown.rename(columns={"barrier_se": "± s.e.", "barrier_lambda": "at λ",
-                                                 "loss_a": "loss of A", "loss_b": "loss of B",
-                                                 "function_preserving": "function-preserving"})))
+        body.append(_table(shown.rename(columns=BAR_COLUMNS)))
         van = bars.iloc[0]
         words = [f"Vanilla averaging: barrier {van['barrier']:.3f} at λ = {van['barrier_lambda']:.2f}."]
         if len(bars) > 1:
@@ -233,7 +236,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
     if fig4:
         df, bars = curves_frame(fig4), barriers_frame(fig4)
         body.append(figure(plots.curves(df, "loss", bars, title=pt(f"Fig. 4 on {a} vs {b}"))))
-        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]]))
+        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]].rename(columns=BAR_COLUMNS)))
         body.append('<p class="caption">The paper: aligning the feed-forward and the attention layers each lowers '
                     "the barrier, both together most. The table says what this pair does.</p>")
     else:

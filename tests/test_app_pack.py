@@ -90,6 +90,7 @@ def test_safe_file_names():
     assert re.fullmatch(r"[A-Za-z0-9._+-]+", n) and len(n) <= MAX_NAME, n
     assert not n.startswith((".", "-")) and "/" not in n and ".." not in n.split("__")[0][:2]
     assert safe_name("mlm-seed1", "mlm-seed2", "curves", "loss") == "mlm-seed1__mlm-seed2__curves__loss"
+    assert safe_name("FF + attn:head-perm") == "FF+attn-head-perm"
     assert safe_name("", None, "///") == "figure"
 
 
@@ -134,7 +135,7 @@ def test_lecture_pack_is_one_offline_page_with_the_runs_results():
     assert f"permerge {__version__}" in page
     assert "0.600" in page and "0.200" in page and "67% lower" in page  # the figures, and the verdict from them
     assert "Table 1: attention variants" in page
-    assert "Fig. 4 was not computed" in page and "Fig. 7 was not computed" in page
+    assert "To include Fig. 4: open Interpolation" in page and "To include Fig. 7: open Amount of data" in page
 
 
 def test_download_menu_under_a_chart_and_presenter_view():
