@@ -188,12 +188,17 @@ def _wait_export(at, timeout=90):
 @pytest.mark.slow
 @pytest.mark.skipif(len(zoo.list_checkpoints(kind="classifier", task="style")) < 2,
                     reason="the bundled style classifiers are not built")
-def test_export_page_for_a_classifier_run_without_labels_and_its_folder_rules():
+def test_export_page_for_a_classifier_run_without_labels_and_its_folder_rules(tmp_path):
     """A classifier pair aligned on unlabelled text: one clear line instead of a DataError box; the
     default folder is under PERMERGE_CACHE; `../escape` is refused and clears an earlier "Saved to"."""
-    at = fresh().run().switch_page("pages/run.py").run()
+    import shutil
+
     a, b = [e["name"] for e in zoo.list_checkpoints(kind="classifier", task="style")][:2]
-    at.selectbox(key="bundled_A").set_value(a).run()
+    hostile = tmp_path / "**bold** ![p](x.png) :red[r] $x$"  # A, under a name a page must not render
+    shutil.copytree(zoo.get_checkpoint(a)["path"], hostile)
+    at = fresh().run().switch_page("pages/run.py").run()
+    at.radio(key="src_A").set_value("local folder or hub id").run()
+    at.text_input(key="path_A").set_value(str(hostile)).run()
     at.selectbox(key="bundled_B").set_value(b).run()
     at.radio(key="data_kind").set_value("bundled alignment text").run()
     at.selectbox(key="eval_task").set_value("none (align only)")
@@ -204,6 +209,14 @@ def test_export_page_for_a_classifier_run_without_labels_and_its_folder_rules():
     [x for x in at.button if x.label == "Run alignment"][0].click().run()
     _wait_run(at)
     assert_clean(at)
+    shown = [e.value for e in list(at.markdown) + list(at.caption) + list(at.subheader) + list(at.success)
+             + list(at.info) + list(at.warning) + list(at.error) if "<style>" not in e.value]
+    assert any(str(hostile) in text_of(render(v)) for v in shown), shown  # the name is shown, as typed
+    with_name = [v for v in shown if "bold" in v]  # the elements that show A's name
+    assert len(with_name) >= 2, with_name
+    for v in with_name:  # (the sidebar and the result line put names in <code title="full path">)
+        out = render(re.sub(r'<code title="[^"]*">|</code>', "", v))
+        assert not TAGS.search(out) and "$x$" not in re.sub(r'title="[^"]*"', "", v), v
 
     at.switch_page("pages/export.py").run()
     assert_clean(at)
