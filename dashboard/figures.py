@@ -75,7 +75,7 @@ def lecture_pack_button(run) -> None:
     """One click: the run's lecture pack as one static HTML file.  What the pages computed for this
     run so far (Fig. 4, the methods tables, the amount of data) is looked up now; the file itself is
     made only when the button is pressed (the run's curves and Fig. 5 come from the cache then)."""
-    from dashboard.state import jobs, name, recall, registry
+    from dashboard.state import jobs, name, recall, registry, short
     from permerge import work
 
     manager, reg = jobs(), registry()
@@ -108,14 +108,9 @@ def lecture_pack_button(run) -> None:
     have = [label for label, s in (("Fig. 4", "fig4"), ("Tables 1 and 2", "methods"), ("Fig. 7", "amount"))
             if done(keys[s]) is not None]
     st.download_button("Lecture pack (.html)", data=make, file_name=report.pack_file_name(
-        (short_of(run.job.model_a), short_of(run.job.model_b)), run.options.label()), mime=MIME["html"],
+        (short(run.job.model_a), short(run.job.model_b)), run.options.label()), mime=MIME["html"],
         on_click="ignore", type="primary", icon=":material/co_present:", key="dl::lecture-pack",
         help="The run's curves, the B′ check and Fig. 5 always; "
              + (", ".join(have) + " as computed on their pages." if have else
                 "Fig. 4, Tables 1 and 2 and Fig. 7 once computed on their pages."))
 
-
-def short_of(path: str) -> str:
-    from dashboard.state import short
-
-    return short(path)

@@ -13,7 +13,6 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import HAVE_PAIR  # noqa: E402
 from permerge import zoo  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)

@@ -3,7 +3,6 @@ driver of tests/test_browser.py): a chart's PNG and CSV downloaded from its Down
 presenter view stepped with the arrow keys, and a lecture pack opened with the network switched off.
 Saves screenshots to artifacts/screenshots/ (pack-*.png)."""
 import re
-import time
 
 import pytest
 
