@@ -2,6 +2,8 @@
 merge them along lambda, and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
+from dashboard import presenter
+
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 
 # Sections of the navigation; a new page is one more st.Page in one of these lists.
@@ -34,5 +36,7 @@ with st.sidebar:
                    f"{run.options.label()}, {run.lambdas} λ points", unsafe_allow_html=True)
         if not run.options.function_preserving:
             st.caption("⚠ not function-preserving")
+    presenter.toggle()
+presenter.bar(page.title)
 
 page.run()

@@ -20,6 +20,8 @@ from permerge.locations import exports_dir
 from permerge.pipeline import Job
 from permerge.study import PipelineRegistry
 
+from .text import md
+
 RUN_PAGE = "pages/run.py"
 RUN_STATE = "run"  # session_state key of the finished run shown by every page
 PENDING_STATE = "pending_run"
@@ -127,11 +129,12 @@ def name_md(path: str) -> str:
     """``name(path)`` as inline HTML with the full path on hover (use with unsafe_allow_html)."""
     full = html.escape(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
                        else str(path), quote=True)
-    return f'<code title="{full}">{html.escape(name(path))}</code>'
+    return f'<code title="{full}">{md(name(path))}</code>'
 
 
 def pair_title(job: Job) -> str:
-    return f"{name(job.model_a)} (A) vs {name(job.model_b)} (B)"
+    """The pair as Markdown-safe text (for captions, titles and progress lines)."""
+    return f"{md(name(job.model_a))} (A) vs {md(name(job.model_b))} (B)"
 
 
 def about_caption(about: dict) -> None:
@@ -139,7 +142,7 @@ def about_caption(about: dict) -> None:
     a = dict(about)
     if a.get("model_a"):
         a["pair"] = f"{name(a['model_a'])} | {name(a['model_b'])}"
-    st.caption("Computed for " + work.describe_about(a) + ".")
+    st.caption("Computed for " + md(work.describe_about(a)) + ".")
 
 
 # --- results kept per run ------------------------------------------------------------------------------
@@ -359,7 +362,7 @@ def job_outcome(key: str):
     if h.state == "done":
         return h.result
     if h.state == "error":
-        st.error(f"The job failed: {h.error}")
+        st.error(f"The job failed: {md(h.error)}")
     elif h.state == "cancelled":
         st.warning("The job was cancelled; nothing was kept for the stopped stage. Start it again to resume "
                    "(finished stages come from the cache).")
@@ -369,8 +372,13 @@ def job_outcome(key: str):
 # --- export helpers (the Export page) ------------------------------------------------------------------
 
 def default_export_dir(run: Run, lam: float) -> str:
-    root = exports_dir()  # cache/exports of the checkout, or of the user's cache folder when installed
-    return str(root / work.export_name(run.job, run.options, lam))
+    return str(exports_root() / work.export_name(run.job, run.options, lam))
+
+
+def exports_root() -> Path:
+    """Where the Export page writes: the ``exports`` folder of the result cache (PERMERGE_CACHE when
+    set; the checkout's cache/, or the user's cache folder when permerge is installed)."""
+    return exports_dir().expanduser().resolve()
 
 
 def merged_model(run: Run, lam: float):
@@ -403,7 +411,7 @@ def pick_pairs(run: Run, prefix: str, max_default: int = 3) -> list[tuple[str, s
         try:
             pairs = folder_pairs(folder)
         except PermergeError as e:
-            st.error(str(e))
+            st.error(md(e))
             return []
         ok = [(a, b) for a, b in pairs if pair_check(a, b) is None]
         if len(ok) < len(pairs):

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from dashboard.state import about_caption, job_key, latest_only, pair_title, registry, require_run
+from dashboard.figures import fig_name, show_figure
 from permerge import plots, views
 
 st.title("Correlations")
@@ -62,22 +63,24 @@ dk = d // heads if heads else None
 grid = (hi - lo) // dk if heads and not clustered and lo % dk == 0 and hi % dk == 0 else None
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(plots.heatmap(C[win, win], grid, f"{group}: before (B in its own order)", max_pixels,
-                                  x_title="unit of B", offset=(lo, lo)), width="stretch")
+    show_figure(plots.heatmap(C[win, win], grid, f"{group}: before (B in its own order)", max_pixels,
+                              x_title="unit of B", offset=(lo, lo)),
+                fig_name(run, "correlation-before", group, f"units{lo}-{hi - 1}"), C[win, win])
 with right:
-    st.plotly_chart(plots.heatmap(shown[win, win], grid,
+    show_figure(plots.heatmap(shown[win, win], grid,
                                   f"{group}: after" + (", A's units clustered" if clustered else " (B′ = B permuted)"),
                                   max_pixels, x_title="matched unit of B′" + (" (clustered order)" if clustered else ""),
                                   y_title="unit of A" + (" (clustered order)" if clustered else ""), offset=(lo, lo),
                                   row_ids=rows[win] if clustered else None, col_ids=rows[win] if clustered else None),
-                    width="stretch")
+                fig_name(run, "correlation-after", group, "clustered" if clustered else "", f"units{lo}-{hi - 1}"),
+                shown[win, win])
 st.caption(("Clustered: rows and columns are in the same new order, so the diagonal is still unit i of A "
             "with its matched partner; blocks of red show groups of units that behave alike in both models. "
             if clustered else "")
            + ("" if (lo, hi) == (0, d) else f"Showing positions {lo}–{hi - 1} of {d}. ")
            + plots.render_note(hi - lo, max_pixels))
-st.plotly_chart(plots.diagonal_histogram(after, C, f"{group}: matched pairs against all other pairs"),
-                width="stretch")
+show_figure(plots.diagonal_histogram(after, C, f"{group}: matched pairs against all other pairs"),
+            fig_name(run, "matched-pairs-histogram", group))
 ds = views.diagonal_summary(after)
 st.caption(
     f"How the diagonal stands out, even where the picture cannot show it. Red: the {d} matched pairs after "
@@ -98,7 +101,8 @@ if heads:
         "matched sum is the **cost** below. The outer assignment (boxed in red) picks which head of B each "
         "head of A gets. Only Head-Perm chooses it; Monotonic fixes head j ↔ head j.")
     if res.head_cost is not None:
-        st.plotly_chart(plots.head_cost(res.head_cost, res.outer, f"{group}: head-pair cost"), width="stretch")
+        show_figure(plots.head_cost(res.head_cost, res.outer, f"{group}: head-pair cost"),
+                    fig_name(run, "head-pair-cost", group), res.head_cost)
     else:
         st.caption(f"No head-pair cost for the attention variant '{run.options.attention}' "
                    "(only Head-Perm computes one).")
@@ -108,13 +112,14 @@ if heads:
     k = c2.number_input("Head of B", 0, heads - 1, k_default, help="Defaults to the head the outer assignment chose.")
     z1, z2 = st.columns(2)
     with z1:
-        st.plotly_chart(plots.heatmap(plots.head_block(C, heads, j, k), None,
-                                      f"before: A head {j} × B head {k}", offset=(j * dk, k * dk)),
-                        width="stretch")
+        show_figure(plots.heatmap(plots.head_block(C, heads, j, k), None,
+                                  f"before: A head {j} × B head {k}", offset=(j * dk, k * dk)),
+                    fig_name(run, "head-block-before", group, f"A-head{j}-B-head{k}"), plots.head_block(C, heads, j, k))
     with z2:
-        st.plotly_chart(plots.heatmap(plots.head_block(after, heads, j, j), None,
-                                      f"after: A head {j} × B′ head {j}", offset=(j * dk, j * dk),
-                                      x_title="unit of B′"), width="stretch")
+        show_figure(plots.heatmap(plots.head_block(after, heads, j, j), None,
+                                  f"after: A head {j} × B′ head {j}", offset=(j * dk, j * dk),
+                                  x_title="unit of B′"),
+                    fig_name(run, "head-block-after", group, f"head{j}"), plots.head_block(after, heads, j, j))
     st.caption(f"One d_k × d_k = {dk} × {dk} block. After alignment, B′'s head {j} holds B's head "
                f"{int(res.outer[j]) if res.outer is not None else j}'s units, inner-matched to A's head {j}.")
 

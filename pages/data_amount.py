@@ -4,6 +4,7 @@ import dataclasses
 import streamlit as st
 
 from dashboard.state import about_caption, job_key, pair_title, registry, require_run, section_result, start
+from dashboard.figures import fig_name, show_figure
 from permerge import plots, work
 from permerge.compare import matcher_options
 from permerge.pipeline import Job
@@ -36,7 +37,8 @@ if res is None:
             f"up to {int(tokens):,} tokens of this run's data ({pair_title(run.job)}).")
 else:
     df = res["frame"]
-    st.plotly_chart(plots.data_amount(df, f"Barrier vs alignment tokens: {df['method'].iloc[0]}"), width="stretch")
+    show_figure(plots.data_amount(df, f"Barrier vs alignment tokens: {df['method'].iloc[0]}"),
+                fig_name(run, "fig7-barrier-vs-tokens", f"{int(tokens)}tokens"), df)
     if df["tokens"].nunique() < len(df):
         st.caption("Some snapshots have the same number of tokens: with few alignment tokens, the first "
                    "fractions fall inside one batch. Raise the alignment tokens above for a wider range.")

@@ -2,6 +2,7 @@
 import streamlit as st
 
 from dashboard.state import about_caption, job_key, job_outcome, job_panel, jobs, pair_title, registry, require_run
+from dashboard.figures import fig_name, show_figure
 from permerge import plots, work
 from permerge.align import AlignOptions
 
@@ -30,7 +31,8 @@ job_panel(key, "Solving / loading the alignment")
 res = job_outcome(key)
 if res is not None:
     df = res["frame"]
-    st.plotly_chart(plots.layer_corr(df, method=options.label()), width="stretch")
+    show_figure(plots.layer_corr(df, method=options.label()),
+                fig_name(run, "fig5-feature-correlation", "shown-" + options.label()), df)
     if not df["aligned"].all():
         st.caption("Groups that these options leave alone (identity) have equal before and after: "
                    + ", ".join(df.loc[~df["aligned"], "group"]) + ".")

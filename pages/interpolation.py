@@ -3,6 +3,8 @@ import streamlit as st
 
 from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, name, pair_title, pick_pairs,
                              registry, require_run, run_result, section_result, start, study_base)
+from dashboard.figures import fig_name, show_figure
+from dashboard.text import md, plot_text
 from permerge import plots, work, zoo
 from permerge.align import VANILLA, AlignOptions
 from permerge.shapes import shapes_frame, table3, worse_pairs
@@ -26,8 +28,8 @@ def show_curves(results, title, key):
     tabs = st.tabs([v.replace("_", "-") for v in value_views(df)])
     for tab, v in zip(tabs, value_views(df)):
         with tab:
-            st.plotly_chart(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
-                                         log_y=v.endswith("perplexity")), width="stretch", key=f"{key}_{v}")
+            show_figure(plots.curves(df, v, bars if v == "loss" else None, title=f"{title}: {v.replace('_', '-')}",
+                                     log_y=v.endswith("perplexity")), fig_name(run, "curves" if key == "mine" else f"{key}-curves", v), df)
     st.dataframe(bars[["method", "barrier", "barrier_se", "barrier_lambda", "loss_a", "loss_b", "function_preserving"]],
                  width="stretch", hide_index=True,
                  column_config={"barrier_se": st.column_config.NumberColumn("± s.e.", format="%.4f")})
@@ -68,7 +70,7 @@ if pairs:
     fam_lambdas = c1.number_input("λ points", 3, 41, 11, step=2, key="fam_lambdas")
     choices = {o.label(): o for o in FIG4 + [run.options] if o.function_preserving or o == run.options}
     picked = c2.multiselect("Variants", list(choices), default=["vanilla", AlignOptions().label()], key="fam_opts")
-    st.caption("Pairs: " + "; ".join(f"{name(a)} | {name(b)}" for a, b in pairs))
+    st.caption("Pairs: " + "; ".join(f"{md(name(a))} | {md(name(b))}" for a, b in pairs))
     base = study_base(run)
     opts = [choices[p] for p in picked]
     keyf = job_key("family", base=base.to_dict(), pairs=pairs, options=[o.label() for o in opts],
@@ -82,8 +84,9 @@ if pairs:
         tabs = st.tabs([v.replace("_", "-") for v in views])
         for tab, v in zip(tabs, views):
             with tab:
-                st.plotly_chart(plots.band(band(curves_df, v), f"Mean ± s.e. over {bars_df['pair'].nunique()} pair(s): "
-                                           f"{v.replace('_', '-')}", y_title=v.replace("_", "-")), width="stretch")
+                show_figure(plots.band(band(curves_df, v), f"Mean ± s.e. over {bars_df['pair'].nunique()} pair(s): "
+                                       f"{v.replace('_', '-')}", y_title=v.replace("_", "-")),
+                            fig_name(run, "pairs-mean-se", v, f"{bars_df['pair'].nunique()}pairs"), band(curves_df, v))
         st.dataframe(bars_df[["pair", "method", "barrier", "barrier_se", "barrier_lambda", "function_preserving"]],
                      width="stretch", hide_index=True)
         about_caption(resf["about"])
@@ -106,11 +109,11 @@ else:
     near = [t for t in task_pairs if not learning.get(t, {}).get("learned", False)]
     if near:
         st.caption("Near chance (the bundled classifiers did not learn the task, so their curves say little): "
-                   + "; ".join(f"{t}: dev accuracy "
+                   + "; ".join(f"{md(t)}: dev accuracy "
                                + ", ".join(f"{a:.2f}" for a in learning[t]["dev_accuracy"].values() if a is not None)
                                + (f" vs {learning[t]['chance']:.2f} by always answering the commonest label"
                                   if learning[t]["chance"] is not None else "")
-                               if t in learning else t for t in near) + ".")
+                               if t in learning else md(t) for t in near) + ".")
     learned = [t for t in task_pairs if t not in near]
     c1, c2, c3 = st.columns(3)
     picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=(learned or list(task_pairs))[:1], key="cls_tasks",
@@ -141,20 +144,21 @@ else:
         for task in dict.fromkeys(curves_df["task"]):
             sub = curves_df[curves_df["task"] == task]
             if view not in sub or not sub[view].notna().any():
-                st.caption(f"{task}: no {view} (regression task).")
+                st.caption(f"{md(task)}: no {view} (regression task).")
                 continue
             pairs_here = list(dict.fromkeys(sub["pair"]))
             if len(pairs_here) > 1:
-                st.plotly_chart(plots.band(band(sub, view), f"{task}: {view} (mean ± s.e. over {len(pairs_here)} pairs)",
-                                           y_title=view), width="stretch", key=f"cls_band_{task}_{view}")
+                show_figure(plots.band(band(sub, view), f"{plot_text(task)}: {view} (mean ± s.e. over {len(pairs_here)} "
+                                       "pairs)", y_title=view), fig_name(None, "fig8-classifiers", task, view),
+                            band(sub, view))
             for pair in pairs_here:
                 one = sub[sub["pair"] == pair]
                 b = bars_df[(bars_df["task"] == task) & (bars_df["pair"] == pair)]
-                fig = plots.curves(one, view, b if view == "loss" else None, title=f"{task}, pair {pair}: {view}",
-                                   y_title=f"dev-set {view}")
+                fig = plots.curves(one, view, b if view == "loss" else None,
+                                   title=f"{plot_text(task)}, pair {plot_text(pair)}: {view}", y_title=f"dev-set {view}")
                 sh = shapes_df[(shapes_df["task"] == task) & (shapes_df["pair"] == pair)]
-                st.plotly_chart(plots.mark_dips(fig, one, sh, view), width="stretch", key=f"cls_{task}_{pair}_{view}")
-                st.caption(f"{task}, {pair}: " + "; ".join(f"{r['method']}: {r['shape']}" for _, r in sh.iterrows())
+                show_figure(plots.mark_dips(fig, one, sh, view), fig_name(None, "fig8", task, pair, view), one)
+                st.caption(f"{md(task)}, {md(pair)}: " + "; ".join(f"{r['method']}: {r['shape']}" for _, r in sh.iterrows())
                            + ". Triangles mark where the loss dips below both ends (the M shape of the paper's "
                              "Fig. 8 has two such dips).")
         st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned with "
@@ -164,7 +168,7 @@ else:
         worse = worse_pairs(bars_df)
         if worse:
             st.caption("Alignment raised the barrier of " + "; ".join(
-                f"{w['task']} ({w['pair']}: {w['text']})" for w in worse)
+                f"{md(w['task'])} ({md(w['pair'])}: {w['text']})" for w in worse)
                 + ". Alignment matches units by their correlation on the alignment text; it does not minimise the "
                   "loss, and when the vanilla barrier is already small (fine-tuned classifiers), the noise of a "
                   "matching estimated from a few thousand tokens can cost more than the matching gains. \"Within "
@@ -172,6 +176,6 @@ else:
         with st.expander("Every pair's barriers"):
             st.dataframe(bars_df[["task", "pair", "method", "barrier", "barrier_se", "barrier_lambda"]],
                          width="stretch", hide_index=True)
-        st.caption(f"Bundled classifiers of {', '.join(resc['about']['tasks'])}; each task's own train/dev data "
+        st.caption(f"Bundled classifiers of {md(', '.join(resc['about']['tasks']))}; each task's own train/dev data "
                    "(alignment tokens used per pair: Table 3's last column); "
                    f"{resc['about']['lambdas']} λ points.")

@@ -2,6 +2,8 @@
 import streamlit as st
 
 from dashboard.state import about_caption, job_key, name, pair_title, registry, require_run, section_result, start
+from dashboard.figures import fig_name, show_figure
+from dashboard.text import plot_text
 from permerge import plots, plots_matchers, work
 from permerge.compare import matcher_options
 
@@ -15,7 +17,7 @@ st.markdown(
 run = require_run("the matcher comparison")
 act, wgt = matcher_options(run.options)
 pair = pair_title(run.job)
-st.caption(f"Pair: {name(run.job.model_a)} | {name(run.job.model_b)}; alignment {act.label()} by each matcher.")
+st.caption(f"Pair: {pair}; alignment {act.label()} by each matcher.")
 if not run.options.aligns_anything:
     st.info("The run aligns nothing (vanilla): choose components to align on Pick and run to compare the matchers.")
     st.stop()
@@ -42,20 +44,21 @@ with left:
                                 "barrier_lambda": st.column_config.NumberColumn("at λ", format="%.2f"),
                                 "function_preserving": "function-preserving"})
 with right:
-    st.plotly_chart(plots_matchers.barriers(bars, title="Barrier by matcher"), width="stretch")
+    show_figure(plots_matchers.barriers(bars, title="Barrier by matcher"), fig_name(run, "matchers-barriers"), bars)
 st.caption(f"{pair}: the standard error is over the scored tokens (or examples) of this pair. "
            f"Weight matching ran {res['sweeps']} sweep(s) over the groups.")
 
 st.subheader(f"Loss along λ: {pair}")
-st.plotly_chart(plots.curves(res["curves"], "loss", bars, title=f"Loss along λ: {pair}"), width="stretch")
+show_figure(plots.curves(res["curves"], "loss", bars, title=f"Loss along λ: {plot_text(name(run.job.model_a))} vs {plot_text(name(run.job.model_b))}"), fig_name(run, "matchers-curves"),
+            res["curves"])
 
 st.subheader(f"Do the two matchers agree? {pair}")
 agree = res["agreement"]
 if agree.empty:
     st.info("No group is aligned by both matchers with these options.")
 else:
-    st.plotly_chart(plots_matchers.agreement(agree, title="Share of identical permutation entries"),
-                    width="stretch")
+    show_figure(plots_matchers.agreement(agree, title="Share of identical permutation entries"),
+                fig_name(run, "matchers-agreement"), agree)
     st.caption("Agreement of a group: the share of A's units that both matchers pair with the same unit of B. "
                "1 means the data and the weights find the same correspondence; two unrelated random permutations "
                "agree on about 1 / (number of units), the black tick. For attention, the table gives each "

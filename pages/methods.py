@@ -4,6 +4,8 @@ import streamlit as st
 
 from dashboard.state import (about_caption, job_key, name, pick_pairs, registry, require_run, section_result, start,
                              study_base)
+from dashboard.figures import fig_name, show_figure
+from dashboard.text import md
 from permerge import plots, work
 from permerge.study import TABLE1, TABLE2, methods_table
 
@@ -22,7 +24,7 @@ if not pairs:
 c1, c2 = st.columns(2)
 lambdas = c1.number_input("λ points", 3, 41, 11, step=2)
 which = c2.multiselect("Tables", ["Table 1", "Table 2"], default=["Table 1", "Table 2"])
-st.caption("Pairs: " + "; ".join(f"{name(a)} | {name(b)}" for a, b in pairs))
+st.caption("Pairs: " + "; ".join(f"{md(name(a))} | {md(name(b))}" for a, b in pairs))
 options = (TABLE1 if "Table 1" in which else []) + (TABLE2 if "Table 2" in which else [])
 base = study_base(run)
 key = job_key("methods", base=base.to_dict(), pairs=pairs, options=[o.label() for o in options], lambdas=int(lambdas))
@@ -49,7 +51,8 @@ else:
                                                                                  format="%.4f"),
                                         "std_err": "standard error", "function_preserving": "function-preserving"})
         with right:
-            st.plotly_chart(plots.methods_bar(table), width="stretch")
+            show_figure(plots.methods_bar(table), fig_name(run, title.split(":")[0].replace(" ", "").lower(),
+                                                           f"{n_pairs}pairs"), table)
     if n_pairs == 1:
         st.caption("One pair: the standard error is over the scored tokens of that pair (how much the barrier "
                    "would move with other evaluation text), not over pairs; '-' where it cannot be computed.")

@@ -5,6 +5,7 @@ import streamlit as st
 
 from dashboard.state import (about_caption, job_key, latest_only, pair_title, registry, require_run,
                              run_result)
+from dashboard.figures import fig_name, show_figure
 from permerge import plots, views
 
 st.title("See the permutation")
@@ -83,9 +84,10 @@ def panels(w, title):
     boxes = [views.tile_ranges(bx, d, w.tiles) for bx in (boxes_a, boxes_b, boxes_bp)]
     rest = WORD[1 - w.axis]
     tiles = f", {w.tiles} tiles side by side" if w.tiles > 1 else ""
-    st.plotly_chart(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
-                                        f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
-                                        f"(first 96 {rest} shown)"), width="stretch")
+    show_figure(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
+                                    f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
+                                    f"(first 96 {rest} shown)"),
+                fig_name(run, "weights", w.name, step.replace(" ", "-")), {"A": w.a, "B": w.b, "B-prime": w.bp})
 
 
 if ins:
@@ -113,7 +115,8 @@ if step == "one unit" and ins:
 
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(plots.permutation_matrix(perm, heads, f"{group}: the permutation", rows_hl), width="stretch")
+    show_figure(plots.permutation_matrix(perm, heads, f"{group}: the permutation", rows_hl),
+                fig_name(run, "permutation", group), pd.DataFrame({"unit_of_B_prime": range(d), "unit_of_B": perm}))
 with right:
     st.markdown("One dot per unit of B′, in the column of the unit of B it takes."
                 + (" Head lines split the matrix into head blocks: when every head of B′ takes one whole head "

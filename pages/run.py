@@ -7,6 +7,8 @@ import streamlit as st
 from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
                              config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
                              pair_facts, pair_title, registry, residual_labels)
+from dashboard.figures import fig_name, show_figure
+from dashboard.text import md
 from permerge import plots, work, zoo
 from permerge.align import AlignOptions
 from permerge.pipeline import Job
@@ -82,9 +84,9 @@ if summaries:
 reason = pair_check(model_a, model_b) if len(summaries) == 2 else None
 if problems:
     for p in problems:
-        st.error(p)
+        st.error(md(p))
 elif reason:
-    st.error(f"Not compatible: {reason}")
+    st.error(f"Not compatible: {md(reason)}")
 else:
     st.success("Compatible: same architecture and shapes.")
 if model_a and model_a == model_b:
@@ -254,7 +256,7 @@ if not data_problem and not eval_data and not is_classifier and data_kind != "GL
         and ss.get("eval_kind") == EVAL_CHOICES[1]:
     data_problem = "evaluation text file: give its path (or pick another evaluation text)"
 if data_problem:
-    st.error(data_problem)
+    st.error(md(data_problem))
 ready = bool(model_a and model_b and data) and not problems and not reason and not data_problem
 job = None
 if ready:
@@ -331,10 +333,10 @@ if run is not None:
             value_col = next(c for c in ("pseudo_perplexity", "perplexity", "accuracy") if c in df)
             t1, t2 = st.tabs(["loss", value_col.replace("_", "-")])
             with t1:
-                st.plotly_chart(plots.curves(df, "loss", bars, title="Loss along λ"), width="stretch")
+                show_figure(plots.curves(df, "loss", bars, title="Loss along λ"), fig_name(run, "curves", "loss"), df)
             with t2:
-                st.plotly_chart(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
-                                             log_y=value_col.endswith("perplexity")), width="stretch")
+                show_figure(plots.curves(df, value_col, title=f"{value_col.replace('_', '-')} along λ",
+                                         log_y=value_col.endswith("perplexity")), fig_name(run, "curves", value_col), df)
         st.caption((f"{res['tokens']:,} tokens of statistics ({res['sentences']:,} sequences)" if res["tokens"] else
                     "Weight matching: no statistics") + f" on {res['device']}. "
                    "λ = 0 is B′ (B permuted), λ = 1 is A. Dashed lines are not function-preserving. "

@@ -9,6 +9,7 @@ import streamlit as st
 from permerge import plots, verdicts, work
 from permerge.study import TABLE2, barriers_frame, curves_frame, table_label
 from dashboard.state import about_caption, current_run, job_key, jobs, pair_title, registry, section_result, start
+from dashboard.figures import fig_name, show_figure
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -48,9 +49,9 @@ def figure_data():
 
 df, bdf, label, mine = figure_data()
 if df is not None:
-    st.plotly_chart(plots.curves(df, "loss", bdf, title="Loss along the straight path from B (λ = 0) to A (λ = 1)",
-                                 y_title="dev-set loss (classifier)" if "accuracy" in df.columns else "MLM loss (nats)"),
-                    width="stretch")
+    show_figure(plots.curves(df, "loss", bdf, title="Loss along the straight path from B (λ = 0) to A (λ = 1)",
+                             y_title="dev-set loss (classifier)" if "accuracy" in df.columns else "MLM loss (nats)"),
+                fig_name(current_run() if mine else None, "loss-along-lambda", "" if mine else "bundled-pair"), df)
     st.caption(label + " Each vertical bar is a barrier: from the dotted endpoint mean up to the top of its curve.")
 
 st.subheader("What alignment changes")

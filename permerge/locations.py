@@ -38,10 +38,9 @@ def default_cache_dir() -> Path:
 
 
 def exports_dir() -> Path:
-    """Where the dashboard's Export page writes by default: ``cache/exports`` of the checkout,
-    else ``exports`` in the user's cache folder."""
-    root = checkout_root()
-    return root / "cache" / "exports" if root is not None else user_cache_dir() / "exports"
+    """Where the dashboard's Export page writes: ``exports`` in the result cache folder
+    (``$PERMERGE_CACHE``, else ``cache/`` of the checkout, else the user's cache folder)."""
+    return default_cache_dir() / "exports"
 
 
 def app_script() -> Path | None:

@@ -1,0 +1,116 @@
+"""Every chart of the dashboard goes through ``show_figure``: the chart, and under it a small
+Download menu with the chart as PNG and SVG and its data as CSV, named after the pair, the figure
+and the options.  Images and CSV are made only when the user asks (Streamlit's deferred downloads),
+so that a page draws as fast as without them.  ``lecture_pack_button`` offers the run's lecture pack
+(``permerge.report.lecture_pack``).
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard.text import md
+from permerge import report
+
+MIME = {"png": "image/png", "svg": "image/svg+xml", "csv": "text/csv", "html": "text/html"}
+
+
+@st.cache_resource(show_spinner=False, ttl=300)
+def _renderer() -> str | None:
+    return report.image_renderer()
+
+
+def fig_name(run, figure: str, *extra) -> str:
+    """A file name (no extension): the run's pair (short names), the figure, the run's options and
+    anything else that tells two downloads of one page apart (a group, a window, a view)."""
+    from dashboard.state import short
+
+    if run is None:
+        return report.safe_name(figure, *extra)
+    return report.safe_name(short(run.job.model_a), short(run.job.model_b), figure, run.options.label(), *extra)
+
+
+def show_figure(fig, name: str, data=None, *, key: str | None = None) -> None:
+    """``st.plotly_chart(fig)`` with PNG, SVG and CSV downloads.  ``name``: the file name without
+    extension (see ``fig_name``); ``data``: the table behind the chart (a DataFrame, an array, a dict
+    of arrays), else the figure's own traces.  ``key``: needed when one page draws the same
+    ``name`` twice."""
+    from dashboard.presenter import presenting
+
+    ident = key or name
+    shown, theme = fig, "streamlit"
+    if presenting():  # a projector: larger type on the chart too (the downloads keep the normal size)
+        import plotly.graph_objects as go
+
+        theme = None  # Streamlit's chart theme would set its own (small) type
+        shown = go.Figure(fig).update_layout(template="plotly_white", font_size=17, title_font_size=22,
+                                             legend_font_size=16, hoverlabel_font_size=16)
+        shown.update_xaxes(tickfont_size=15, title_font_size=17).update_yaxes(tickfont_size=15, title_font_size=17)
+        for note in shown.layout.annotations:  # barrier labels, subplot titles: two points larger
+            note.font.size = (note.font.size or 13) + 2
+    st.plotly_chart(shown, width="stretch", key=f"chart::{ident}", theme=theme)
+    renderer = _renderer()
+
+    def image(fmt):
+        return lambda: report.figure_image(fig, fmt)
+
+    def table():
+        return report.table_csv(data if data is not None else report.figure_table(fig))
+
+    with st.popover("Download", icon=":material/download:"):
+        for fmt, label, make in (("png", "PNG image", image("png")), ("svg", "SVG image", image("svg")),
+                                 ("csv", "Data (CSV)", table)):
+            needs_browser = fmt != "csv" and renderer is None
+            st.download_button(label, data=make if not needs_browser else b"", file_name=f"{name}.{fmt}",
+                               mime=MIME[fmt], key=f"dl::{fmt}::{ident}", on_click="ignore",
+                               disabled=needs_browser, icon=":material/download:",
+                               help="Needs Chrome or Chromium on the server (kaleido renders with it)."
+                                    if needs_browser else md(f"{name}.{fmt}"))
+
+
+def _quiet(*args, **info) -> None:
+    """A progress callback that reports nothing (work done for a download)."""
+
+
+def lecture_pack_button(run) -> None:
+    """One click: the run's lecture pack as one static HTML file.  What the pages computed for this
+    run so far (Fig. 4, the methods tables, the amount of data) is looked up now; the file itself is
+    made only when the button is pressed (the run's curves and Fig. 5 come from the cache then)."""
+    from dashboard.state import jobs, name, recall, registry, short
+    from permerge import work
+
+    manager, reg = jobs(), registry()
+    keys = {section: recall(section, run) for section in ("fig4", "methods", "amount")}
+
+    def done(key):
+        h = manager.get(key) if key else None
+        return h.result if h is not None and h.state == "done" else None
+
+    def make() -> bytes:
+        res = done(run.key) or work.pair_work(reg, run.job, run.options, run.lambdas)(_quiet)
+        layers = work.alignment_work(reg, run.job, run.options)(_quiet)["frame"]
+        fig4, methods, amount = (done(keys[s]) for s in ("fig4", "methods", "amount"))
+        curves = None
+        if res.get("vanilla") is not None:
+            curves = [res["vanilla"]] + ([res["aligned"]] if res["aligned"] is not res["vanilla"] else [])
+        about = dict(res["about"], pair=f"{name(run.job.model_a)} | {name(run.job.model_b)}")
+        settings = {"checkpoint A": run.job.model_a, "checkpoint B": run.job.model_b,
+                    **{k: v for k, v in run.job.to_dict().items() if k not in ("model_a", "model_b")},
+                    "options": run.options.label(), "function-preserving": run.options.function_preserving,
+                    "λ points": run.lambdas}
+        html = report.lecture_pack(
+            pair=(name(run.job.model_a), name(run.job.model_b)), about=work.describe_about(about),
+            settings=settings, curves=curves, check=res.get("check"),
+            function_preserving=run.options.function_preserving,
+            fig4=fig4["curves"] if fig4 else None, layers=layers,
+            methods=methods["bars"] if methods else None, amount=amount["frame"] if amount else None)
+        return html.encode()
+
+    have = [label for label, s in (("Fig. 4", "fig4"), ("Tables 1 and 2", "methods"), ("Fig. 7", "amount"))
+            if done(keys[s]) is not None]
+    st.download_button("Lecture pack (.html)", data=make, file_name=report.pack_file_name(
+        (short(run.job.model_a), short(run.job.model_b)), run.options.label()), mime=MIME["html"],
+        on_click="ignore", type="primary", icon=":material/co_present:", key="dl::lecture-pack",
+        help="The run's curves, the B′ check and Fig. 5 always; "
+             + (", ".join(have) + " as computed on their pages." if have else
+                "Fig. 4, Tables 1 and 2 and Fig. 7 once computed on their pages."))
+

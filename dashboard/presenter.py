@@ -1,0 +1,87 @@
+"""Presenter view: for a projector, larger type, no sidebar, and a guided tour through the pages
+that tell the story (Start here -> See the permutation -> Correlations -> Interpolation -> Methods),
+each step one sentence of what to look at; Back / Next buttons, also on the left / right arrow keys.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+STATE = "presenter_view"  # session_state key: True while the presenter view is on
+
+# (page script, page title, what to look at): the order of the tour
+TOUR = [
+    ("pages/start.py", "Start here",
+     "Look at the hump of the grey curve: that is the loss barrier of plain averaging; the curve after "
+     "alignment should bulge less."),
+    ("pages/permutation.py", "See the permutation",
+     "Follow the outlined row: unit i of B′ is unit perm[i] of B, moved with its row and its column, so B′ "
+     "still computes exactly what B computes."),
+    ("pages/correlations.py", "Correlations",
+     "Compare the left and right heatmaps: after alignment each unit of A sits on the diagonal with the unit "
+     "of B it correlates best with."),
+    ("pages/interpolation.py", "Interpolation",
+     "Compare the grey curve (vanilla averaging) with the aligned one: the vertical bars are the two barriers, "
+     "and the lower the better."),
+    ("pages/methods.py", "Methods",
+     "Read the tables top to bottom: which attention and residual variants lower the barrier on these pairs, "
+     "and which of them keep B′ equal to B."),
+]
+
+CSS = """
+<style>
+html { font-size: 21px; }
+section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"],
+header[data-testid="stHeader"], [data-testid="stToolbar"] { display: none !important; }
+.block-container, [data-testid="stMainBlockContainer"] { padding-top: 1.2rem; max-width: 96vw; }
+.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.5rem 0.9rem; }
+</style>
+"""
+
+
+def presenting() -> bool:
+    return bool(st.session_state.get(STATE, False))
+
+
+def step_of(title: str) -> int | None:
+    """The tour step (0-based) of a page title, None for a page off the tour."""
+    return next((i for i, (_, t, _) in enumerate(TOUR) if t == title), None)
+
+
+def toggle() -> None:
+    """The switch in the sidebar that turns the presenter view on."""
+    def start():
+        st.session_state[STATE] = True
+        st.session_state["presenter_toggle"] = False  # off again for when the view is left
+
+    st.toggle("Presenter view", key="presenter_toggle", on_change=start,
+              help="For a projector: larger type, no sidebar, and a guided tour through the pages with "
+                   "Back / Next (or the ← / → keys).")
+
+
+def bar(title: str) -> None:
+    """In the presenter view: the larger type, the hidden sidebar, and the tour bar at the top of the
+    page (this step's sentence, Back, Next, Leave)."""
+    if not presenting():
+        return
+    st.markdown(CSS, unsafe_allow_html=True)
+    k = step_of(title)
+    with st.container(key="presenter_bar"):
+        text, buttons = st.columns([3, 2], vertical_alignment="center")
+        with text:
+            if k is None:
+                st.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
+            else:
+                st.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {TOUR[k][2]}")
+        with buttons:
+            back, nxt, leave = st.columns(3)
+            if back.button("Back", shortcut="Left", disabled=not k, width="stretch",
+                           key="presenter_back", help="Previous step (← key)"):
+                st.switch_page(TOUR[k - 1][0])
+            last = k is not None and k == len(TOUR) - 1
+            if nxt.button("Next", shortcut="Right", disabled=last, width="stretch",
+                          key="presenter_next", type="primary", help="Next step (→ key)"):
+                st.switch_page(TOUR[0 if k is None else k + 1][0])
+            if leave.button("Leave", key="presenter_leave", width="stretch",
+                            help="Back to the normal view with the sidebar"):
+                st.session_state[STATE] = False
+                st.rerun()
