@@ -49,8 +49,8 @@ st.caption(f"{pair}: the standard error is over the scored tokens (or examples) 
            f"Weight matching ran {res['sweeps']} sweep(s) over the groups.")
 
 st.subheader(f"Loss along λ: {pair}")
-show_figure(plots.curves(res["curves"], "loss", bars, title=f"Loss along λ: {plot_text(name(run.job.model_a))} vs {plot_text(name(run.job.model_b))}"), fig_name(run, "matchers-curves"),
-            res["curves"])
+curve_title = f"Loss along λ: {plot_text(name(run.job.model_a))} vs {plot_text(name(run.job.model_b))}"
+show_figure(plots.curves(res["curves"], "loss", bars, title=curve_title), fig_name(run, "matchers-curves"), res["curves"])
 
 st.subheader(f"Do the two matchers agree? {pair}")
 agree = res["agreement"]
