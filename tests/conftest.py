@@ -156,3 +156,24 @@ def tiny_mlm_pair(tmp_path_factory):
     b = save_checkpoint(make_model(12, **kw), root / "b")
     text = write_text(root / "text.txt")
     return a, b, text
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upgrade_status(port: int, host: str) -> str:
+    """The status line a server on 127.0.0.1:port answers to a WebSocket upgrade sent with this Host."""
+    import socket
+
+    req = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           f"Origin: http://{host}\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(req.encode())
+        return s.recv(4096).decode("latin-1").split("\r\n")[0]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, VOCAB, make_model, save_checkpoint, write_text, write_tokenizer
+from conftest import ROOT, VOCAB, free_port, make_model, save_checkpoint, upgrade_status, write_text, write_tokenizer
 from permerge.cli import main
 
 KW = dict(head="mlm", hidden_size=24, num_attention_heads=3, intermediate_size=40, num_hidden_layers=2,
@@ -588,24 +588,11 @@ def test_dashboard_path_input_refuses_system_files(tmp_path, monkeypatch):
 
 # --- 10. the dashboard refuses foreign Host headers ---------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _upgrade_status(port: int, host: str) -> str:
-    req = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           f"Origin: http://{host}\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(req.encode())
-        return s.recv(4096).decode("latin-1").split("\r\n")[0]
 
 
 def test_dashboard_refuses_a_foreign_host_header(tmp_path):
     pytest.importorskip("streamlit")
-    port = _free_port()
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
                          cwd=ROOT, env={**ENV, "PERMERGE_CACHE": str(tmp_path / "cache")},
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -613,15 +600,15 @@ def test_dashboard_refuses_a_foreign_host_header(tmp_path):
         t0 = time.time()
         while True:
             try:
-                status = _upgrade_status(port, f"127.0.0.1:{port}")
+                status = upgrade_status(port, f"127.0.0.1:{port}")
                 break
             except OSError:
                 assert time.time() - t0 < 60 and p.poll() is None, "the dashboard did not start"
                 time.sleep(0.3)
         assert " 101 " in status, status  # its own address opens the WebSocket
-        assert " 101 " in _upgrade_status(port, f"localhost:{port}")
+        assert " 101 " in upgrade_status(port, f"localhost:{port}")
         for foreign in (f"evil.example:{port}", "evil.example", f"127.0.0.1.evil.example:{port}"):
-            status = _upgrade_status(port, foreign)
+            status = upgrade_status(port, foreign)
             assert " 101 " not in status, (foreign, status)
     finally:
         p.terminate()

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port, upgrade_status
 from permerge import zoo
 
 ZOO = ROOT / "permerge" / "zoo"
@@ -227,19 +226,6 @@ def test_dashboard_command_line_listens_locally_and_restricts_hosts():
     assert o["--server.allowedHosts"] == ["0.0.0.0", "127.0.0.1", "box.lan", "localhost"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _upgrade_status(port: int, host: str) -> str:
-    req = (f"GET /_stcore/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           f"Origin: http://{host}\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(req.encode())
-        return s.recv(4096).decode("latin-1").split("\r\n")[0]
 
 
 def _serve_and_check(argv, cwd, env, port):
@@ -251,15 +237,15 @@ def _serve_and_check(argv, cwd, env, port):
         t0 = time.time()
         while True:
             try:
-                status = _upgrade_status(port, f"127.0.0.1:{port}")
+                status = upgrade_status(port, f"127.0.0.1:{port}")
                 break
             except OSError:
                 assert p.poll() is None, f"the dashboard exited: {log.read_text()[-2000:]}"
                 assert time.time() - t0 < 120, "the dashboard did not start"
                 time.sleep(0.3)
         assert " 101 " in status, status
-        assert " 101 " in _upgrade_status(port, f"localhost:{port}")
-        assert " 101 " not in _upgrade_status(port, f"evil.example:{port}")
+        assert " 101 " in upgrade_status(port, f"localhost:{port}")
+        assert " 101 " not in upgrade_status(port, f"evil.example:{port}")
     finally:
         p.terminate()
         try:
@@ -272,7 +258,7 @@ def _serve_and_check(argv, cwd, env, port):
 @pytest.mark.slow
 def test_dashboard_command_from_the_checkout(tmp_path):
     pytest.importorskip("streamlit")
-    port = _free_port()
+    port = free_port()
     _serve_and_check([sys.executable, "-m", "permerge", "dashboard", "--port", str(port)], tmp_path,
                      {**ENV, "PYTHONPATH": str(ROOT), "PERMERGE_CACHE": str(tmp_path / "cache")}, port)
 
@@ -355,7 +341,7 @@ def test_wheel_builds_small_installs_offline_and_runs(tmp_path):
 
     # the dashboard from the wheel: the server with its Host rule, and the shipped Start page
     env.pop("PYTHONPATH")
-    port = _free_port()
+    port = free_port()
     _serve_and_check([exe, "dashboard", "--port", str(port), "--zoo", str(ZOO)], work, env, port)
     script = textwrap.dedent(f"""
         import sys

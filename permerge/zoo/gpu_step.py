@@ -35,11 +35,12 @@ from pathlib import Path
 
 from ..errors import PermergeError
 from . import pack as P
+from .build import RECIPE_FLAGS
+from .build import recipe_from_args as _recipe
 
 DEFAULT_TIME_BUDGET = 300.0  # seconds from the start until every seed's training loop ends (all run at once)
 DEFAULT_GRACE = 90.0  # default deadline = time budget + this (evaluation and archive after training)
 ARCHIVE_OVERHEAD = 1 * P.MiB  # tokenizer, config, card and tar headers beside the fp16 weights
-RECIPE_FLAGS = ("layers", "hidden", "heads", "ffn", "dropout", "steps", "batch", "lr", "warmup", "sampling")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,17 +77,6 @@ def parse_args(argv=None):
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # internal: one seed
     p.add_argument("--train-until", type=float, default=None, help=argparse.SUPPRESS)  # internal: epoch seconds
     return p.parse_args(argv)
-
-
-def _recipe(args):
-    from .train import Recipe
-
-    r = Recipe(**{k: getattr(args, k) for k in RECIPE_FLAGS})
-    try:
-        r.validate()
-    except ValueError as e:
-        raise PermergeError(str(e)) from None
-    return r
 
 
 def _check_device(device: str) -> str:
