@@ -165,7 +165,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
     escaped; plotly.js is inlined once, so the page needs no network."""
     from plotly.offline import get_plotlyjs
 
-    from . import plots
+    from . import plots, verdicts
     from .study import TABLE1, TABLE2, barriers_frame, curves_frame, methods_table
 
     a, b = pair
@@ -225,9 +225,8 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
         words = [f"Vanilla averaging: barrier {van['barrier']:.3f} at λ = {van['barrier_lambda']:.2f}."]
         if len(bars) > 1:
             al = bars.iloc[1]
-            change = (van["barrier"] - al["barrier"]) / van["barrier"] if van["barrier"] else float("nan")
-            words.append(f"After alignment ({al['method']}): {al['barrier']:.3f}, "
-                         + (f"{change:.0%} lower." if change > 0 else f"{-change:.0%} higher."))
+            c = verdicts.change(van["barrier"], al["barrier"], van.get("barrier_se"), al.get("barrier_se"))
+            words.append(f"After alignment ({al['method']}): {c['text']}.")
         body.append(f'<p class="caption">{_e(" ".join(words))} Vertical bars: each barrier, from the dotted '
                     "endpoint mean up to the top of its curve. ± one standard error over the scored tokens.</p>")
 
