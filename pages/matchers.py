@@ -3,7 +3,7 @@ import streamlit as st
 
 from dashboard.state import about_caption, job_key, name, pair_title, registry, require_run, section_result, start
 from dashboard.figures import fig_name, show_figure
-from dashboard.text import plot_text
+from dashboard.text import md, plot_text
 from permerge import plots, plots_matchers, work
 from permerge.compare import matcher_options
 
@@ -17,7 +17,7 @@ st.markdown(
 run = require_run("the matcher comparison")
 act, wgt = matcher_options(run.options)
 pair = pair_title(run.job)
-st.caption(f"Pair: {pair}; alignment {act.label()} by each matcher.")
+st.caption(f"Pair: {md(name(run.job.model_a))} | {md(name(run.job.model_b))}; alignment {act.label()} by each matcher.")
 if not run.options.aligns_anything:
     st.info("The run aligns nothing (vanilla): choose components to align on Pick and run to compare the matchers.")
     st.stop()

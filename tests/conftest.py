@@ -177,3 +177,13 @@ def upgrade_status(port: int, host: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(req.encode())
         return s.recv(4096).decode("latin-1").split("\r\n")[0]
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit's AppTest installs the script it runs as ``__main__``, and processes spawned later
+    (torch.multiprocessing) re-run ``__main__``: every test gets the real one back."""
+    real = sys.modules.get("__main__")
+    yield
+    if real is not None:
+        sys.modules["__main__"] = real

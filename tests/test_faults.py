@@ -626,6 +626,7 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
     from streamlit.testing.v1 import AppTest
 
     from dashboard import state as ui_state
+    from dashboard.text import md
     from permerge.align import AlignOptions
     from permerge.outputs import MARKER
     from permerge.pipeline import Job
@@ -666,7 +667,7 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
         # the default: the project's exports folder, written by a job, with the marker
         key = save()
         assert ui_state.jobs().get(key).state == "done" and ui_state.jobs().get(key).label == "export"
-        assert any(f"Saved to {default}" in s.value for s in at.success)
+        assert any(f"Saved to {md(default)}" in s.value for s in at.success), [s.value for s in at.success]
         assert (default / MARKER).is_file() and (default / "model.safetensors").is_file()
         assert not [p for p in default.parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
         # the same folder again: refused without "Replace", replaced with it
@@ -679,22 +680,33 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
         (default / "stale").unlink()
         save(default, replace=True)
         assert (default / "model.safetensors").is_file()
-        # a file, an input, the home folder, a folder permerge did not write: clean one-line errors
-        f = tmp_path / "a-file"
+        # outside the exports folder (a file, an input, the home folder, a user's folder): refused in
+        # one line; inside it, a file or a folder permerge did not write: clean one-line errors too
+        outside_file = tmp_path / "a-file"
+        outside_file.write_text("x")
+        outside = tmp_path / "mine"
+        outside.mkdir()
+        (outside / "keep").write_text("x")
+        f = default.parent / "a-file"
         f.write_text("x")
-        other = tmp_path / "mine"
-        other.mkdir()
+        other = default.parent / "mine"
+        other.mkdir(exist_ok=True)
         (other / "keep").write_text("x")
-        for path, why in [(f, "exists and is not a folder"), (b, "contains checkpoint B"), ("~", "home"),
-                          (other, "permerge did not write it")]:
+        for path in (outside_file, b, "~", outside, "../escape"):
+            save(path, replace=True)
+            assert any("Cannot export there" in e.value for e in at.error), (path, [e.value for e in at.error])
+        for path, why in [(f, "exists and is not a folder"), (other, "permerge did not write it")]:
             save(path, replace=True)
             assert any(why in e.value for e in at.error), (path, [e.value for e in at.error])
-        assert f.read_text() == "x" and (other / "keep").is_file() and (b / "config.json").is_file()
+        assert outside_file.read_text() == "x" and (outside / "keep").is_file() and (b / "config.json").is_file()
+        assert f.read_text() == "x" and (other / "keep").is_file() and not (default.parent.parent / "escape").exists()
         # a relative name lands in the exports folder
         save("relative-name")
         assert (default.parent / "relative-name" / MARKER).is_file()
     finally:
         shutil.rmtree(default, ignore_errors=True)
         shutil.rmtree(default.parent / "relative-name", ignore_errors=True)
+        shutil.rmtree(default.parent / "mine", ignore_errors=True)
+        (default.parent / "a-file").unlink(missing_ok=True)
         ui_state.registry.clear()
         sys.modules["__main__"] = real_main
