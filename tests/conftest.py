@@ -179,11 +179,16 @@ def upgrade_status(port: int, host: str) -> str:
         return s.recv(4096).decode("latin-1").split("\r\n")[0]
 
 
+_REAL_MAIN = sys.modules.get("__main__")  # pytest's own, before any test or fixture ran
+
+
 @pytest.fixture(autouse=True)
 def _keep_main_module():
-    """Streamlit's AppTest installs the script it runs as ``__main__``, and processes spawned later
-    (torch.multiprocessing) re-run ``__main__``: every test gets the real one back."""
-    real = sys.modules.get("__main__")
+    """Streamlit's AppTest installs the script it runs as ``__main__`` (also from fixtures), and
+    processes spawned later (torch.multiprocessing) re-run ``__main__``: every test starts and ends
+    with pytest's own."""
+    if _REAL_MAIN is not None:
+        sys.modules["__main__"] = _REAL_MAIN
     yield
-    if real is not None:
-        sys.modules["__main__"] = real
+    if _REAL_MAIN is not None:
+        sys.modules["__main__"] = _REAL_MAIN
