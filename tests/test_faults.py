@@ -589,7 +589,6 @@ def test_dashboard_path_input_refuses_system_files(tmp_path, monkeypatch):
 # --- 10. the dashboard refuses foreign Host headers ---------------------------------------------------------
 
 
-
 def test_dashboard_refuses_a_foreign_host_header(tmp_path):
     pytest.importorskip("streamlit")
     port = free_port()

@@ -226,8 +226,6 @@ def test_dashboard_command_line_listens_locally_and_restricts_hosts():
     assert o["--server.allowedHosts"] == ["0.0.0.0", "127.0.0.1", "box.lan", "localhost"]
 
 
-
-
 def _serve_and_check(argv, cwd, env, port):
     """Start `permerge dashboard` (argv), wait until it answers, check the Host rule, stop it."""
     log = Path(cwd) / f"dashboard-{port}.log"
