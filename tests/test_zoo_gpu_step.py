@@ -151,6 +151,24 @@ def test_adopt_refuses_damaged_or_foreign_archives(chain, tmp_path):
     (evil / "returned.json").write_text(json.dumps(rec))
     with pytest.raises(PermergeError, match="unexpected member"):
         P.adopt(evil, ck)
+    # an archive named so that its checkpoint folder would be the checkpoints folder itself
+    dots = tmp_path / "dots"
+    shutil.copytree(src, dots)
+    (dots / "mlm-seed1.tar").rename(dots / "..tar")
+    rec = json.loads((dots / "returned.json").read_text())
+    rec["archives"]["..tar"] = rec["archives"].pop("mlm-seed1.tar")
+    (dots / "returned.json").write_text(json.dumps(rec))
+    ck.mkdir()
+    (ck / "mine.txt").write_text("keep")
+    with pytest.raises(PermergeError, match="bad archive name"):
+        P.adopt(dots, ck)
+    # a folder of the user's where a checkpoint would go is not replaced
+    (ck / "mlm-seed1").mkdir()
+    (ck / "mlm-seed1" / "notes.txt").write_text("keep")
+    with pytest.raises(PermergeError, match="is not a checkpoint of the zoo"):
+        P.adopt(src, ck)
+    assert (ck / "mine.txt").read_text() == "keep" and (ck / "mlm-seed1" / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in ck.iterdir()) == ["mine.txt", "mlm-seed1"]
     assert _cli("zoo", "build", "--stages", "adopt", "--out", str(tmp_path / "z")) == 2  # no --from
 
 
@@ -192,7 +210,7 @@ def test_pack_over_the_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "PACK_MAX_BYTES", 300_000)
     with pytest.raises(PermergeError, match="over the 0 MiB limit"):
         P.write_pack(tmp_path / "pack", tok, stream, ev, log=lambda m: None)
-    assert not (tmp_path / "pack").exists() and not (tmp_path / "pack.tmp").exists()
+    assert not (tmp_path / "pack").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["eval.txt", "tok"]
     monkeypatch.setattr(P, "PACK_MAX_BYTES", 16 * P.MiB)
     m = P.write_pack(tmp_path / "pack", tok, stream, ev, log=lambda m: None)
     assert m["total_bytes"] == P.pack_bytes(tmp_path / "pack") <= 16 * P.MiB
@@ -200,6 +218,14 @@ def test_pack_over_the_limit_is_refused(tmp_path, monkeypatch):
     (tmp_path / "pack" / "eval.txt").write_text("changed\n")
     with pytest.raises(PermergeError, match="eval.txt does not match its checksum"):
         P.read_manifest(tmp_path / "pack")
+    # packing again replaces the pack, and only it; a folder that is not a pack is never replaced
+    P.write_pack(tmp_path / "pack", tok, stream, ev, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.txt", "pack", "tok"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(PermergeError, match="is not a zoo pack"):
+        P.write_pack(tmp_path / "mine", tok, stream, ev, log=lambda m: None)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
 @pytest.mark.parametrize("flags,msg", [

@@ -21,6 +21,7 @@ import lzma
 import re
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from ..errors import PermergeError
@@ -89,19 +90,41 @@ def write_pack(pack_dir: Path, tok_dir: Path, stream, eval_txt: Path, log=print)
     if total > PACK_MAX_BYTES:
         raise PermergeError(f"the pack would be {total / MiB:.2f} MiB, over the {PACK_MAX_BYTES / MiB:.0f} MiB "
                             "limit (use --train-tokens to pack fewer training tokens)")
-    tmp = pack_dir.with_name(pack_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / TOKENIZER_DIR).mkdir(parents=True)
-    for name, b in contents.items():
-        (tmp / name).write_bytes(b)
-    (tmp / MANIFEST).write_bytes(mbytes)
-    old = pack_dir.with_name(pack_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if pack_dir.exists():
-        pack_dir.rename(old)
-    tmp.rename(pack_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    if pack_dir.exists() and not _is_pack(pack_dir):
+        raise PermergeError(f"{pack_dir} exists and is not a zoo pack: refusing to replace it (choose another --pack)")
+    pack_dir.parent.mkdir(parents=True, exist_ok=True)
+    _replace_dir(pack_dir, {**contents, MANIFEST: mbytes})
     return manifest | {"sha256": hashlib.sha256(mbytes).hexdigest(), "total_bytes": total}
+
+
+def _is_pack(folder: Path) -> bool:
+    """A folder that ``write_pack`` wrote (its manifest names the pack format)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text()).get("format") == PACK_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (relative name -> bytes) into a new folder beside ``target`` and rename it into
+    place; a folder already at ``target`` is moved aside first and removed after.  The temporary
+    names are new ones, so nothing else beside ``target`` is touched."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        for name, b in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(b)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old.rmdir()
+            target.rename(old)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def pack_bytes(pack_dir: Path) -> int:
@@ -195,6 +218,7 @@ def archive_checkpoint(ckpt: Path, dest: Path) -> dict:
 
 
 _MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
+_ARCHIVE = re.compile(r"^mlm-seed[0-9]+\.tar$")
 _NEEDED = ("config.json", "model.safetensors", "permerge.json", "tokenizer.json")
 
 
@@ -220,10 +244,11 @@ def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print
     if not archives:
         raise PermergeError(f"{rpath} lists no archive (did every seed fail? see {from_dir / LOG_FILE})")
     members: dict[str, dict[str, bytes]] = {}
+    summaries: dict[str, str] = {}
     for fname, info in sorted(archives.items()):
         p = from_dir / fname
-        if not _MEMBER.match(fname) or not fname.endswith(".tar"):
-            raise PermergeError(f"{rpath}: bad archive name {fname!r}")
+        if not _ARCHIVE.match(fname):
+            raise PermergeError(f"{rpath}: bad archive name {fname!r} (expected mlm-seed<N>.tar)")
         if not p.is_file():
             raise PermergeError(f"archive {p} is missing")
         if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
@@ -240,26 +265,23 @@ def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print
         missing = [f for f in _NEEDED if f not in files]
         if missing:
             raise PermergeError(f"archive {p} lacks {', '.join(missing)}")
-        if json.loads(files["permerge.json"]).get("kind") != "mlm":
+        try:
+            meta = json.loads(files["permerge.json"])
+            summary = (f"eval MLM loss {float(meta['metrics']['eval_mlm_loss']):.3f} ({int(meta['steps'])} steps, "
+                       f"{meta['device']})")
+        except (ValueError, KeyError, TypeError):
+            raise PermergeError(f"archive {p}: permerge.json is not a checkpoint record of the GPU step") from None
+        if meta.get("kind") != "mlm":
             raise PermergeError(f"archive {p} does not hold an MLM checkpoint")
+        out = ckpts / name
+        if out.exists() and not (out / "permerge.json").is_file():
+            raise PermergeError(f"{out} exists and is not a checkpoint of the zoo: refusing to replace it")
         members[name] = files
+        summaries[name] = summary
     ckpts.mkdir(parents=True, exist_ok=True)
     for name, files in members.items():
-        out = ckpts / name
-        tmp = out.with_name(name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for f, b in files.items():
-            (tmp / f).write_bytes(b)
-        old = out.with_name(name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        meta = json.loads(files["permerge.json"])
-        log(f"  adopted {name}: eval MLM loss {meta['metrics']['eval_mlm_loss']:.3f} ({meta['steps']} steps, "
-            f"{meta['device']})")
+        _replace_dir(ckpts / name, files)
+        log(f"  adopted {name}: {summaries[name]}")
     for pj in sorted(ckpts.glob("*/permerge.json")):
         d = pj.parent
         if d.name.endswith((".tmp", ".old")):
