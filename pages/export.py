@@ -27,7 +27,8 @@ name = fig_name(run, "")
 
 st.subheader("Lecture pack")
 st.markdown("One HTML file of this run for a lecture: the curves and barriers, the B′ verdict, the paper's "
-            "figures and tables on this pair (those computed on their pages so far), captions, the settings and "
+            "figures on this pair and its Tables 1 and 2 on the pairs chosen on Methods (those computed on their pages so "
+            "far, each saying which pairs), captions, the settings and "
             "permerge's version. It opens in any browser without a network.")
 lecture_pack_button(run)
 

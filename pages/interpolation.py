@@ -150,14 +150,15 @@ else:
             if len(pairs_here) > 1:
                 show_figure(plots.band(band(sub, view), f"{plot_text(task)}: {view} (mean ± s.e. over {len(pairs_here)} "
                                        "pairs)", y_title=view), fig_name(None, "fig8-classifiers", task, view),
-                            band(sub, view))
+                            band(sub, view), key=f"fig8-band::{task}::{view}")
             for pair in pairs_here:
                 one = sub[sub["pair"] == pair]
                 b = bars_df[(bars_df["task"] == task) & (bars_df["pair"] == pair)]
                 fig = plots.curves(one, view, b if view == "loss" else None,
                                    title=f"{plot_text(task)}, pair {plot_text(pair)}: {view}", y_title=f"dev-set {view}")
                 sh = shapes_df[(shapes_df["task"] == task) & (shapes_df["pair"] == pair)]
-                show_figure(plots.mark_dips(fig, one, sh, view), fig_name(None, "fig8", task, pair, view), one)
+                show_figure(plots.mark_dips(fig, one, sh, view), fig_name(None, "fig8", task, pair, view), one,
+                            key=f"fig8::{task}::{pair}::{view}")
                 st.caption(f"{md(task)}, {md(pair)}: " + "; ".join(f"{r['method']}: {r['shape']}" for _, r in sh.iterrows())
                            + ". Triangles mark where the loss dips below both ends (the M shape of the paper's "
                              "Fig. 8 has two such dips).")

@@ -117,15 +117,15 @@ def pick_eval_text(data_kind: str, data: str | None) -> str | None:
     what = "next-token loss" if evaluation == "causal-lm" else "masked-LM loss (fixed masks)"
     if kind == EVAL_CHOICES[0]:
         st.caption(f"The {what} is measured on the held-out English text bundled with permerge "
-                   f"({work.data_label(str(zoo.eval_text()))}).")
+                   f"({md(work.data_label(str(zoo.eval_text())))}).")
         return str(zoo.eval_text())
     if kind == EVAL_CHOICES[1]:
         path = st.text_input("Evaluation text file", placeholder="/path/to/eval.txt", key="eval_path").strip()
         if path:
-            st.caption(f"The {what} is measured on {work.data_label(path)}.")
+            st.caption(f"The {what} is measured on {md(work.data_label(path))}.")
         return path or None
     st.caption(f"The {what} is measured on the last evaluation blocks of "
-               f"{work.data_label(data) if data else 'the alignment data'}, held out from the alignment.")
+               f"{md(work.data_label(data)) if data else 'the alignment data'}, held out from the alignment.")
     return None
 
 

@@ -29,7 +29,8 @@ def figure_data():
     if h is not None and h.state == "done" and isinstance(h.result, dict) and h.result.get("vanilla") is not None:
         van, al = h.result["vanilla"], h.result["aligned"]
         results = [van] if al is van else [van, al]
-        tokens = f"{h.result['tokens']:,} alignment tokens"  # as used, not the bound asked for
+        tokens = (f"{h.result['tokens']:,} alignment tokens" if h.result["tokens"]  # as used, not the bound asked for
+                  else "weight matching (no alignment data)")
         label = f"Measured on your current run: {pair_title(run.job)}, {tokens}, {run.lambdas} λ points."
         return curves_frame(results), barriers_frame(results), label, True
     curve = FIGURE_DIR / "default-pair-curve.csv"
@@ -93,9 +94,7 @@ else:
         se = bdf.set_index("method")["barrier_se"] if "barrier_se" in bdf else {}
         c = verdicts.change(van, float(b[m]), se.get("vanilla"), se.get(m))
         st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats; after alignment "
-                    f"({m}) it is **{c['text']}**: on this pair alignment {c['verdict']}."
-                    + (" Alignment did not lower this pair's barrier (small or weakly trained models can "
-                       "behave so)." if c["word"] == "higher" else "")
+                    f"({m}) it is **{c['text']}**: {verdicts.sentence(c, 'alignment')}"
                     + (" The bundled models are small and briefly trained, so their numbers are far from the "
                        "paper's; the shapes are what to compare." if not mine else ""))
     else:

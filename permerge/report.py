@@ -262,7 +262,9 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
             body.append(f"<h3>{_e(name)}</h3>")
             body.append(_table(table))
             body.append(figure(plots.methods_bar(table, title=pt(name))))
-        body.append(f'<p class="caption">{n_pairs} pair(s). ' + (
+        pairs = ", ".join(dict.fromkeys(str(x) for x in methods["pair"])) if "pair" in methods else f"{a} | {b}"
+        body.append(f'<p class="caption">Computed on {n_pairs} pair(s) chosen on Methods, with this run\'s data '
+                    f"and settings: {_e(pairs)}. " + (
             "One pair: the standard error is over the scored tokens of that pair, not over pairs. "
             if n_pairs == 1 else "Mean and standard error over pairs. ")
             + "Rows marked NO are not function-preserving: their B′ is not B.</p>")

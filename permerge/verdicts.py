@@ -54,6 +54,19 @@ def change(before: float, after: float, se_before: float | None = None, se_after
     return {"relative": rel, "word": word, "verdict": verdict, "within_se": bool(within), "text": text}
 
 
+def sentence(c: dict, what: str) -> str:
+    """One sentence saying what ``what`` did on this pair, from a ``change`` result: its verdict, a
+    caveat when the change is within one standard error, and a note when it raised the barrier."""
+    if c["verdict"] == "unknown":
+        return f"on this pair the effect of {what} is not measured."
+    out = f"on this pair {what} {c['verdict']}"
+    if c["within_se"]:
+        out += ", though the change is within one standard error (it may be noise of the evaluation text)"
+    elif c["word"] == "higher":
+        out += " (small or weakly trained models can behave so)"
+    return out + "."
+
+
 def residual_rows(barriers: dict[str, float], identity: str, variants: dict[str, str],
                   ses: dict[str, float] | None = None) -> list[dict]:
     """Each residual variant against Identity on one pair.  ``barriers``: method label -> barrier;

@@ -168,6 +168,11 @@ def test_verdicts():
     assert noisy["word"] == "higher" and noisy["within_se"] and noisy["text"].endswith("within one standard error")
     assert verdicts.change(float("nan"), 0.3)["word"] == "unknown"
     assert verdicts.change(0.00793, 0.00802)["text"] == "0.00802, 1% higher than 0.00793"
+    assert verdicts.sentence(c, "alignment") == "on this pair alignment helps."
+    assert verdicts.sentence(verdicts.change(0.4, 0.42), "alignment").startswith("on this pair alignment hurts (small")
+    assert "within one standard error" in verdicts.sentence(noisy, "alignment")
+    assert verdicts.sentence(verdicts.change(float("nan"), 0.3), "alignment") == \
+        "on this pair the effect of alignment is not measured."
     rows = verdicts.residual_rows({"vanilla": 1.0, "res:first": 1.2, "res:all": 0.8}, "vanilla",
                                   {"res:first": "First", "res:last": "Last", "res:all": "All"})
     assert [r["variant"] for r in rows] == ["First", "All"]  # Last was not measured
