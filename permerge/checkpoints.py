@@ -68,6 +68,8 @@ def _hub_options(source: str) -> dict:
     network after a quick check that the hub can be reached at all."""
     if not downloads_allowed():
         return {"local_files_only": True}
+    if os.environ.get("HF_ENDPOINT") or any(k.lower().endswith("_proxy") and v for k, v in os.environ.items()):
+        return {"local_files_only": False}  # a mirror or a proxy: the direct probe below would not tell
     import socket
 
     try:
@@ -277,9 +279,13 @@ def _read_weights(folder: Path) -> dict | None:
         files = [folder / "model.safetensors"]
     elif index.is_file():
         try:
-            files = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"unreadable {index}: {e}") from None
+        outside = [f for f in names if not isinstance(f, str) or Path(f).name != f]
+        if outside:
+            raise CheckpointError(f"{index} names a weights file outside the checkpoint folder: {outside[0]!r}")
+        files = [folder / f for f in names]
     else:
         return None
     state = {}

@@ -193,8 +193,8 @@ class Pipeline:
         elif not job.eval_data or spec.evaluation == "none":
             ev = EvalSet("none", [], spec.inputs)
         else:
-            blocks = D.text_blocks(self.tokenizer, D.read_text(job.eval_data), self.block,
-                                   spec.table.block_specials)[: job.eval_blocks]
+            blocks = D.text_data(self.tokenizer, job.eval_data, self.block, spec.table.block_specials,
+                                 job.eval_blocks * self.block)[0][: job.eval_blocks]  # as for activation matching
             ev = self._mlm_eval(blocks) if spec.evaluation == "mlm" else causal_evalset(blocks, spec.inputs)
         return Prepared([], ev, D.content_hash([]), D.content_hash(ev.batches), None)
 
@@ -281,7 +281,7 @@ class Pipeline:
     def weight_alignment(self, options: AlignOptions, progress=None) -> Alignment:
         """Weight matching (weight_match.py): permutations from the two checkpoints' weights alone,
         cached under the pair and the options; no data, so no statistics fraction."""
-        from .weight_match import weight_alignment
+        from .weight_match import MAX_SWEEPS, SEED, weight_alignment
 
         def compute():
             t = time.perf_counter()
@@ -294,7 +294,8 @@ class Pipeline:
         memo = self._alignments
         if (options, None) not in memo:
             a, b = self.pair
-            key = make_key("alignment", a=a.content_hash, b=b.content_hash, options=options.to_dict())
+            key = make_key("alignment", a=a.content_hash, b=b.content_hash, options=options.to_dict(),
+                           sweeps=MAX_SWEEPS, seed=SEED)
             with self.lock:
                 memo[options, None] = self.cache.get_or_compute(key, compute)
         return memo[options, None]

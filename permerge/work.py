@@ -22,6 +22,8 @@ def about(job: Job, options: AlignOptions | None = None, lambdas: int | None = N
            "device": job.device}
     if options is not None:
         out["options"] = options.label()
+        if options.matcher == "weight":
+            out["matcher"] = "weight"
     if lambdas is not None:
         out["lambdas"] = int(lambdas)
     return {**out, **extra}
@@ -50,7 +52,9 @@ def describe_about(a: dict) -> str:
     data = data_label(a.get("data"))
     if a.get("eval_data"):
         data += f", evaluated on {data_label(a['eval_data'])}"
-    if a.get("tokens_used"):
+    if a.get("matcher") == "weight":
+        tokens = "weight matching: no alignment tokens"
+    elif a.get("tokens_used"):
         tokens = f"{a['tokens_used']:,} alignment tokens"
     else:
         tokens = f"up to {a['tokens']:,} alignment tokens" if a.get("tokens") else None

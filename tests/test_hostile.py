@@ -363,3 +363,16 @@ def test_smaller_input_and_output_details(tiny_mlm_pair, tmp_path, capsys, monke
     with pytest.raises(OutputError) as ei:
         outputs.check_out(tmp_path / "x", what="the export folder")
     assert "writable the" not in str(ei.value) and "put the export folder in a folder you can write to" in str(ei.value)
+
+
+def test_sharded_weights_stay_inside_the_checkpoint(tiny_mlm_pair, tmp_path, capsys):
+    """A weights index naming a file outside the checkpoint folder is refused, not read."""
+    a, b, text = tiny_mlm_pair
+    evil = tmp_path / "sharded"
+    shutil.copytree(b, evil)
+    (evil / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    names = list(load_file(tmp_path / "outside.safetensors"))
+    (evil / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {n: "../outside.safetensors" for n in names}}))
+    one_line_error(capsys, ["align", a, evil, "--data", text, "--out", tmp_path / "o"],
+                   "names a weights file outside the checkpoint folder")
