@@ -134,7 +134,10 @@ def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: Ali
         if grp.kind == "ff" and options.ff:
             return AttentionMatch(assign(C, options.absolute)), True
         if grp.kind == "att" and options.attention != "vanilla":
-            return match_attention(C, grp.heads, options.attention, options.absolute), True
+            linked = spec.groups.get(grp.qk) if grp.qk else None
+            return match_attention(C, grp.heads, options.attention, options.absolute, grp.kv_heads,
+                                   corr(grp.qk) if linked is not None and grp.qk in points else None,
+                                   linked.fixed if linked is not None else 0), True
         if grp.kind == "pooler" and options.pooler:
             return AttentionMatch(assign(C, options.absolute)), True
         return None, False  # a residual point (its permutation comes from res_keys) or left alone
@@ -181,6 +184,11 @@ def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: Ali
         am, aligned = results["group", name]
         if grp.kind == "res" and name in res_keys:
             am, aligned = AttentionMatch(results["res", res_keys[name]]), True
+        if grp.kind == "qk":  # solved with its attention group: the same heads, its own inner permutation
+            owner = next((g for g in names if spec.groups[g].qk == name), None)
+            got = results.get(("group", owner), (None, False)) if owner else (None, False)
+            if got[0] is not None and got[0].qk is not None:
+                am, aligned = AttentionMatch(got[0].qk, got[0].head_cost, got[0].outer), True
         if am is None:
             am = AttentionMatch(np.arange(grp.size))
         out.groups[name] = GroupResult(name, grp.kind, am.perm, float(np.mean(np.diag(C))),

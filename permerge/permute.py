@@ -11,14 +11,15 @@ import numpy as np
 import torch
 
 from .arch import ArchSpec
-from .arch.spec import tiled_index
+from .arch.spec import axis_index
 
 
 def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
                        perms: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Return a new state dict with every axis named in ``spec.axes`` gathered by its group's
     permutation.  An axis entry ``(group, k)`` is the permutation tiled k times with offsets (a fused
-    weight holding k blocks side by side).  Parameters not in the spec, and groups without a
+    weight holding k blocks side by side); a ``View`` derives its gather from attention groups'
+    permutations (key/value heads, per-head fused blocks; see arch/spec.py).  Parameters not in the spec, and groups without a
     permutation, are unchanged.  Tied weights are stored once in ``spec.axes``; their aliases are
     rebuilt by ``load_state_dict``."""
     out = dict(state)
@@ -28,14 +29,18 @@ def permute_state_dict(state: dict[str, torch.Tensor], spec: ArchSpec,
             continue
         w = state[name]
         for axis, entry in enumerate(axes):
-            g, tiles = (entry if isinstance(entry, tuple) else (entry, 1))
-            if g is None or g not in perms:
+            if entry is None:
                 continue
-            if (g, tiles) not in idx_cache:
-                idx_cache[g, tiles] = torch.as_tensor(tiled_index(perms[g], tiles), dtype=torch.long)
-            idx = idx_cache[g, tiles].to(w.device)
+            key = entry
+            if key not in idx_cache:
+                idx = axis_index(entry, perms)
+                idx_cache[key] = None if idx is None else torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            idx = idx_cache[key]
+            if idx is None:
+                continue
+            idx = idx.to(w.device)
             if idx.numel() != w.shape[axis]:
-                raise ValueError(f"permutation {g} (x{tiles}) has {idx.numel()} entries, {name} axis {axis} "
+                raise ValueError(f"permutation {entry} has {idx.numel()} entries, {name} axis {axis} "
                                  f"has {w.shape[axis]}")
             w = w.index_select(axis, idx)
         out[name] = w

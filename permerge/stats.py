@@ -421,8 +421,11 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
     def grab(g: str):
         grp = spec.groups[g]
         acc = accs[g]
+        cols = None if grp.columns is None else torch.as_tensor(grp.columns, dtype=torch.long, device=device)
 
         def take(x: torch.Tensor):
+            if cols is not None:  # the capture's output holds more than the features (a fused projection)
+                x = x.index_select(-1, cols)
             if grp.per_sentence:
                 rows = x.reshape(x.shape[0], -1)
             else:

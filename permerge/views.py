@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .arch import ArchSpec
+from .arch.spec import View
 from .permute import permute_state_dict
 
 ORDERS = ("B′ order (matched pairs on the diagonal)", "A's units clustered (matched columns follow)")
@@ -71,16 +72,13 @@ class GroupWeights:
     index: np.ndarray  # the gather along ``axis`` (the permutation, tiled when the axis holds copies)
     tiles: int = 1  # e.g. 3 for a fused query-key-value matrix
     other: np.ndarray | None = None  # the gather of the other axis (a residual group), if it moves
+    derived: bool = False  # the axis moves by a gather derived from attention groups (key/value heads, fused per head)
 
 
 def _gather(spec: ArchSpec, perms: dict, entry) -> np.ndarray | None:
-    from .arch.spec import axis_group, tiled_index
+    from .arch.spec import axis_index
 
-    g = axis_group(entry)
-    if g is None or g not in perms:
-        return None
-    tiles = entry[1] if isinstance(entry, tuple) else 1
-    return tiled_index(perms[g], tiles)
+    return axis_index(entry, perms)
 
 
 def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str, np.ndarray],
@@ -102,7 +100,7 @@ def group_weights(spec: ArchSpec, state_a: dict, state_b: dict, perms: dict[str,
         tiles = entries[ax][1] if isinstance(entries[ax], tuple) else 1
         out.append(GroupWeights(p, ax, "in" if ax == out_axis else "out", state_a[p].detach().float().cpu().numpy(),
                                 state_b[p].detach().float().cpu().numpy(), permuted[p].detach().float().cpu().numpy(),
-                                idx, tiles, other))
+                                idx, tiles, other, derived=isinstance(entries[ax], View)))
     return out
 
 
@@ -119,7 +117,7 @@ def slice_of(m: np.ndarray, axis: int, i: int) -> np.ndarray:
 def gather_checks(w: GroupWeights, perm=None) -> dict:
     """Whether B''s slice i along the group's axis is bit for bit B's slice index[i], for every i (with
     the other axis gathered by its own permutation when the run permutes the residual stream too)."""
-    idx = w.index if perm is None or w.tiles > 1 else np.asarray(perm)
+    idx = w.index if perm is None or w.tiles > 1 or w.derived else np.asarray(perm)
     bp = np.moveaxis(w.bp, w.axis, 0)
     b = np.moveaxis(w.b, w.axis, 0)
     if w.other is not None:

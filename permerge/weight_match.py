@@ -42,7 +42,7 @@ import torch
 
 from .align import AlignOptions, Alignment, GroupResult
 from .arch import ArchSpec
-from .arch.spec import tiled_index
+from .arch.spec import axis_index, entry_groups, unit_rows
 from .errors import PermergeError
 from .match import AttentionMatch, assign, match_attention
 
@@ -59,12 +59,13 @@ class WeightMatchTrace:
 
 
 def coordinates(spec: ArchSpec, options: AlignOptions) -> dict[str, str]:
-    """Spec group -> the coordinate whose permutation it takes (groups left alone are absent)."""
+    """Spec group -> the coordinate whose permutation it takes (groups left alone are absent).  A
+    query/key group (RoPE) is its own coordinate, solved together with its attention group's."""
     if options.absolute:
         raise PermergeError("weight matching has no |correlation| to match on: leave --absolute out")
     out = {}
     for name, g in spec.groups.items():
-        if (g.kind == "ff" and options.ff) or (g.kind == "att" and options.attention != "vanilla") \
+        if (g.kind == "ff" and options.ff) or (g.kind in ("att", "qk") and options.attention != "vanilla") \
                 or (g.kind == "pooler" and options.pooler):
             out[name] = name
         elif g.kind == "res" and options.residual != "identity":
@@ -72,12 +73,11 @@ def coordinates(spec: ArchSpec, options: AlignOptions) -> dict[str, str]:
     return out
 
 
-def _unfold(w: torch.Tensor, axis: int, tiles: int) -> torch.Tensor:
-    """[units, everything else]: the rows of ``w`` along ``axis``; a tiled axis contributes its
-    k tiles of each unit side by side."""
+def _unfold(w: torch.Tensor, axis: int, rows: torch.Tensor) -> torch.Tensor:
+    """[units, everything else]: per unit, the slices of ``w`` along ``axis`` that belong to it
+    (``rows``: units x k indices; a tiled or fused axis gives k slices per unit, side by side)."""
     w = w.movedim(axis, 0)
-    n = w.shape[0] // tiles
-    return w.reshape(tiles, n, -1).transpose(0, 1).reshape(n, -1)
+    return w[rows.reshape(-1)].reshape(rows.shape[0], -1)
 
 
 class WeightMatcher:
@@ -93,44 +93,54 @@ class WeightMatcher:
             if self.wa[n].shape != self.wb[n].shape:
                 raise PermergeError(f"the checkpoints' {n} differ in shape: {tuple(self.wa[n].shape)} (A) vs "
                                     f"{tuple(self.wb[n].shape)} (B)")
-        # per coordinate: its size, its groups, the (param, axis, tiles) it moves, and which of
-        # those enter its similarity (first / last: only the weights at that residual point)
-        self.coords = list(dict.fromkeys(self.coord_of.values()))
+        # per coordinate: its size, its groups, the (param, axis, entry, group) it moves, and which
+        # of those enter its similarity (first / last: only the weights at that residual point)
+        keys = list(dict.fromkeys(self.coord_of.values()))
+        # a query/key group linked to an attention group is solved with it, never on its own
+        self.linked = {c: spec.groups[c].qk for c in keys
+                       if c in spec.groups and spec.groups[c].qk in self.coord_of}
+        self.coords = [c for c in keys if c not in self.linked.values()]
         self.size = {c: spec.groups[g].size for g, c in self.coord_of.items()}
-        self.touch: dict[str, list[tuple[str, int, int]]] = {c: [] for c in self.coords}
-        self.by_group: dict[str, list[tuple[str, int, int]]] = {g: [] for g in spec.groups}
+        self.touch: dict[str, list] = {c: [] for c in keys}
+        self.by_group: dict[str, list] = {g: [] for g in spec.groups}
         for n, axes in spec.axes.items():
             for ax, entry in enumerate(axes):
-                g, tiles = entry if isinstance(entry, tuple) else (entry, 1)
-                if g is None:
-                    continue
-                self.by_group[g].append((n, ax, tiles))
-                if g in self.coord_of:
-                    self.touch[self.coord_of[g]].append((n, ax, tiles))
+                for g in entry_groups(entry):
+                    if g is None:
+                        continue
+                    self.by_group[g].append((n, ax, entry, g))
+                    if g in self.coord_of:
+                        self.touch[self.coord_of[g]].append((n, ax, entry, g))
         key_point = {"first": spec.residual_points[0], "last": spec.residual_points[-1]}.get(options.residual)
-        self.solve_on = {c: self.touch[c] for c in self.coords}
+        self.solve_on = {c: self.touch[c] for c in keys}
         if key_point is not None and "res" in self.solve_on:
             self.solve_on["res"] = list(self.by_group[key_point])
-        self.perm = {c: np.arange(self.size[c]) for c in self.coords}
+        self.perm = {c: np.arange(self.size[c]) for c in keys}
         self._idx: dict = {}
 
     # --- permutations on tensors ---------------------------------------------------------
-    def _index(self, coord: str, tiles: int) -> torch.Tensor:
-        p = self.perm[coord]
-        key = (coord, tiles, p.tobytes())
+    def _current(self) -> dict[str, np.ndarray]:
+        return {g: self.perm[c] for g, c in self.coord_of.items()}
+
+    def _index(self, entry) -> torch.Tensor | None:
+        perms = {g: self.perm[self.coord_of[g]] for g in entry_groups(entry) if g in self.coord_of}
+        if not perms:
+            return None
+        key = (entry, tuple((g, p.tobytes()) for g, p in sorted(perms.items())))
         if key not in self._idx:
             if len(self._idx) > 4096:
                 self._idx.clear()
-            self._idx[key] = torch.as_tensor(tiled_index(p, tiles), dtype=torch.long)
+            self._idx[key] = torch.as_tensor(np.asarray(axis_index(entry, perms)), dtype=torch.long)
         return self._idx[key]
 
     def _permuted_b(self, name: str, skip_axis: int | None = None) -> torch.Tensor:
         w = self.wb[name]
         for ax, entry in enumerate(self.spec.axes[name]):
-            g, tiles = entry if isinstance(entry, tuple) else (entry, 1)
-            if ax == skip_axis or g not in self.coord_of:
+            if ax == skip_axis or entry is None:
                 continue
-            w = w.index_select(ax, self._index(self.coord_of[g], tiles))
+            idx = self._index(entry)
+            if idx is not None:
+                w = w.index_select(ax, idx)
         return w
 
     # --- the objective and the similarity ------------------------------------------------
@@ -142,43 +152,57 @@ class WeightMatcher:
         """J: sum over every parameter of <W_A, P(W_B)>, in float64."""
         return self._inner(self.spec.axes)
 
+    def _rows(self, n: str, ax: int, entry, g: str) -> tuple[torch.Tensor, float]:
+        rows, weight = unit_rows(entry, g, self.wa[n].shape[ax])
+        return torch.as_tensor(rows, dtype=torch.long), weight
+
     def similarity(self, entries) -> np.ndarray:
-        """S[i, j] = <A's unit i, B's unit j> over the given (param, axis, tiles), the other axes
-        under the current permutations."""
+        """S[i, j] = <A's unit i, B's unit j> over the given (param, axis, entry, group), the other
+        axes under the current permutations."""
         S = None
-        for n, ax, tiles in entries:
-            a = _unfold(self.wa[n], ax, tiles)
-            b = _unfold(self._permuted_b(n, skip_axis=ax), ax, tiles)
-            prod = (a @ b.T).double()
+        for n, ax, entry, g in entries:
+            rows, weight = self._rows(n, ax, entry, g)
+            a = _unfold(self.wa[n], ax, rows)
+            b = _unfold(self._permuted_b(n, skip_axis=ax), ax, rows)
+            prod = (a @ b.T).double() * weight
             S = prod if S is None else S + prod
         return S.numpy()
 
-    def _solve(self, coord: str, S: np.ndarray) -> AttentionMatch:
+    def _solve(self, coord: str, S: np.ndarray | None = None) -> AttentionMatch:
+        """The best permutation of one coordinate (an attention group: with its query/key group)."""
+        S = self.similarity(self.solve_on[coord]) if S is None else S
         g = self.spec.groups.get(coord)
         if g is not None and g.kind == "att":
-            return match_attention(S, g.heads, self.options.attention)
+            qk = self.linked.get(coord)
+            return match_attention(S, g.heads, self.options.attention, kv_heads=g.kv_heads,
+                                   qk=self.similarity(self.touch[qk]) if qk else None,
+                                   fixed=self.spec.groups[qk].fixed if qk else 0)
         return AttentionMatch(assign(S))
 
     # --- the descent ---------------------------------------------------------------------
     def run(self, max_sweeps: int = MAX_SWEEPS, seed: int = SEED, progress=None) -> WeightMatchTrace:
         rng = np.random.default_rng(seed)
         trace = WeightMatchTrace([self.objective()])
-        touched_names = {c: list(dict.fromkeys(n for n, _, _ in self.touch[c])) for c in self.coords}
+        touched_names = {c: list(dict.fromkeys(n for n, *_ in self.touch[c] + self.touch.get(self.linked.get(c), [])))
+                         for c in self.coords}
         for sweep in range(max_sweeps):
             changed = False
             order = [self.coords[i] for i in rng.permutation(len(self.coords))]
             for k, c in enumerate(order):
-                new = self._solve(c, self.similarity(self.solve_on[c])).perm
-                if np.array_equal(new, self.perm[c]):
+                am = self._solve(c)
+                qk = self.linked.get(c)
+                if np.array_equal(am.perm, self.perm[c]) and (qk is None or np.array_equal(am.qk, self.perm[qk])):
                     continue
-                old = self.perm[c]
+                old = {x: self.perm[x] for x in (c, qk) if x}
                 before = self._inner(touched_names[c])
-                self.perm[c] = new
+                self.perm[c] = am.perm
+                if qk:
+                    self.perm[qk] = am.qk
                 after = self._inner(touched_names[c])
                 if after > before + 1e-12 * max(1.0, abs(before)):
                     changed = True
                 else:
-                    self.perm[c] = old
+                    self.perm.update(old)
                 if progress:
                     progress("weight matching", k + 1, len(order), group=c, sweep=sweep + 1)
             trace.objective.append(self.objective())
@@ -196,16 +220,19 @@ class WeightMatcher:
 
     def alignment(self) -> Alignment:
         out = Alignment(self.options)
+        owner = {q: c for c, q in self.linked.items()}
         for g, grp in self.spec.groups.items():
             entries = self.by_group[g]
             S = self.similarity(entries) if entries else np.zeros((grp.size, grp.size))
             cos = _cosine(self, entries, S)
             if g in self.coord_of:
                 c = self.coord_of[g]
-                am = self._solve(c, S) if grp.kind == "att" else AttentionMatch(self.perm[c])
                 perm = self.perm[c].copy()
-                if grp.kind == "att":  # the head assignment of the final permutation
-                    am = AttentionMatch(perm, am.head_cost, _outer(perm, grp.heads))
+                am = AttentionMatch(perm)
+                if grp.kind in ("att", "qk"):  # the head assignment of the final permutation
+                    solver = owner.get(c, c)
+                    head_cost = self._solve(solver).head_cost if solver in self.coords else None
+                    am = AttentionMatch(perm, head_cost, _outer(perm, grp.heads))
             else:
                 am = AttentionMatch(np.arange(grp.size))
                 perm = am.perm
@@ -230,9 +257,10 @@ def _cosine(m: WeightMatcher, entries, S: np.ndarray) -> np.ndarray:
         return S
     na = np.zeros(S.shape[0])
     nb = np.zeros(S.shape[0])
-    for n, ax, tiles in entries:
-        na += (_unfold(m.wa[n], ax, tiles).double() ** 2).sum(1).numpy()
-        nb += (_unfold(m.wb[n], ax, tiles).double() ** 2).sum(1).numpy()  # norms ignore the other axes' order
+    for n, ax, entry, g in entries:
+        rows, weight = m._rows(n, ax, entry, g)
+        na += weight * (_unfold(m.wa[n], ax, rows).double() ** 2).sum(1).numpy()
+        nb += weight * (_unfold(m.wb[n], ax, rows).double() ** 2).sum(1).numpy()  # norms ignore the other axes' order
     return S / np.maximum(np.sqrt(np.outer(na, nb)), 1e-30)
 
 

@@ -20,6 +20,23 @@ model) and ``{l}`` (the layer index).  Axis entries are *symbols* resolved per l
 * ``(symbol, k)``: the symbol's permutation tiled ``k`` times along that axis, with offsets (GPT-2's
   fused ``c_attn`` holds Q, K and V side by side: ``("att", 3)``);
 * ``None``: the axis is not permuted.
+* ``KV(symbol)``: the symbol's permutation (an attention group, over the query heads) reduced to
+  the key/value heads (grouped-query attention: kv head ``s`` serves query heads ``s*r .. s*r+r-1``,
+  and a function-preserving permutation moves such a group as a block, with one inner permutation
+  shared by the group's query heads, so the reduction is well defined);
+* ``PerHead(s1, s2, ...)``: an axis holding, per head, one block of each symbol side by side
+  (GPT-NeoX's fused ``query_key_value``: per head q, k, v: ``PerHead("qk", "qk", "att")``).
+
+Rotary position embeddings (RoPE) as data.  A RoPE family's attention has two permuted spaces per
+layer: the head contexts ``att.<l>`` (value dimensions, the output projection's columns: free within a
+head) and the query/key space ``qk.<l>`` (the rows of the query projection, and through ``KV`` or
+``PerHead`` those of the key projection).  Inside each head of ``qk.<l>`` the first ``rotary`` dims
+(``Family.rotary``: config -> dims per head) turn at fixed frequencies and stay in place; the others
+may be permuted, identically in queries and keys (one permutation of the group serves both).  Both
+spaces of a layer move whole heads together: ``Group.qk`` links the attention group to its q/k group,
+and the matchers solve the pair jointly (one head assignment, two inner permutations).  A grouped
+key/value layout (``Family.kv_heads``) is read from the config too.  Nothing outside this package
+names a family: the matchers read ``Group.heads``, ``kv_heads``, ``fixed`` and ``qk``.
 
 Weights come in layouts: ``linear`` ([out, in] weight and [out] bias, ``torch.nn.Linear``),
 ``conv1d`` ([in, out] weight and [out] bias, GPT-2's ``Conv1D``), ``norm`` (weight and bias, one
@@ -62,6 +79,17 @@ class Group:
     layer: int | None = None
     heads: int | None = None  # attention groups: number of heads (units are head-major)
     per_sentence: bool = False  # pooler: one row per sentence instead of one per token
+    # grouped-query attention: number of key/value heads (None: one per query head); query heads
+    # s*r .. s*r+r-1 (r = heads // kv_heads) share key/value head s
+    kv_heads: int | None = None
+    fixed: int = 0  # leading dims of every head that stay in place (RoPE: the rotary dims of a q/k group)
+    qk: str | None = None  # an attention group's q/k group, matched jointly with it (RoPE families)
+    columns: tuple[int, ...] | None = None  # the capture's output columns that are the features (None: all)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouping)."""
+        return self.heads // self.kv_heads if self.heads and self.kv_heads else 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,99 @@ def vector(role, template, g=None, **kw) -> Param:
     return Param(role, template, "vector", g, **kw)
 
 
+@dataclass(frozen=True)
+class KV:
+    """Table symbol: ``symbol``'s permutation reduced to the key/value heads (see the module docstring)."""
+    symbol: str
+
+
+class PerHead(tuple):
+    """Table symbol: per head, one block of each symbol side by side (see the module docstring)."""
+    def __new__(cls, *symbols):
+        return super().__new__(cls, symbols)
+
+
+@dataclass(frozen=True)
+class View:
+    """A resolved axis entry moved by a permutation derived from attention groups' permutations.
+    ``kind`` "kv": ``groups[0]``'s permutation (query units) reduced to the key/value heads;
+    "per-head": per head, one block of each group's permutation side by side."""
+    kind: str
+    groups: tuple[str, ...]
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def rep(self) -> int:
+        return self.heads // self.kv_heads
+
+    def size(self) -> int:
+        if self.kind == "kv":
+            return self.kv_heads * self.head_dim
+        return self.heads * len(self.groups) * self.head_dim
+
+    def index(self, perms: dict) -> np.ndarray | None:
+        """The gather along the axis (None when none of its groups has a permutation)."""
+        if not any(g in perms for g in self.groups):
+            return None
+        dk, n = self.head_dim, self.heads * self.head_dim
+        if self.kind == "kv":
+            p = np.asarray(perms.get(self.groups[0], np.arange(n)))
+            first = (np.arange(self.kv_heads) * self.rep)[:, None] * dk + np.arange(dk)[None, :]
+            hb, ib = np.divmod(p[first.reshape(-1)], dk)
+            return (hb // self.rep) * dk + ib
+        parts = len(self.groups)
+        idx = np.empty((self.heads, parts, dk), dtype=np.int64)
+        for t, g in enumerate(self.groups):
+            hb, ib = np.divmod(np.asarray(perms.get(g, np.arange(n))), dk)
+            idx[:, t, :] = (hb * parts * dk + t * dk + ib).reshape(self.heads, dk)
+        return idx.reshape(-1)
+
+    def unit_rows(self, group: str) -> tuple[np.ndarray, float]:
+        """For weight matching: per unit of ``group`` (query-head-major), the stored rows of the axis
+        that belong to it (units x k), and the weight of each row's contribution (a key/value row
+        serves ``rep`` query heads: 1/rep, so that a grouped permutation counts it once)."""
+        dk = self.head_dim
+        h, i = np.divmod(np.arange(self.heads * dk), dk)
+        if self.kind == "kv":
+            return ((h // self.rep) * dk + i)[:, None], 1.0 / self.rep
+        parts = len(self.groups)
+        cols = [h * parts * dk + t * dk + i for t, g in enumerate(self.groups) if g == group]
+        return np.stack(cols, 1), 1.0
+
+
+def entry_groups(entry) -> tuple[str, ...]:
+    """The groups whose permutations move an axis entry."""
+    if entry is None:
+        return ()
+    if isinstance(entry, View):
+        return tuple(dict.fromkeys(entry.groups))
+    return (entry[0] if isinstance(entry, tuple) else entry,)
+
+
+def axis_index(entry, perms: dict) -> np.ndarray | None:
+    """The gather along an axis for an entry (None: the axis does not move under ``perms``)."""
+    if entry is None:
+        return None
+    if isinstance(entry, View):
+        return entry.index(perms)
+    g, tiles = entry if isinstance(entry, tuple) else (entry, 1)
+    if g not in perms:
+        return None
+    return tiled_index(perms[g], tiles)
+
+
+def unit_rows(entry, group: str, length: int) -> tuple[np.ndarray, float]:
+    """Per unit of ``group``, the rows of an axis of ``length`` entries that belong to it (units x k)
+    and the weight of their contribution (see ``View.unit_rows``)."""
+    if isinstance(entry, View):
+        return entry.unit_rows(group)
+    tiles = entry[1] if isinstance(entry, tuple) else 1
+    n = length // tiles
+    return np.arange(n)[:, None] + n * np.arange(tiles)[None, :], 1.0
+
+
 class LayoutError(CheckpointError, ValueError):
     """The model's weights do not match its family's table."""
 
@@ -104,6 +225,9 @@ class LayoutError(CheckpointError, ValueError):
 class Capture:
     template: str  # module name template
     io: str = "output"  # "input" | "output"
+    # (parts, which): the output holds, per head, ``parts`` blocks side by side and the features are
+    # block ``which`` of every head (GPT-NeoX's fused query_key_value: (3, 0) are the queries)
+    part: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +255,13 @@ class Family:
     embedding_project: str | None = None
     block_specials: bool = True  # text blocks are [CLS] ... [SEP] (False: plain token runs, for decoders)
     max_length: Callable | None = None  # config -> longest input (default max_position_embeddings)
+    # RoPE families (see the module docstring): rotary dims per head (config -> int), key/value
+    # heads (config -> int; default one per query head), whether attention and MLP read the same
+    # stream in parallel (config -> bool: the MLP's norm reads the layer input and the attention
+    # output joins the layer output; symbols "att.write" and "ff.read" follow it)
+    rotary: Callable | None = None
+    kv_heads: Callable | None = None
+    parallel: Callable | None = None
 
     # --- what the rest of permerge asks ---------------------------------------------------
     def head_of(self, class_name: str) -> str:
@@ -167,7 +298,7 @@ class ArchSpec:
 
     def params_of(self, group: str) -> list[tuple[str, int]]:
         """(parameter name, axis) pairs that the group permutes: what the UI shows as 'touches'."""
-        return [(p, ax) for p, axes in self.axes.items() for ax, g in enumerate(axes) if axis_group(g) == group]
+        return [(p, ax) for p, axes in self.axes.items() for ax, g in enumerate(axes) if group in entry_groups(g)]
 
     def axis_label(self, name: str, axis: int) -> str:
         """How a permutation moves this axis: "rows", "columns" or "entries" (of the stored tensor),
@@ -177,6 +308,8 @@ class ArchSpec:
             word = "entries"
         else:
             word = "rows" if axis == 0 else "columns"
+        if isinstance(a, View):
+            return f"{word} (key/value heads)" if a.kind == "kv" else f"{word} ({len(a.groups)} blocks per head)"
         return f"{word} ({a[1]} tiles)" if isinstance(a, tuple) else word
 
     def model_inputs(self, batch: dict) -> dict:
@@ -185,7 +318,9 @@ class ArchSpec:
 
 
 def axis_group(entry):
-    """The group name of an axis entry (a name, ``(name, tiles)`` or None)."""
+    """The group name of an axis entry (a name, ``(name, tiles)``, a view: its first group, or None)."""
+    if isinstance(entry, View):
+        return entry.groups[0]
     return entry[0] if isinstance(entry, tuple) else entry
 
 
@@ -224,6 +359,12 @@ def build_spec(fam: Family, model) -> ArchSpec:
     head = fam.head_of(cls)
     s = fam.sizes(model.config)
     L, d, H, d_ff = s["layers"], s["hidden"], s["heads"], s["intermediate"]
+    dk = s.get("head_dim") or d // max(H, 1)
+    kv = fam.kv_heads(model.config) if fam.kv_heads else H
+    if kv != H and (kv < 1 or H % kv):
+        raise LayoutError(f"unsupported {fam.name} variant: {H} query heads cannot be grouped over {kv} key/value heads")
+    rotary = fam.rotary(model.config) if fam.rotary else 0
+    parallel = bool(fam.parallel(model.config)) if fam.parallel else False
     base = f"{fam.base}." if hasattr(model, fam.base) else ""
     params = dict(model.named_parameters())  # tied weights appear once
     modules = {n for n, _ in model.named_modules()}
@@ -266,6 +407,12 @@ def build_spec(fam: Family, model) -> ArchSpec:
         def resolve(sym):
             if sym is None:
                 return None
+            if isinstance(sym, KV):
+                g = resolve(sym.symbol)
+                return None if g is None else View("kv", (g,), H, kv, dk)
+            if isinstance(sym, PerHead):
+                gs = tuple(resolve(x) for x in sym)
+                return None if all(g is None for g in gs) else View("per-head", gs, H, kv, dk)
             if isinstance(sym, tuple):
                 g = resolve(sym[0])
                 return None if g is None else (g, sym[1])
@@ -286,12 +433,21 @@ def build_spec(fam: Family, model) -> ArchSpec:
     prev = "res.emb"
     for l in range(L):
         att, ff, r_att, r_ff = f"att.{l}", f"ff.{l}", f"res.{l}.att", f"res.{l}.ff"
-        groups[att] = Group(att, "att", d, *cap("att", l), layer=l, heads=H)
+        qk = f"qk.{l}" if "qk" in fam.captures else None
+        groups[att] = Group(att, "att", H * dk, *cap("att", l), layer=l, heads=H,
+                            kv_heads=kv if kv != H else None, qk=qk)
+        if qk is not None:
+            part = fam.captures["qk"].part
+            cols = None if part is None else tuple(
+                int(h * part[0] * dk + part[1] * dk + i) for h in range(H) for i in range(dk))
+            groups[qk] = Group(qk, "qk", H * dk, *cap("qk", l), layer=l, heads=H,
+                               kv_heads=kv if kv != H else None, fixed=rotary, columns=cols)
         groups[ff] = Group(ff, "ff", d_ff, *cap("ff", l), layer=l)
         groups[r_att] = Group(r_att, "res", d, *cap("res.att", l), layer=l)
         groups[r_ff] = Group(r_ff, "res", d, *cap("res.ff", l), layer=l)
         res_points += [r_att, r_ff]
-        add(fam.layer, l, {"in": prev, "att": att, "ff": ff, "res.att": r_att, "res.ff": r_ff})
+        add(fam.layer, l, {"in": prev, "att": att, "qk": qk, "ff": ff, "res.att": r_att, "res.ff": r_ff,
+                           "att.write": r_ff if parallel else r_att, "ff.read": prev if parallel else r_att})
         prev = r_ff
     add(fam.final)
     add(fam.heads.get(head, ()))
