@@ -102,13 +102,18 @@ def _cpu_float64_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpec | None = None,
-                perms: dict[str, np.ndarray] | None = None, tol: float = EQUIVALENCE_TOL) -> dict:
+                perms: dict[str, np.ndarray] | None = None, tol: float | None = None) -> dict:
     """Does B' compute B's function?  The check runs on float64 copies on the CPU, where rounding
     is about 1e-16 relative and grows with depth and width to far below ``tol``, so a correct
     permutation passes for any model size, while a real break (a weight left unpermuted, a wrong
     axis) gives an error of the order of the logits.  In float32 the same check on a correct
     permutation reaches 1e-5 relative on realistic models, which is why it is not judged there.
+    A family whose modules compute in float32 even in a float64 model (the Hugging Face RMSNorm
+    does) names its own, float32-level tolerance in its table (``Family.equivalence_tol``).
     Returns ``max_rel_logit_error_float64``, ``equivalence_tolerance`` and ``equivalent``."""
+    if tol is None:
+        table = getattr(spec, "table", None)
+        tol = getattr(table, "equivalence_tol", None) or EQUIVALENCE_TOL
     b64 = _cpu_float64_copy(model_b)
     bp64 = _cpu_float64_copy(model_bp)
     err = logit_error(b64, bp64, {k: v.to("cpu") for k, v in batch.items()}, spec, perms, dtype=torch.float64)

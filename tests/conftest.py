@@ -61,7 +61,11 @@ def random_valid_perms(spec, seed):
     perms = {}
     res = rng.permutation(spec.hidden)
     for name, g in spec.groups.items():
-        if g.kind == "att":
+        if g.kind == "qk":
+            continue  # drawn with its attention group
+        if g.kind == "att" and (g.kv_heads or g.qk):
+            perms.update(grouped_valid_perms(spec, name, rng))
+        elif g.kind == "att":
             dk = g.size // g.heads
             outer = rng.permutation(g.heads)
             perms[name] = np.concatenate([outer[h] * dk + rng.permutation(dk) for h in range(g.heads)])
@@ -70,6 +74,29 @@ def random_valid_perms(spec, seed):
         else:
             perms[name] = rng.permutation(g.size)
     return perms
+
+
+def grouped_valid_perms(spec, att: str, rng, free_qk: bool = True) -> dict:
+    """Random function-preserving permutations of an attention group with grouped key/value heads
+    and/or a linked query/key group (RoPE): key/value blocks move as wholes, query heads within their
+    block; one value permutation and one query/key permutation per block, the query/key one keeping
+    the group's first ``fixed`` dims of every head in place (and all of them unless ``free_qk``)."""
+    g = spec.groups[att]
+    dk, kv = g.size // g.heads, g.kv_heads or g.heads
+    r = g.heads // kv
+    qk = spec.groups[g.qk] if g.qk else None
+    fixed = qk.fixed if qk is not None else dk
+    blocks = rng.permutation(kv)
+    hmap = np.concatenate([blocks[s] * r + rng.permutation(r) for s in range(kv)])
+    p_att, p_qk = np.empty(g.size, dtype=np.int64), np.empty(g.size, dtype=np.int64)
+    for s in range(kv):
+        v_inner = rng.permutation(dk)
+        free = rng.permutation(dk - fixed) + fixed if free_qk else np.arange(fixed, dk)
+        q_inner = np.concatenate([np.arange(fixed), free])
+        for j in range(s * r, (s + 1) * r):
+            p_att[j * dk:(j + 1) * dk] = hmap[j] * dk + v_inner
+            p_qk[j * dk:(j + 1) * dk] = hmap[j] * dk + q_inner
+    return {att: p_att, **({g.qk: p_qk} if qk is not None else {})}
 
 
 def make_model(seed: int, head="mlm", vocab_size=97, **kw):

@@ -262,6 +262,9 @@ class Family:
     rotary: Callable | None = None
     kv_heads: Callable | None = None
     parallel: Callable | None = None
+    # The relative tolerance of the float64 equivalence check (permute.equivalence) when a module of
+    # the family computes in float32 even in a float64 model (None: the float64 default)
+    equivalence_tol: float | None = None
 
     # --- what the rest of permerge asks ---------------------------------------------------
     def head_of(self, class_name: str) -> str:
