@@ -13,7 +13,7 @@ st.markdown(
     "pairs run down the **diagonal**. Black lines mark attention-head boundaries.")
 run = require_run("the correlation matrices")
 st.caption("Pair: " + pair_title(run.job))
-kinds = {"ff": "feed-forward", "att": "attention", "res": "residual", "pooler": "pooler"}
+kinds = {"ff": "feed-forward", "att": "attention", "qk": "query/key (RoPE)", "res": "residual", "pooler": "pooler"}
 known = st.session_state.get("corr_groups", {}).get(run.key)  # the group list, once the first result is in
 if known:
     groups, sizes, gkinds = known
@@ -29,7 +29,7 @@ if not known:
     st.session_state.setdefault("corr_groups", {})[run.key] = (out["groups"], out["sizes"], out["kinds"])
     st.rerun()  # now with the group picker
 group, grp, res, C, after = out["group"], out["spec_group"], out["result"], out["C"], out["after"]
-heads = grp.heads if grp.kind == "att" else None
+heads = grp.heads if grp.kind in ("att", "qk") else None
 
 c1, c2, c3 = st.columns(3)
 c1.metric("Mean matched correlation before", f"{res.corr_before:.3f}", help="mean of diag(C): unit i with unit i")

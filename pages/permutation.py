@@ -17,7 +17,7 @@ st.markdown(
     "its units listed in A's order. Step through one unit, one attention head, then the whole group.")
 run = require_run("the permutation")
 st.caption("Pair: " + pair_title(run.job))
-kinds = {"ff": "feed-forward", "att": "attention", "pooler": "pooler"}
+kinds = {"ff": "feed-forward", "att": "attention", "qk": "query/key (RoPE)", "pooler": "pooler"}
 known = st.session_state.get("perm_groups", {}).get(run.key)  # (groups, labels, default) once known
 c1, c2 = st.columns([2, 3])
 wanted = None
@@ -35,7 +35,7 @@ if not known:
     st.rerun()  # now with the group picker
 group, grp, perm = out["group"], out["spec_group"], out["perm"]
 d = grp.size
-heads = grp.heads if grp.kind == "att" else None
+heads = grp.heads if grp.kind in ("att", "qk") else None
 dk = d // heads if heads else None
 steps = ["one unit"] + (["one head"] if heads else []) + ["the whole group"]
 step = c2.radio("Step", steps, horizontal=True, key="perm_step")
@@ -79,11 +79,18 @@ else:
 # --- the weights -----------------------------------------------------------------------------------
 
 
+def spec_axis_label(w) -> str:
+    return next((c["moves"] for c in out["checks"] if c["weight"] == w.name), "derived")
+
+
 def panels(w, title):
     """A, B and B' side by side, the current step outlined (in every tile of a fused matrix)."""
-    boxes = [views.tile_ranges(bx, d, w.tiles) for bx in (boxes_a, boxes_b, boxes_bp)]
+    # an axis moved by a derived gather (key/value heads, per-head fused blocks) is shown without outlines
+    boxes = [[] if w.derived else views.tile_ranges(bx, d, w.tiles) for bx in (boxes_a, boxes_b, boxes_bp)]
     rest = WORD[1 - w.axis]
     tiles = f", {w.tiles} tiles side by side" if w.tiles > 1 else ""
+    if w.derived:
+        tiles = f", {spec_axis_label(w)}"
     show_figure(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
                                     f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
                                     f"(first 96 {rest} shown)"),
@@ -99,8 +106,9 @@ st.caption("Outlined: the current step in A, where it sits in B, and where it la
            "belongs to the residual stream" + (", which this run permutes too, so those entries move as well."
                                               if run.options.residual != "identity" else
                                               ", which this run leaves in place."))
-if step == "one unit" and ins:
-    w = ins[0]
+plain_ins = [w for w in ins if not w.derived]
+if step == "one unit" and plain_ins:
+    w = plain_ins[0]
     word = WORD[w.axis][:-1]
     row = lambda m, k: views.slice_of(m, w.axis, k)  # noqa: E731
     n = min(8, w.b.shape[1 - w.axis])

@@ -192,7 +192,7 @@ def permutation_work(registry, job, options, group: str | None):
         pipe = registry.get(job)
         al = pipe.alignment(options, progress=progress)
         spec = pipe.spec
-        kinds = ("ff", "att", "pooler")
+        kinds = ("ff", "att", "qk", "pooler")
         groups = [g for g in al.groups if spec.groups[g].kind in kinds]
         aligned = [g for g in groups if al.groups[g].aligned]
         default = next((g for g in aligned if g.startswith("att.")), aligned[0] if aligned else groups[0])

@@ -270,6 +270,12 @@ PAIR_MODELS = {
                 "mlm", "pseudo_perplexity", "embedding_size"),
     "gpt2": ("GPT2LMHeadModel", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2, **GPT),
              "causal", "perplexity", "n_inner"),
+    "gpt_neox": ("GPTNeoXForCausalLM", "gpt_neox", dict(hidden_size=30, num_attention_heads=5, intermediate_size=37,
+                                                        num_hidden_layers=2, rotary_pct=0.5, **NEOX),
+                 "causal", "perplexity", "intermediate_size"),
+    "llama": ("LlamaForCausalLM", "llama", dict(hidden_size=30, num_attention_heads=5, num_key_value_heads=1,
+                                                intermediate_size=37, num_hidden_layers=2, **LLAMA),
+              "causal", "perplexity", "intermediate_size"),
 }
 
 
@@ -346,22 +352,12 @@ def test_cli_interpolate_on_other_families(saved_pair, tmp_path):
     assert al["loss"].iloc[-1] == pytest.approx(van["loss"].iloc[-1], rel=1e-9)
 
 
-@pytest.mark.slow
-def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
-    """The run page on a local pair of each family with a text file, then every detail page."""
+def run_dashboard(root, a, b, text):
+    """The run page of the dashboard on a local pair with a text file, run to the end (AppTest)."""
     import time
-    from pathlib import Path
 
-    pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from dashboard import state
-
-    family, a, b, text = saved_pair
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(root)
-    state.registry.clear()
     at = AppTest.from_file(str(root / "app.py"), default_timeout=90).run().switch_page("pages/run.py").run()
     for side, path in (("A", a), ("B", b)):
         at.radio(key=f"src_{side}").set_value("local folder or hub id").run()
@@ -385,6 +381,24 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("computes B's function" in s.value for s in at.success)
+    return at
+
+
+@pytest.mark.slow
+def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
+    """The run page on a local pair of each family with a text file, then every detail page."""
+    import time
+    from pathlib import Path
+
+    pytest.importorskip("streamlit")
+    from dashboard import state
+
+    family, a, b, text = saved_pair
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(root)
+    state.registry.clear()
+    at = run_dashboard(root, a, b, text)
     metric = PAIR_MODELS[family][4].replace("_", "-")
     assert [t.label for t in at.tabs] == ["loss", metric]
     for page in sorted(str(p.relative_to(root)) for p in (root / "pages").glob("*.py")):

@@ -192,3 +192,71 @@ def test_the_matchers_name_no_family():
         code = "\n".join(line for line in (root / f).read_text().splitlines() if not line.lstrip().startswith("#"))
         hits = words.findall(code)
         assert not hits, (f, hits[:3])
+
+
+# --- the dashboard on a tiny GPT-NeoX pair ---------------------------------------------------------------
+
+def _settle(at, state):
+    import time
+
+    t0 = time.time()  # pages that compute start a background job: let it finish, then redraw
+    while any(h.active for h in list(state.jobs()._jobs.values())) and time.time() - t0 < 60:
+        time.sleep(0.3)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _head_lines(chart) -> int:
+    import json
+
+    fig = json.loads(chart.proto.spec)
+    return len(fig.get("layout", {}).get("shapes", []))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt_neox", "llama"])
+def test_dashboard_shows_rope_heads(family, tmp_path, monkeypatch):
+    """Pick and run on a GPT-NeoX (partial rotary) / Llama (grouped heads) pair, then the correlation
+    heatmaps of the attention and query/key groups with their head blocks, the permutation page of the
+    query/key group, the feature correlations and the perplexity curve."""
+    import transformers
+
+    pytest.importorskip("streamlit")
+    from conftest import write_text
+    from dashboard import state
+    from test_families import PAIR_MODELS, bpe_tokenizer, run_dashboard
+
+    root = Path(__file__).resolve().parents[1]
+    text = write_text(tmp_path / "text.txt")
+    cls, model_type, kw, kind = PAIR_MODELS[family][:4]
+    tok = bpe_tokenizer(tmp_path / "tok", text.read_text().splitlines(), kind)
+    pair = []
+    for seed in (11, 12):
+        torch.manual_seed(seed)
+        model = getattr(transformers, cls)(transformers.AutoConfig.for_model(model_type, vocab_size=len(tok), **kw))
+        model.save_pretrained(str(tmp_path / f"m{seed}"))
+        tok.save_pretrained(str(tmp_path / f"m{seed}"))
+        pair.append(tmp_path / f"m{seed}")
+    monkeypatch.setenv("PERMERGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(root)
+    state.registry.clear()
+    at = run_dashboard(root, pair[0], pair[1], text)
+    assert [t.label for t in at.tabs] == ["loss", "perplexity"]
+    heads = kw["num_attention_heads"]
+    at.switch_page("pages/correlations.py").run()
+    _settle(at, state)
+    for group in ("att.0", "qk.0"):
+        at.selectbox(key="corr_group").set_value(group).run()
+        _settle(at, state)
+        charts = at.get("plotly_chart")
+        assert charts and max(_head_lines(c) for c in charts) >= heads - 1, group  # head block lines
+    at.switch_page("pages/permutation.py").run()
+    _settle(at, state)
+    at.selectbox(key="perm_group").set_value("qk.0").run()
+    _settle(at, state)
+    assert any("bit for bit" in s.value for s in at.success)
+    for page in ("pages/features.py", "pages/interpolation.py"):
+        at.switch_page(page).run()
+        _settle(at, state)
+        assert at.get("plotly_chart"), page
+    state.registry.clear()
