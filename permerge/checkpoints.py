@@ -200,8 +200,11 @@ def _config_field(cfg, arch: str, field: str):
 
 def config_summary(source: str) -> dict:
     """Layers, heads, widths and parameter count from a checkpoint's config alone (the model is
-    built on the meta device, so no weights are read)."""
+    built on the meta device, so no weights are read); for RoPE families the rotary dims that stay
+    in place and the key/value heads (``fixed.config_facts``)."""
     import transformers
+
+    from .fixed import config_facts
 
     cfg = read_config(source)
     arch = _architecture(cfg)
@@ -216,7 +219,7 @@ def config_summary(source: str) -> dict:
             "hidden": s["hidden"], "head width": s["hidden"] // max(s["heads"], 1),
             "intermediate": s["intermediate"], "vocab": cfg.vocab_size,
             "labels": cfg.num_labels if head == "classifier" else None,
-            "parameters": n_params}
+            "parameters": n_params, **config_facts(fam, cfg)}
 
 
 def config_spec(source: str):

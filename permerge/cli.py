@@ -306,7 +306,7 @@ def cmd_align(args) -> int:
         report = {
             "model_a": {**a.summary()}, "model_b": {**b.summary()},
             "options": options.to_dict(), "function_preserving": options.function_preserving,
-            "groups": al.summary(), **check,
+            "groups": al.summary(), **check, **_kept_in_place(pipe.spec),
             "data": None if stats is None else {
                 "path": args.data, "tokens": stats.tokens, "sentences": stats.sentences,
                 "snapshot_tokens": {str(k): v for k, v in stats.snapshot_tokens.items()}},
@@ -319,6 +319,13 @@ def cmd_align(args) -> int:
               f"(max |logit error| {check['max_abs_logit_error']:.3g})", file=sys.stderr)
     print(f"wrote {final} (max |logit error| of B' vs B: {check['max_abs_logit_error']:.3g})", file=sys.stderr)
     return 0
+
+
+def _kept_in_place(spec) -> dict:
+    from .fixed import describe
+
+    text = describe(spec)
+    return {"kept_in_place": text} if text else {}
 
 
 def _trace_report(trace) -> dict:

@@ -317,6 +317,10 @@ def test_cli_align_on_other_families(saved_pair, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["model_b"]["family"] == family
     assert report["function_preserving"] is True and report["max_rel_logit_error"] < TOL
+    if family in ("gpt_neox", "llama"):  # the report says which attention dims stayed in place
+        assert "rotary" in report["kept_in_place"] and "checked" in report["kept_in_place"]
+    else:
+        assert "kept_in_place" not in report
     perms = load_file(str(out / "permutations.safetensors"))
     assert torch.equal(perms["res.emb"], perms["res.1.ff"])
     assert not torch.equal(perms["res.emb"], torch.arange(30)) and not torch.equal(perms["ff.0"], torch.arange(37))

@@ -260,3 +260,46 @@ def test_dashboard_shows_rope_heads(family, tmp_path, monkeypatch):
         _settle(at, state)
         assert at.get("plotly_chart"), page
     state.registry.clear()
+
+
+def test_an_odd_rotary_count_is_rounded_up_as_the_model_does():
+    """50 % of a 6-dim head is 3, but the rotary embedding turns pairs: 4 dims rotate.  Dim 3 is
+    therefore fixed (moving it breaks the function) and dims 4, 5 are free."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model("gpt_neox", vocab_size=97, hidden_size=30, num_attention_heads=5,
+                                            intermediate_size=20, num_hidden_layers=1, rotary_pct=0.5,
+                                            max_position_embeddings=64)
+    b = transformers.GPTNeoXForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    spec = spec_for(b)
+    assert spec.groups["qk.0"].fixed == 4
+    ident = {g: np.arange(grp.size) for g, grp in spec.groups.items()}
+    batch = probe(spec)
+    for (i, j), breaks in (((2, 3), True), ((4, 5), False)):
+        perms = {**ident, "qk.0": _swap_in_head(ident["qk.0"], 6, 1, i, j)}
+        err = logit_error(b, permute_model(b, spec, perms), batch, spec, perms)["max_rel_logit_error"]
+        assert (err > 1e-3) if breaks else (err < TOL), (i, j, err)
+
+
+def test_pair_summary_and_report_text_name_the_fixed_dims(tmp_path):
+    from permerge.checkpoints import config_summary
+    from permerge.fixed import describe
+
+    neox = make("gpt_neox-lm-rot25-parallel-h4-dk8", 0)
+    neox.save_pretrained(str(tmp_path / "neox"))
+    s = config_summary(str(tmp_path / "neox"))
+    assert s["rotary q/k dims per head (kept in place)"] == "2 of 8"
+    assert "key/value heads (each moves with its query heads)" not in s
+    text = describe(spec_for(neox))
+    assert "first 2 of 8 query/key dims are rotary" in text and "other 6 are permuted" in text
+    llama = make("llama-lm-gqa-h6-kv2-dk6", 0)
+    llama.save_pretrained(str(tmp_path / "llama"))
+    s = config_summary(str(tmp_path / "llama"))
+    assert s["rotary q/k dims per head (kept in place)"] == "6 of 6"
+    assert s["key/value heads (each moves with its query heads)"] == "2 (3 query heads each)"
+    assert "2 key/value heads serve 3 query heads each" in describe(spec_for(llama))
+    assert describe(spec_for(make("gpt2-lm-tied-h5-dk6", 0))) is None
