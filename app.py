@@ -20,6 +20,7 @@ PAGES = {
         st.Page("pages/methods.py", title="Methods", icon=":material/table_chart:"),
         st.Page("pages/matchers.py", title="Activation vs weight matching", icon=":material/compare_arrows:"),
         st.Page("pages/data_amount.py", title="Amount of data", icon=":material/bar_chart:"),
+        st.Page("pages/steps.py", title="Training steps", icon=":material/stacked_line_chart:"),
     ],
     "Keep": [st.Page("pages/export.py", title="Export", icon=":material/save:")],
 }

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 
 from .plots import method_color
 
-KIND_COLORS = {"ff": "#1f77b4", "att": "#ff7f0e", "res": "#17becf", "pooler": "#8c564b"}
+KIND_COLORS = {"ff": "#1f77b4", "att": "#ff7f0e", "qk": "#d62728", "res": "#17becf", "pooler": "#8c564b"}
 
 
 def barriers(bars: pd.DataFrame, title: str = "") -> go.Figure:
