@@ -296,7 +296,7 @@ def test_cancel_shows_a_note():
 
 
 MY_PAGES = ["app.py", "pages/run.py", "pages/interpolation.py", "pages/methods.py", "pages/data_amount.py",
-            "pages/features.py"]
+            "pages/features.py", "pages/steps.py"]
 
 
 @pytest.mark.slow
