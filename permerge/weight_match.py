@@ -20,7 +20,11 @@ unless one parameter carries the coordinate on two axes, e.g. the MLM transform 
 residual permutation).
 
 Nothing here knows a family: the coordinates and the weights they touch come from ``ArchSpec.axes``,
-so every family table works unchanged.  Which groups move follows ``AlignOptions`` as for
+so every family table works unchanged.  An axis moved by a derived gather (``arch.spec.View``: a
+fused per-head projection, key/value heads) contributes to a unit the rows that belong to it (a
+key/value row, shared by ``r`` query heads, with weight 1/r).  A RoPE attention group and its
+query/key group are one coordinate: ``match.match_attention`` assigns their heads together, with
+the query/key group's rotary dims held in place.  Which groups move follows ``AlignOptions`` as for
 activations: FF groups (``ff``), attention groups (the attention variant), the pooler (``pooler``)
 and the residual points (identity: none; all: one coordinate shared by every point; first / last:
 one shared coordinate whose similarity is taken from the weights at the first / last point only;
