@@ -353,8 +353,9 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
     (df of ``study.layer_correlations``).  "before" has vanilla's colour, "after" the colour of
     ``method`` (the default alignment's when not given)."""
     after_color = method_color(method) if method else ALIGNED_COLOR
-    kinds = [k for k in ("ff", "att", "res", "pooler") if k in set(df["kind"])]
-    names = {"ff": "feed-forward", "att": "attention", "res": "residual stream", "pooler": "pooler"}
+    kinds = [k for k in ("ff", "att", "qk", "res", "pooler") if k in set(df["kind"])]
+    names = {"ff": "feed-forward", "att": "attention", "qk": "query/key (RoPE)", "res": "residual stream",
+             "pooler": "pooler"}
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[names[k] for k in kinds], shared_yaxes=True)
     for col, k in enumerate(kinds, start=1):
         g = df[df["kind"] == k]

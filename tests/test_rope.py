@@ -303,3 +303,19 @@ def test_pair_summary_and_report_text_name_the_fixed_dims(tmp_path):
     assert s["key/value heads (each moves with its query heads)"] == "2 (3 query heads each)"
     assert "2 key/value heads serve 3 query heads each" in describe(spec_for(llama))
     assert describe(spec_for(make("gpt2-lm-tied-h5-dk6", 0))) is None
+
+
+def test_feature_correlation_figure_has_a_query_key_panel():
+    """Fig. 5 of a RoPE pair shows the query/key groups in a panel of their own."""
+    from permerge import plots
+    from permerge.study import layer_correlations
+
+    a, b = make("gpt_neox-lm-rot25-parallel-h4-dk8", 1), make("gpt_neox-lm-rot25-parallel-h4-dk8", 2)
+    spec = spec_for(a)
+    stats = collect_stats(a, b, spec, batches(spec), fractions=(1.0,))
+    al = compute_alignment(spec, stats.points, AlignOptions(attention="head-perm"))
+    df = layer_correlations(al, spec)
+    assert set(df[df["kind"] == "qk"]["group"]) == {"qk.0", "qk.1"}
+    assert df[df["kind"] == "qk"]["aligned"].all()
+    fig = plots.layer_corr(df)
+    assert "query/key (RoPE)" in [a.text for a in fig.layout.annotations]
