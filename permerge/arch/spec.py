@@ -131,10 +131,20 @@ class Family:
     embedding_project: str | None = None
     block_specials: bool = True  # text blocks are [CLS] ... [SEP] (False: plain token runs, for decoders)
     max_length: Callable | None = None  # config -> longest input (default max_position_embeddings)
+    # Classes that checkpoints are published under on the Hub but that permerge loads as another
+    # class of the family, with the heads the loaded class lacks ignored: class -> (loaded class,
+    # what is ignored, in words).  E.g. BERT's pre-training class (MLM + next-sentence heads).
+    published: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # --- what the rest of permerge asks ---------------------------------------------------
     def head_of(self, class_name: str) -> str:
         return self.classes[class_name]
+
+    def loaded_class(self, class_name: str) -> str | None:
+        """The class a checkpoint published as ``class_name`` is loaded as (None: not supported)."""
+        if class_name in self.classes:
+            return class_name
+        return self.published[class_name][0] if class_name in self.published else None
 
     def default_class(self) -> str:
         return next(c for c, h in self.classes.items() if h == "base")
