@@ -281,7 +281,7 @@ def fetch(p: HubPlan, names=None, progress=None, bar=None) -> Path:
     _refresh_cached(p)
     todo = [f for f in p.missing if names is None or f.name in names]
     total = sum(f.size or 0 for f in todo)
-    check_disk(HubPlan(p.source, p.repo_id, p.revision, p.commit, todo))
+    check_disk(p)  # room for the whole checkpoint, before even its config is fetched
     done = [0]
     for f in todo:
         cls = _reporting_tqdm(progress, done, total, f.name, bar)
@@ -362,3 +362,28 @@ def resolve(source: str, need: str = "all", progress=None, bar=None) -> Path:
         return snap
     p = plan(source)
     return fetch(p, names=[CONFIG] if need == "config" else None, progress=progress, bar=bar)
+
+
+def weights_bytes(source: str) -> int:
+    """The bytes of a hub checkpoint's weights: from the Hub's file list when downloads are
+    allowed, else from the cached snapshot (0 when neither knows)."""
+    if downloads_allowed():
+        return sum(f.size or 0 for f in plan(source).files if f.name.endswith((".bin", ".safetensors")))
+    snap = local_snapshot(source)
+    if snap is None:
+        return 0
+    return sum(f.stat().st_size for f in snap.iterdir() if f.is_file() and f.suffix in (".bin", ".safetensors"))
+
+
+def prefetch(source: str, say=None, bar=None) -> Path | None:
+    """Before a run: say which files of a hub checkpoint will come, their size and whether they
+    are cached, check the free disk, then fetch what is missing with a progress bar.  None (and
+    nothing said) when downloads are not allowed: the cache alone serves, or the load says why not."""
+    if not downloads_allowed():
+        return None
+    p = plan(source)
+    if say is not None:
+        for line in p.lines():
+            say(line)
+    check_disk(p)
+    return fetch(p, bar=bar)
