@@ -313,12 +313,13 @@ def _reporting_tqdm(progress, done: list, total: int, name: str, bar):
             kw["desc"] = name
             kw["disable"] = bar is None
             super().__init__(*a, **kw)
-            self._base = done[0]
+            self._base, self._got = done[0], int(kw.get("initial") or 0)
 
         def update(self, n=1):
-            out = super().update(n)
+            out = super().update(n)  # a disabled bar does not count: count here
+            self._got += int(n or 0)
             if progress is not None:
-                progress(self._base + int(self.n), total, name)
+                progress(self._base + self._got, total, name)
             return out
 
     return Reporting
@@ -387,3 +388,27 @@ def prefetch(source: str, say=None, bar=None) -> Path | None:
             say(line)
     check_disk(p)
     return fetch(p, bar=bar)
+
+
+def fetch_for_run(sources, progress=None) -> None:
+    """Before a job loads its checkpoints: fetch the hub ones that are missing (downloads allowed),
+    reporting ``progress("downloading NAME", done_bytes, total_bytes, file=..., speed=bytes/s)``;
+    a progress callback that raises (Cancel) stops the transfer and leaves the cache usable."""
+    import time
+
+    if not downloads_allowed():
+        return
+    from .checkpoints import _is_local
+
+    for source in dict.fromkeys(s for s in sources if s and not _is_local(s)):
+        p = plan(source)
+        if not p.missing:
+            continue
+        t0 = time.monotonic()
+
+        def cb(done, total, name, source=source, t0=t0):
+            if progress is not None:
+                progress(f"downloading {source}", done, total, file=name,
+                         speed=done / max(time.monotonic() - t0, 1e-3))
+        cb(0, p.missing_bytes, p.missing[0].name)
+        fetch(p, progress=cb)
