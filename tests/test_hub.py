@@ -2,6 +2,7 @@
 huggingface_hub client: the flag, the file list shown first, only the needed files, revisions
 resolved to commits, resume after a broken transfer, Cancel, and one line for each failure."""
 import json
+import shutil
 
 import pytest
 
@@ -99,6 +100,13 @@ def test_one_line_for_each_hub_failure(loopback, layouts, tmp_path, capsys):
               "has no branch, tag or commit 'no-branch'")
     _one_line(capsys, ["align", "google/gated-model", MB.format(1), *base], "gated")
     _one_line(capsys, ["align", f"{MB.format(0)}@", MB.format(1), *base], "NAME@REVISION")
+    tf_only = tmp_path / "tf-only"
+    tf_only.mkdir()
+    shutil.copy(layouts["mb0"] / "config.json", tf_only / "config.json")
+    shutil.copy(layouts["mb0"] / "tf_model.h5", tf_only / "tf_model.h5")
+    loopback.add("google/tf-only", tf_only)
+    _one_line(capsys, ["align", "google/tf-only", MB.format(1), *base],
+              "has no model.safetensors or pytorch_model.bin weights (only tf_model.h5, which permerge does not read)")
     assert not loopback.downloads()
     # a mistyped local path never reaches the Hub, whatever it looks like
     loopback.log.clear()
