@@ -247,6 +247,13 @@ def _block_special_tokens(source: str) -> str | None:
     """The start and end tokens of a text block ("[CLS]/[SEP]", "<s>/</s>") from a local checkpoint's
     tokenizer files, without loading the tokenizer; None when they are not written there."""
     folder = Path(source).expanduser()
+    if not folder.is_dir():  # a hub id: its cached snapshot, if any
+        from permerge.hub import local_snapshot
+
+        try:
+            folder = local_snapshot(source) or folder
+        except Exception:
+            pass
     found = {}
     for f in ("special_tokens_map.json", "tokenizer_config.json"):
         try:

@@ -13,7 +13,8 @@ client calls to download a model (read from its code: ``HfApi.model_info`` and
 
 Every request is logged (method, path, Range header) so a test can assert what was fetched.
 ``drop_after[(repo, file)] = n`` makes the next full GET of that file send ``n`` bytes of its body
-and close the connection (a transfer broken off mid-file).  The server runs on 127.0.0.1 only.
+and close the connection (a transfer broken off mid-file); ``throttle`` slows every body down.  The
+server runs on 127.0.0.1 only.
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class LoopbackHub:
         self.repos: dict[str, Repo] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.drop_after: dict[tuple[str, str], int] = {}
+        self.throttle: float = 0.0  # seconds of pause after every 64 kB of a file's body (a slow link)
         self._lock = threading.Lock()
         self._server = None
 
@@ -210,5 +212,13 @@ class LoopbackHub:
                 h.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            return
+        if self.throttle:
+            import time
+
+            for i in range(0, len(body), 2**16):
+                h.wfile.write(body[i:i + 2**16])
+                h.wfile.flush()
+                time.sleep(self.throttle)
             return
         h.wfile.write(body)

@@ -98,3 +98,45 @@ def test_known_family_run_downloads_with_progress(loopback, layouts, monkeypatch
     assert "run" in at.session_state
     summaries = jobs().get(key).result["summaries"]
     assert summaries[0]["commit"] == loopback.shas[MB.format(0)] and "BertForPreTraining" in summaries[0]["published"]
+
+
+@pytest.mark.slow
+def test_cancel_during_download_leaves_the_cache_usable(loopback, layouts):
+    """The dashboard's Cancel (JobHandle.cancel) during a download: the job ends as cancelled, the
+    complete files stay in the Hugging Face cache, no partial file is left, and the next run goes on."""
+    from dashboard.state import jobs
+    from permerge import hub
+    from permerge.align import AlignOptions
+    from permerge.pipeline import Job
+    from permerge.cache import NoCache
+    from permerge.study import PipelineRegistry
+    from permerge.work import pair_work
+
+    loopback.throttle = 0.05  # about 1.3 MB/s: the 6.2 MB weights take seconds
+    job = Job(MB.format(0), MB.format(1), str(layouts["text"]), tokens=1024, eval_blocks=2, device="cpu")
+    token = hub.allow_downloads(True)
+    try:
+        h = jobs().submit("hub-cancel-test", pair_work(PipelineRegistry(NoCache()), job, AlignOptions(), 3), label="hub")
+    finally:
+        hub._allowed.reset(token)
+    t0 = time.time()
+    while not (h.stage.startswith("downloading") and h.done > 100_000) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    assert h.stage == f"downloading {MB.format(0)}", (h.stage, h.state, h.error)
+    h.cancel()
+    while h.active and time.time() - t0 < 90:
+        time.sleep(0.1)
+    assert h.state == "cancelled", (h.state, h.error)
+    root = hub.repo_folder(MB.format(0))
+    assert not list((root / "blobs").glob("*.incomplete")), list((root / "blobs").iterdir())
+    snap = root / "snapshots" / loopback.shas[MB.format(0)]
+    assert (snap / "config.json").is_file() and not (snap / "pytorch_model.bin").exists()
+    loopback.throttle = 0.0
+    loopback.log.clear()
+    token = hub.allow_downloads(True)
+    try:
+        hub.resolve(MB.format(0))
+    finally:
+        hub._allowed.reset(token)
+    assert [f for _, f in loopback.downloads()] == ["pytorch_model.bin"]  # only what was cut off
+    jobs().forget("hub-cancel-test")
