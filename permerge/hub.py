@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PermergeError
 
 ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -288,11 +288,9 @@ def fetch(p: HubPlan, names=None, progress=None, bar=None) -> Path:
         try:
             hf_hub_download(p.repo_id, f.name, revision=p.commit, cache_dir=str(cache_dir()), endpoint=endpoint(),
                             tqdm_class=cls)
-        except CheckpointError:
+        except PermergeError:  # ours: a one-line error, or Cancel from the progress callback
             raise
         except Exception as e:
-            if type(e).__name__ == "Cancelled" or isinstance(e, KeyboardInterrupt):
-                raise
             raise _hub_error(p.source, e) from None
         done[0] += f.size or 0
         f.cached = True
@@ -303,7 +301,7 @@ def fetch(p: HubPlan, names=None, progress=None, bar=None) -> Path:
 def _reporting_tqdm(progress, done: list, total: int, name: str, bar):
     """A tqdm class for the Hub client's transfer of one file that reports bytes to ``progress``
     and, on the command line, draws ``bar`` (a tqdm class) with bytes, speed and time left."""
-    from tqdm.auto import tqdm as base
+    from tqdm import tqdm as base
 
     parent = bar or base
 
