@@ -128,8 +128,15 @@ def describe(fam: Family, exact: bool = False) -> list[str]:
         mb = fam.weights_mb(size)
         where = f"weights about {mb:g} MB each (catalogue)" if mb else "download size: ask the Hub (--allow-downloads)"
         if exact:
-            p = hub.plan(fam.repo(size, seeds[0]))
-            where = f"{hub.fmt_bytes(p.total_bytes)} each ({len(p.files)} files, from the Hub's file list)"
+            first = fam.repo(size, seeds[0])
+            steps = fam.steps(size, seeds[0])
+            if fam.entry.get("steps", {}).get("kind") == "revision" and steps:
+                first = f"{first}@{steps[-1]}"  # PolyPythias' main branch holds no weights
+            try:
+                p = hub.plan(first)
+                where = f"{hub.fmt_bytes(p.total_bytes)} each ({len(p.files)} files of {first}, from the Hub's file list)"
+            except PermergeError as e:
+                where = f"download size unknown ({e})"
         repo = fam.entry["sizes"][size].get("repo") or ", ".join(fam.entry["sizes"][size]["repos"].values())
         lines.append(f"  {size}: {repo}  seeds {_seed_span(seeds)}  {where}  "
                      f"cached: {', '.join(cached) if cached else 'none'}")

@@ -183,7 +183,12 @@ def test_hub_list_sizes_and_cached_state(loopback, capsys):
     out = capsys.readouterr().out
     files = loopback.repos[MB.format(0)].commits[loopback.shas[MB.format(0)]]
     size = sum(len(files[f]) for f in MB_NEEDED)
-    assert f"{H.fmt_bytes(size)} each (5 files, from the Hub's file list)" in out, out
+    assert f"{H.fmt_bytes(size)} each (5 files of {MB.format(0)}, from the Hub's file list)" in out, out
+    # a family the Hub does not have (here: the loopback): the listing goes on and says why
+    assert main(["hub", "list", "polypythias", "--allow-downloads"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("download size unknown (cannot download checkpoint 'EleutherAI/pythia-") == 5, out
+    assert "@step137000': no such repository on the Hub" in out, out
     H.allow_downloads(True)
     try:
         H.resolve(MB.format(0))
