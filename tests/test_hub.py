@@ -212,3 +212,23 @@ def test_hub_list_marks_families_without_a_table():
     with pytest.raises(Exception, match="no step"):
         family("multiberts").hub_id("base", "7", "20k")  # steps exist for seeds 0-4 only
 
+
+
+def test_cache_keys_follow_the_content_not_the_name(loopback, layouts):
+    """A branch, another branch at a commit with the same files, and a local folder holding the same
+    checkpoint give the same statistics key: keys hash the contents, never a name or branch."""
+    from permerge.pipeline import Job, Pipeline
+
+    loopback.add(MB.format(0), layouts["mb0"], branch="v1")  # same files, another commit
+    text = str(layouts["text"])
+    keys = {}
+    H.allow_downloads(True)
+    try:
+        for name in (MB.format(0), f"{MB.format(0)}@v1", str(layouts["mb0"])):
+            pipe = Pipeline(Job(name, MB.format(1), text, tokens=512, device="cpu"))
+            keys[name] = (pipe.stats_key, pipe.pair[0].commit)
+    finally:
+        H._allowed.set(None)
+    assert len({k for k, _ in keys.values()}) == 1, keys
+    commits = [c for _, c in keys.values()]
+    assert commits[0] != commits[1] and commits[2] is None, commits
