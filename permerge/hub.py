@@ -320,6 +320,14 @@ def _reporting_tqdm(progress, done: list, total: int, name: str, bar):
                 progress(self._base + self._got, total, name)
             return out
 
+        # Xet transfers report network bytes beside the bytes written; with these two methods the
+        # client keeps one bar (the bytes written), so nothing is counted twice.
+        def update_transfer(self, n=1):
+            pass
+
+        def set_transfer_postfix_str(self, s="", refresh=True):
+            pass
+
     return Reporting
 
 

@@ -232,3 +232,23 @@ def test_cache_keys_follow_the_content_not_the_name(loopback, layouts):
     assert len({k for k, _ in keys.values()}) == 1, keys
     commits = [c for _, c in keys.values()]
     assert commits[0] != commits[1] and commits[2] is None, commits
+
+
+def test_xet_progress_is_counted_once():
+    """The Hub's Xet transfers report bytes written and bytes received: the progress counts the
+    written bytes once (one bar), as for plain HTTP transfers."""
+    import logging
+    from types import SimpleNamespace
+
+    from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
+
+    seen = []
+    cls = H._reporting_tqdm(lambda done, total, name: seen.append(done), [0], 1000, "model.safetensors", None)
+    rep = XetDownloadProgressReporter(reconstruction_desc="model.safetensors", total=1000, log_level=logging.WARNING,
+                                      tqdm_class=cls)
+    for written, received in ((0, 400), (300, 800), (1000, 1000)):
+        rep.update_progress(SimpleNamespace(total_bytes_completed=written, total_transfer_bytes_completed=received,
+                                            total_bytes=1000, total_bytes_completion_rate=None,
+                                            total_transfer_bytes_completion_rate=None))
+    rep.close()
+    assert seen == [300, 1000], seen  # the bytes written, each counted once
