@@ -199,18 +199,23 @@ def _hub_error(source: str, e: BaseException) -> CheckpointError:
     return CheckpointError(f"cannot download checkpoint {source!r}: {msg}")
 
 
-_plans: dict[tuple[str, str], HubPlan] = {}  # (endpoint, source) -> plan made in this process
+# (endpoint, source) -> (when, plan): a name is resolved once for a while, so that a run's config
+# and weights come from one commit; a long-lived dashboard sees a branch that moved after PLAN_TTL_S.
+_plans: dict[tuple[str, str], tuple[float, HubPlan]] = {}
 _plans_lock = threading.Lock()
+PLAN_TTL_S = 600.0
 
 
 def plan(source: str, refresh: bool = False) -> HubPlan:
     """Ask the Hub for the file list of ``source`` at its revision: the commit and each needed
-    file's size, and whether it is in the local cache already.  Remembered for the process (a
-    branch is resolved once per run, so both configs and weights come from the same commit)."""
+    file's size, and whether it is in the local cache already (remembered for PLAN_TTL_S)."""
+    import time
+
     key = (endpoint(), source)
     with _plans_lock:
-        if not refresh and key in _plans:
-            return _refresh_cached(_plans[key])
+        hit = _plans.get(key)
+        if not refresh and hit is not None and time.monotonic() - hit[0] < PLAN_TTL_S:
+            return _refresh_cached(hit[1])
     from huggingface_hub import HfApi
 
     repo_id, rev = split_ref(source)
@@ -226,7 +231,7 @@ def plan(source: str, refresh: bool = False) -> HubPlan:
         raise CheckpointError(f"cannot use checkpoint {source!r} from the Hub: {e}") from None
     p = _refresh_cached(HubPlan(source, repo_id, rev, info.sha, [HubFile(n, sizes.get(n), False) for n in names]))
     with _plans_lock:
-        _plans[key] = p
+        _plans[key] = (time.monotonic(), p)
     return p
 
 

@@ -71,11 +71,13 @@ def test_revision_names_a_branch_and_resolves_to_its_commit(loopback, tmp_path, 
     assert load_checkpoint(f"{GPT}@checkpoint-100").content_hash == early.content_hash
     assert load_checkpoint(f"{GPT}@{loopback.shas['gpt@main']}").commit == late.commit
     assert not loopback.log
-    # the branch moves on the Hub: a new run resolves it to the new commit (keys follow the content)
+    # the branch moves on the Hub: within PLAN_TTL_S a process keeps the commit it resolved; after it
+    # (a new run, or a dashboard later on) the name resolves to the new commit
     loopback.add(GPT, _copy(loopback, tmp_path), branch="checkpoint-100")
-    H._plans.clear()
     H.allow_downloads(True)
     try:
+        assert load_checkpoint(f"{GPT}@checkpoint-100").commit == early.commit
+        monkeypatch.setattr(H, "PLAN_TTL_S", 0.0)
         moved = load_checkpoint(f"{GPT}@checkpoint-100")
     finally:
         H._allowed.set(None)
