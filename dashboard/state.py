@@ -5,6 +5,7 @@ manager and draw what comes back.
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 from dataclasses import dataclass, field
@@ -186,23 +187,52 @@ def run_result(run: Run):
 
 # --- model summaries from configs (cheap: no weights) ----------------------------------------------
 
-@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def _downloads() -> bool:
+    from permerge.hub import downloads_allowed
+
+    return downloads_allowed()
+
+
+@contextlib.contextmanager
+def _allowing(downloads: bool):
+    """Downloads allowed (or not) for a cached call, as the session's switch says."""
+    from permerge.hub import _allowed, allow_downloads
+
+    token = allow_downloads(downloads)
+    try:
+        yield
+    finally:
+        _allowed.reset(token)
+
+
 def config_summary(source: str) -> dict:
-    """Layers, heads, widths and parameter count from a checkpoint's config alone."""
+    """Layers, heads, widths and parameter count from a checkpoint's config alone (a hub id's
+    config is fetched when the session allows downloads)."""
+    return _config_summary(source, _downloads())
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def _config_summary(source: str, downloads: bool) -> dict:
     from permerge.checkpoints import config_summary as summary
 
-    return summary(source)
+    with _allowing(downloads):
+        return summary(source)
+
+
+def pair_facts(source: str) -> dict | None:
+    return _pair_facts(source, _downloads())
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
-def pair_facts(source: str) -> dict | None:
+def _pair_facts(source: str, downloads: bool) -> dict | None:
     """What the labels of the run page need from a checkpoint's spec (built from its config on the
     meta device): evaluation kind, special tokens in its text blocks, a pooler group, its residual
     points; None when the spec cannot be built (the page reports the checkpoint's problem)."""
     from permerge.checkpoints import config_spec
 
     try:
-        spec = config_spec(source)
+        with _allowing(downloads):
+            spec = config_spec(source)
     except Exception:
         return None
     mid = spec.groups["res.0.att"] if "res.0.att" in spec.groups else None
@@ -217,6 +247,13 @@ def _block_special_tokens(source: str) -> str | None:
     """The start and end tokens of a text block ("[CLS]/[SEP]", "<s>/</s>") from a local checkpoint's
     tokenizer files, without loading the tokenizer; None when they are not written there."""
     folder = Path(source).expanduser()
+    if not folder.is_dir():  # a hub id: its cached snapshot, if any
+        from permerge.hub import local_snapshot
+
+        try:
+            folder = local_snapshot(source) or folder
+        except Exception:
+            pass
     found = {}
     for f in ("special_tokens_map.json", "tokenizer_config.json"):
         try:
@@ -231,14 +268,19 @@ def _block_special_tokens(source: str) -> str | None:
     return f"{found['cls_token']}/{found['sep_token']}" if len(found) == 2 else None
 
 
-@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def pair_check(a: str, b: str) -> str | None:
     """None when compatible, else the one-line reason (also for unreadable checkpoints)."""
+    return _pair_check(a, b, _downloads())
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def _pair_check(a: str, b: str, downloads: bool) -> str | None:
     from permerge.checkpoints import read_config, validate_pair
     from permerge.errors import PermergeError
 
     try:
-        validate_pair(read_config(a), read_config(b))
+        with _allowing(downloads):
+            validate_pair(read_config(a), read_config(b))
     except PermergeError as e:
         return str(e)
     return None
@@ -259,6 +301,12 @@ def describe(snap: dict) -> str:
         txt = f"{stage}: batch {done}/{total}, {info.get('tokens', 0):,} tokens of statistics"
     elif stage.endswith("assignment"):
         txt = f"{stage}: {done}/{total} assignments solved" + (f" ({info['group']})" if "group" in info else "")
+    elif stage.startswith("downloading"):
+        from permerge.hub import fmt_bytes
+
+        txt = (f"{stage}: {fmt_bytes(done)} of {fmt_bytes(total)}"
+               + (f" at {fmt_bytes(int(info['speed']))}/s" if info.get("speed") else "")
+               + (f" ({info['file']})" if info.get("file") else ""))
     elif stage.endswith("interpolation"):
         txt = f"{stage}: {done}/{total} λ points evaluated" + (f" ({info['method']})" if info.get("method") else "")
     elif total:

@@ -8,6 +8,7 @@ from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_ST
                              config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
                              pair_facts, pair_title, registry, residual_labels)
 from dashboard.figures import fig_name, show_figure
+from dashboard.hubpick import KNOWN, downloads_switch, known
 from dashboard.text import md
 from permerge import plots, work, zoo
 from permerge.align import AlignOptions
@@ -47,7 +48,10 @@ by_name = {e["name"]: e for e in bundled}
 
 def pick_model(side: str, default: str) -> str | None:
     ss.setdefault(f"src_{side}", "bundled family" if names else "local folder or hub id")
-    src = st.radio(f"Model {side}", ["bundled family", "local folder or hub id"], horizontal=True, key=f"src_{side}")
+    src = st.radio(f"Model {side}", ["bundled family", "local folder or hub id", KNOWN], horizontal=True,
+                   key=f"src_{side}")
+    if src == KNOWN:
+        return known(side)
     if src == "bundled family" and names:
         ss.setdefault(f"bundled_{side}", default if default in names else names[min(len(names) - 1, side == "B")])
         pick = st.selectbox(f"{side}: bundled checkpoint", names, key=f"bundled_{side}",
@@ -56,10 +60,11 @@ def pick_model(side: str, default: str) -> str | None:
     if src == "bundled family":
         st.warning("No bundled checkpoints found; give a folder or hub id.")
     value = st.text_input(f"{side}: folder or hub id", key=f"path_{side}",
-                          placeholder="/path/to/checkpoint or google/multiberts-seed_1")
+                          placeholder="/path/to/checkpoint, google/multiberts-seed_1 or NAME@REVISION")
     return value.strip() or None
 
 
+downloads_switch()
 col_a, col_b = st.columns(2)
 with col_a:
     model_a = pick_model("A", zoo.DEFAULT_PAIR[0])
@@ -236,6 +241,7 @@ ss[FORM_STATE] = {k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k 
     "eval_blocks", "eval_examples", "exclude_special", "precision", "_form_head", "matcher")}
 
 ss[FORM_STATE].update({k: ss[k] for k in ("eval_kind", "eval_path", "_eval_for") if k in ss})
+ss[FORM_STATE].update({k: ss[k] for k in list(ss.keys()) if isinstance(k, str) and k.startswith("known_")})
 
 data_problem = None
 for what, path in (("data", data), ("evaluation data", eval_data)):

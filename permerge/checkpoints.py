@@ -28,6 +28,9 @@ class Checkpoint:
     tokenizer: object | None
     architecture: str
     content_hash: str
+    commit: str | None = None  # a hub checkpoint's resolved commit
+    published: str | None = None  # "published as BertForPreTraining, loaded as BertForMaskedLM: ..."
+    ignored: tuple[str, ...] = ()  # modules of the weights file that the loaded class does not have
 
     @property
     def config(self):
@@ -41,51 +44,40 @@ class Checkpoint:
                 "layers": s["layers"], "heads": s["heads"], "hidden": s["hidden"], "intermediate": s["intermediate"],
                 "vocab": c.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
                 "labels": c.num_labels if head == "classifier" else None,
-                "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12]}
+                "tied_decoder": bool(getattr(c, "tie_word_embeddings", True)), "hash": self.content_hash[:12],
+                "commit": self.commit, "published": self.published, "ignored": list(self.ignored)}
 
 
-# Hub ids are looked up in the local Hugging Face cache only, unless this variable is 1.
-ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
-_HUB_HOST = "huggingface.co"
+# Hub ids are looked up in the local Hugging Face cache only, unless downloads are allowed (hub.py).
+from .hub import ALLOW_DOWNLOADS, downloads_allowed  # noqa: E402,F401  (kept importable from here)
 
 
 def _is_local(source: str) -> bool:
     """A path: it exists, starts with '.', '/' or '~', has more than two components, or its first
     component exists here (``fx/ckAA`` with a folder ``fx``); otherwise a hub id ('name' or
-    'org/name')."""
+    'org/name', with ``@REVISION`` for a branch, tag or commit)."""
     first = source.split("/", 1)[0]
     return (os.path.exists(os.path.expanduser(source)) or source.startswith((".", "/", "~"))
             or source.count("/") > 1 or os.sep != "/" and os.sep in source
             or bool(first) and os.path.exists(first))
 
 
-def downloads_allowed() -> bool:
-    return os.environ.get(ALLOW_DOWNLOADS, "").strip().lower() in ("1", "true", "yes")
+def _folder(source: str, need: str = "all", progress=None) -> tuple[Path, bool]:
+    """The folder a checkpoint is read from and whether the user named it as a path: a local
+    folder as given, a hub id as its cached snapshot (fetched first when downloads are allowed)."""
+    if _is_local(source):
+        return Path(os.path.expanduser(source)), True
+    from . import hub
 
-
-def _hub_options(source: str) -> dict:
-    """from_pretrained options for a hub id: the local cache only, or (downloads allowed) the
-    network after a quick check that the hub can be reached at all."""
-    if not downloads_allowed():
-        return {"local_files_only": True}
-    if os.environ.get("HF_ENDPOINT") or any(k.lower().endswith("_proxy") and v for k, v in os.environ.items()):
-        return {"local_files_only": False}  # a mirror or a proxy: the direct probe below would not tell
-    import socket
-
-    try:
-        socket.create_connection((_HUB_HOST, 443), timeout=5).close()
-    except OSError as e:
-        raise CheckpointError(f"cannot download checkpoint {source!r}: {_HUB_HOST} cannot be reached "
-                              f"({e.strerror or e}); work offline with a local folder") from None
-    return {"local_files_only": False}
+    return hub.resolve(source, need, progress=progress), False
 
 
 def read_config(source: str):
     """The config of a checkpoint, with a one-line error when it cannot be had."""
     from transformers import AutoConfig
 
-    path = Path(os.path.expanduser(source))
     local = _is_local(source)
+    path = Path(os.path.expanduser(source)) if local else _folder(source, "config")[0]
     if local:
         try:
             path.stat()
@@ -99,18 +91,12 @@ def read_config(source: str):
             json.loads((path / "config.json").read_text())
         except (OSError, ValueError) as e:
             raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
-    options = {} if local else _hub_options(source)
     try:
-        cfg = AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)
-    except Exception as e:  # hub id not cached, malformed config, ...
-        if not local and options.get("local_files_only"):
-            raise CheckpointError(f"cannot load checkpoint {source!r}: no such local folder, and not in the local "
-                                  f"Hugging Face cache (download it first, or set {ALLOW_DOWNLOADS}=1 to let permerge "
-                                  "fetch it)") from None
+        cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    except Exception as e:  # malformed config, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
-    if local:
-        check_config_sizes(source, cfg, path)
+    check_config_sizes(source, cfg, path)
     return cfg
 
 
@@ -178,13 +164,27 @@ def check_config_sizes(source: str, cfg, folder: Path) -> None:
 
 
 def _architecture(cfg) -> str:
+    """The class a checkpoint is loaded as: its config's class, or for a class it is published
+    under (BertForPreTraining) the family's class for it (BertForMaskedLM)."""
     if cfg.model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(f"unsupported model type {cfg.model_type!r} (supported: {sorted(SUPPORTED_MODEL_TYPES)})")
     fam = SUPPORTED_MODEL_TYPES[cfg.model_type]
-    archs = [a for a in (cfg.architectures or []) if a in fam.classes]
+    archs = [fam.loaded_class(a) for a in (cfg.architectures or []) if fam.loaded_class(a)]
     if cfg.architectures and not archs:
-        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(fam.classes)})")
+        supported = list(fam.classes) + list(fam.published)
+        raise CheckpointError(f"unsupported architecture {cfg.architectures[0]} (supported: {', '.join(supported)})")
     return archs[0] if archs else fam.default_class()
+
+
+def published_note(cfg) -> str | None:
+    """For a checkpoint published under a class permerge loads as another one: what happens, in words
+    ("published as BertForPreTraining, loaded as BertForMaskedLM: the next-sentence head ...")."""
+    fam = SUPPORTED_MODEL_TYPES.get(getattr(cfg, "model_type", None))
+    for a in (getattr(cfg, "architectures", None) or []) if fam else []:
+        if a in fam.published:
+            loaded, ignored = fam.published[a]
+            return f"published as {a}, loaded as {loaded}: {ignored}"
+    return None
 
 
 def _config_field(cfg, arch: str, field: str):
@@ -219,7 +219,7 @@ def config_summary(source: str) -> dict:
             "hidden": s["hidden"], "head width": s["hidden"] // max(s["heads"], 1),
             "intermediate": s["intermediate"], "vocab": cfg.vocab_size,
             "labels": cfg.num_labels if head == "classifier" else None,
-            "parameters": n_params, **config_facts(fam, cfg)}
+            "parameters": n_params, "published": published_note(cfg), **config_facts(fam, cfg)}
 
 
 def config_spec(source: str):
@@ -272,25 +272,53 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
                     "tokenizer.model")
 
 
+def _index_files(index: Path) -> list[str]:
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"unreadable {index}: {e}") from None
+    outside = [f for f in names if not isinstance(f, str) or Path(f).name != f]
+    if outside:
+        raise CheckpointError(f"{index} names a weights file outside the checkpoint folder: {outside[0]!r}")
+    return names
+
+
+def _read_bin(folder: Path) -> dict | None:
+    """Legacy ``pytorch_model.bin`` weights (one file or shards with their index), read with
+    ``torch.load(weights_only=True)``: tensors only, never code.  None without such files."""
+    index = folder / "pytorch_model.bin.index.json"
+    if (folder / "pytorch_model.bin").is_file():
+        files = [folder / "pytorch_model.bin"]
+    elif index.is_file():
+        files = [folder / f for f in _index_files(index)]
+    else:
+        return None
+    state = {}
+    for f in files:
+        try:
+            part = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as e:
+            msg = getattr(e, "strerror", None) or (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            raise CheckpointError(f"cannot read weights file {f} with weights_only=True (tensors only): {msg}") from None
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise CheckpointError(f"weights file {f} does not hold a dictionary of tensors")
+        state.update(part)
+    return state
+
+
 def _read_weights(folder: Path) -> dict | None:
-    """The safetensors weights of a folder read into memory (no memory map: a file rewritten or
-    truncated while it is read is an error, not a SIGBUS); None for legacy .bin weights."""
+    """The weights of a folder read into memory: safetensors (no memory map: a file rewritten or
+    truncated while it is read is an error, not a SIGBUS), else pytorch_model.bin through
+    ``torch.load(weights_only=True)``; None when the folder has neither."""
     from safetensors.torch import load as load_bytes
 
     index = folder / "model.safetensors.index.json"
     if (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     elif index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"unreadable {index}: {e}") from None
-        outside = [f for f in names if not isinstance(f, str) or Path(f).name != f]
-        if outside:
-            raise CheckpointError(f"{index} names a weights file outside the checkpoint folder: {outside[0]!r}")
-        files = [folder / f for f in names]
+        files = [folder / f for f in _index_files(index)]
     else:
-        return None
+        return _read_bin(folder)
     state = {}
     for f in files:
         try:
@@ -304,7 +332,7 @@ def _read_weights(folder: Path) -> dict | None:
     return state
 
 
-def _check_loading_info(source: str, model, info: dict) -> None:
+def _check_loading_info(source: str, model, info: dict) -> tuple[str, ...]:
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -315,7 +343,8 @@ def _check_loading_info(source: str, model, info: dict) -> None:
     def foreign(key: str) -> bool:  # a head this class does not have
         return any(key.startswith(h) and not any(n.startswith(h) for n in names) for h in _FOREIGN_HEADS)
 
-    unexpected = sorted(k for k in (info.get("unexpected_keys") or ()) if not foreign(k))
+    extra = sorted(info.get("unexpected_keys") or ())
+    unexpected = [k for k in extra if not foreign(k)]
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(f"checkpoint {source} has an unexpected tensor {unexpected[0]}{more} "
@@ -326,6 +355,8 @@ def _check_loading_info(source: str, model, info: dict) -> None:
         name, shapes = (m[0], f" ({tuple(m[1])} in the file, {tuple(m[2])} for its config)") \
             if isinstance(m, (tuple, list)) and len(m) == 3 else (m, "")
         raise CheckpointError(f"checkpoint {source}: tensor {name} has the wrong shape{shapes}")
+    # the modules that were left out (cls.seq_relationship, bert.pooler, ...), for the summary
+    return tuple(dict.fromkeys(k.rsplit(".", 1)[0].removesuffix(".dense") for k in extra if foreign(k)))
 
 
 def check_finite(source: str, model) -> None:
@@ -336,15 +367,14 @@ def check_finite(source: str, model) -> None:
             raise CheckpointError(f"checkpoint {source} has non-finite weights in {name} ({nan} NaN, {inf} inf)")
 
 
-def _load_tokenizer(target: str, local: bool, source: str | None = None):
+def _load_tokenizer(target: str, source: str | None = None):
     import transformers
 
-    present = [f for f in _TOKENIZER_FILES if (Path(target) / f).is_file()] if local else []
-    if local and not present:
+    present = [f for f in _TOKENIZER_FILES if (Path(target) / f).is_file()]
+    if not present:
         return None
     try:
-        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False,
-                                                         **({} if local else {"local_files_only": not downloads_allowed()}))
+        tok = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False, local_files_only=True)
     except Exception as e:
         if present:  # the files are there but do not load: say so rather than "no tokenizer"
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -448,32 +478,30 @@ def check_tokenizers(a: "Checkpoint", b: "Checkpoint") -> None:
                                   "the tokenizer does not belong to this model")
 
 
-def load_checkpoint(source: str, cfg=None) -> Checkpoint:
+def load_checkpoint(source: str, cfg=None, progress=None) -> Checkpoint:
     import transformers
 
     quiet_transformers()
     cfg = cfg if cfg is not None else read_config(source)
     arch = _architecture(cfg)
-    local = _is_local(source)
-    target = str(Path(os.path.expanduser(source))) if local else source
-    state = None
-    if local:
-        _check_weight_files(Path(target))
-        state = _read_weights(Path(target))
+    folder, local = _folder(source, "all", progress)
+    target = str(folder)
+    _check_weight_files(folder)
+    state = _read_weights(folder)
     try:
-        where = {"state_dict": state} if state is not None else \
-            {"local_files_only": not downloads_allowed()} if not local else {}
         # mismatched shapes are reported by name below (transformers would only say "see the report")
         model, info = getattr(transformers, arch).from_pretrained(
             None if state is not None else target, config=cfg, dtype=torch.float32, trust_remote_code=False,
-            output_loading_info=True, ignore_mismatched_sizes=True, **where)
+            output_loading_info=True, ignore_mismatched_sizes=True, local_files_only=True,
+            **({"state_dict": state} if state is not None else {}))
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot load weights of {source!r}: {msg}") from None
-    _check_loading_info(source, model, info)
+    ignored = _check_loading_info(source, model, info)
     model = model.float().eval()
     check_finite(source, model)
-    return Checkpoint(source, model, _load_tokenizer(target, local, source), arch, state_hash(model))
+    return Checkpoint(source, model, _load_tokenizer(target, source), arch, state_hash(model),
+                      commit=None if local else folder.name, published=published_note(cfg), ignored=ignored)
 
 
 def load_pair(source_a: str, source_b: str) -> tuple[Checkpoint, Checkpoint]:

@@ -125,6 +125,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="fetch hub ids (NAME or NAME@REVISION) missing from the local Hugging Face cache "
+                        "(as PERMERGE_ALLOW_DOWNLOADS=1 does)")
     _add_zoo(p)
 
 
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo(zl)
     zs.add_parser("build", help="rebuild corpus, tokenizer, family and fine-tunes (options: zoo build --help)",
                   add_help=False)
+    from .catalogue import add_hub_parser
+
+    add_hub_parser(sub)
     d = sub.add_parser("dashboard", help="start the dashboard on the bundled checkpoints (needs the dashboard extra)")
     d.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     d.add_argument("--port", type=_int_at_least(1, "--port"), default=8501, help="port (default 8501)")
@@ -251,6 +257,12 @@ def _pipeline(args, distributed: bool, rank: int):
 
 
 def _weights_bytes(source: str) -> int:
+    from .checkpoints import _is_local
+
+    if not _is_local(source):
+        from .hub import weights_bytes
+
+        return weights_bytes(source)
     p = Path(source).expanduser()
     if not p.is_dir():
         return 0
@@ -266,6 +278,25 @@ def _prepare_out(args, need_bytes: int = 0) -> Path:
               "--eval-data": args.eval_data}
     cache_dir = None if args.no_cache else (args.cache_dir or default_dir())
     return check_out(args.out, args.overwrite, inputs=inputs, cache_dir=cache_dir, need_bytes=need_bytes)
+
+
+def _fetch_hub(args) -> None:
+    """Hub checkpoints, when downloads are allowed: the files, their size and cached state, then
+    the download with a bar (bytes, speed, time left) on stderr."""
+    from tqdm import tqdm
+
+    from .checkpoints import _is_local
+    from .hub import prefetch
+
+    class Bar(tqdm):
+        def __init__(self, *a, **kw):
+            kw.update(file=sys.stderr, dynamic_ncols=True, mininterval=0.5, unit="B", unit_scale=True)
+            super().__init__(*a, **kw)
+
+    say = None if args.quiet else (lambda line: print(f"download: {_plain(line)}", file=sys.stderr, flush=True))
+    for source in dict.fromkeys((args.model_a, args.model_b)):
+        if not _is_local(source):
+            prefetch(source, say=say, bar=None if args.quiet else Bar)
 
 
 def _tokenizer_note(pipe) -> None:
@@ -289,6 +320,7 @@ def cmd_align(args) -> int:
     _check_inputs(args)
     # B' is written in float32: up to twice the stored size of B's weights
     final = _prepare_out(args, need_bytes=2 * _weights_bytes(args.model_b) + 2**20)
+    _fetch_hub(args)
     pipe, options = _pipeline(args, distributed, rank)
     t0 = time.perf_counter()
     if rank == 0:
@@ -340,6 +372,7 @@ def cmd_interpolate(args) -> int:
     distributed, rank = _distributed()
     _check_inputs(args)
     final = _prepare_out(args, need_bytes=2**20)
+    _fetch_hub(args)
     pipe, options = _pipeline(args, distributed, rank)
     if rank == 0:
         _tokenizer_note(pipe)
@@ -423,12 +456,21 @@ def main(argv=None) -> int:
         except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
             return e.code if isinstance(e.code, int) else 2
     on_main = threading.current_thread() is threading.main_thread()
+    allowed = None
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", PermergeWarning)
             warnings.showwarning = _show_warning
             _use_zoo(args)
+            if getattr(args, "allow_downloads", False):
+                from .hub import allow_downloads
+
+                allowed = allow_downloads(True)  # this command only (reset below)
+            if args.command == "hub":
+                from .catalogue import cmd_hub
+
+                return cmd_hub(args)
             if args.command == "dashboard":
                 return cmd_dashboard(args)
             if args.command == "align":
@@ -452,6 +494,10 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
+        if allowed is not None:
+            from .hub import _allowed
+
+            _allowed.reset(allowed)
         if getattr(args, "cache", None) is not None:
             args.cache.close()  # checkpoints sqlite's write-ahead log into cache.db
         if on_main:

@@ -6,6 +6,7 @@ No Streamlit here: a page reads ``JobHandle.snapshot()`` and draws it.
 """
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import traceback
@@ -104,7 +105,9 @@ class JobManager:
             if h is not None and h.state in ("queued", "running", "done"):
                 return h
             h = self._jobs[key] = JobHandle(key, label)
-        threading.Thread(target=self._run, args=(h, fn), daemon=True, name=f"permerge-{key[:24]}").start()
+        # the job runs in its submitter's context (e.g. a dashboard session's download switch)
+        ctx = contextvars.copy_context()
+        threading.Thread(target=ctx.run, args=(self._run, h, fn), daemon=True, name=f"permerge-{key[:24]}").start()
         return h
 
     def get(self, key: str) -> JobHandle | None:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from .align import VANILLA, AlignOptions
+from .hub import fetch_for_run
 from .pipeline import Job, permutations_tensors
 from .plan import JobPlan, forward_tokens
 from .study import (PipelineRegistry, data_amount, family_curves, layer_correlations, pair_curves, pair_name,
@@ -78,6 +79,7 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         pipe = registry.get(job)
         plan = pair_plan(job, options, lambdas)
         plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        fetch_for_run((job.model_a, job.model_b), plan.callback(progress, 0))  # hub ids, downloads allowed
         size_pair_plan(plan, pipe, lambdas)
         weight = options.matcher == "weight"  # weight matching: no statistics pass
         steps = {} if weight else {"statistics": plan.index("statistics"), "assignment": plan.index("assignment")}

@@ -282,6 +282,7 @@ def test_wheel_builds_small_installs_offline_and_runs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [n for n in names if n.startswith(("permerge/zoo/checkpoints/", "permerge/zoo/data/"))]
     code = {f"permerge/{p.relative_to(ROOT / 'permerge').as_posix()}" for p in (ROOT / "permerge").rglob("*.py")}
+    code.add("permerge/catalogue.json")  # data the hub commands read
     app = {f"permerge/_app/{p.relative_to(ROOT).as_posix()}" for p in
            [ROOT / "app.py", *(ROOT / "pages").glob("*.py"), *(ROOT / "dashboard").glob("*.py"),
             *(ROOT / "docs" / "figures").glob("*")]}
@@ -324,6 +325,8 @@ def test_wheel_builds_small_installs_offline_and_runs(tmp_path):
     assert r.returncode == 2 and "not part of the installed package" in r.stderr and "permerge zoo build" in r.stderr
     r = run("zoo", "list", "--zoo", str(ZOO))
     assert r.returncode == 0 and all(n in r.stdout for n in zoo.DEFAULT_PAIR), r.stderr
+    r = run("hub", "list", "multiberts")  # the catalogue is data of the package
+    assert r.returncode == 0 and "google/multiberts-seed_{seed}" in r.stdout, r.stderr
     r = run("zoo", "list", "--json", PERMERGE_ZOO=str(ZOO))
     assert r.returncode == 0 and {e["name"] for e in json.loads(r.stdout)} >= set(zoo.DEFAULT_PAIR), r.stderr
     a, b = (f"zoo:{n}" for n in zoo.DEFAULT_PAIR)

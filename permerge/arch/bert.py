@@ -67,4 +67,7 @@ BERT = Family(
     decoder={"mlm": "cls.predictions.decoder.weight"},
     head_module={"mlm": "cls"},
     pooler=Capture("{base}pooler", "output"),
+    # google/multiberts-seed_N (and -step_Xk), bert-base-uncased: config.json names BertForPreTraining
+    # and pytorch_model.bin holds the MLM head, the next-sentence head and the pooler.
+    published={"BertForPreTraining": ("BertForMaskedLM", "the next-sentence head and the pooler are ignored")},
 )

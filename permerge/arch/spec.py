@@ -265,10 +265,20 @@ class Family:
     # The relative tolerance of the float64 equivalence check (permute.equivalence) when a module of
     # the family computes in float32 even in a float64 model (None: the float64 default)
     equivalence_tol: float | None = None
+    # Classes that checkpoints are published under on the Hub but that permerge loads as another
+    # class of the family, with the heads the loaded class lacks ignored: class -> (loaded class,
+    # what is ignored, in words).  E.g. BERT's pre-training class (MLM + next-sentence heads).
+    published: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     # --- what the rest of permerge asks ---------------------------------------------------
     def head_of(self, class_name: str) -> str:
         return self.classes[class_name]
+
+    def loaded_class(self, class_name: str) -> str | None:
+        """The class a checkpoint published as ``class_name`` is loaded as (None: not supported)."""
+        if class_name in self.classes:
+            return class_name
+        return self.published[class_name][0] if class_name in self.published else None
 
     def default_class(self) -> str:
         return next(c for c, h in self.classes.items() if h == "base")

@@ -1,0 +1,425 @@
+"""Checkpoints from the Hugging Face Hub: ``NAME@REVISION``, the files a checkpoint needs, their size
+and cached state, the download with progress, and a one-line error for every way it can fail.
+
+A hub id is read from the local Hugging Face cache only, unless downloads are allowed
+(``PERMERGE_ALLOW_DOWNLOADS=1``, ``--allow-downloads`` on the command line, or the dashboard's
+switch).  With downloads allowed permerge asks the Hub for the repository's file list at the
+revision (a branch, tag or commit; ``main`` by default), resolves it to a commit, and fetches only
+what a checkpoint needs: ``config.json``, the tokenizer's files and one weights format
+(safetensors when the repository has it, else ``pytorch_model.bin``, sharded or not), never
+TensorFlow, Flax, ONNX or other files.  Everything is read from the snapshot folder of that commit
+(``.../snapshots/<sha>/``), so what is cached and computed is keyed by the commit and the content,
+never by a branch name.
+
+The real ``huggingface_hub`` client does the transfers (its cache, ETags, ``X-Repo-Commit``, range
+requests that resume a transfer the server broke off); ``HF_ENDPOINT`` points it at a mirror and
+``HF_HOME`` / ``HF_HUB_CACHE`` at another cache, read at each call.
+"""
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import shutil
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import CheckpointError, PermergeError
+
+ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# Set for one command (--allow-downloads) or one dashboard job (its switch); the environment
+# variable allows downloads for the whole process.
+_allowed: contextvars.ContextVar[bool | None] = contextvars.ContextVar("permerge_allow_downloads", default=None)
+
+CONFIG = "config.json"
+# Every file a tokenizer may be read from (the vocabulary files and the files that configure it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+_SHARD = {"safetensors": re.compile(r"model-\d+-of-\d+\.safetensors"),
+          "bin": re.compile(r"pytorch_model-\d+-of-\d+\.bin")}
+_SHA = re.compile(r"[0-9a-f]{40}")
+DISK_MARGIN = 64 * 2**20  # free space kept beside a download
+
+
+def downloads_allowed() -> bool:
+    v = _allowed.get()
+    if v is not None:
+        return v
+    return os.environ.get(ALLOW_DOWNLOADS, "").strip().lower() in ("1", "true", "yes")
+
+
+def allow_downloads(on: bool = True):
+    """Allow (or forbid) downloads in this context; returns the token for ``_allowed.reset``."""
+    return _allowed.set(bool(on))
+
+
+def split_ref(source: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> ("org/name", "rev"); without ``@`` the revision is None (``main``)."""
+    repo, sep, rev = source.rpartition("@")
+    if not sep:
+        return source, None
+    if not repo or not rev:
+        raise CheckpointError(f"cannot read checkpoint name {source!r}: write NAME@REVISION (a branch, tag or "
+                              "commit after the @)")
+    return repo, rev
+
+
+def endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def cache_dir() -> Path:
+    """The Hugging Face hub cache, from the environment at this moment."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def repo_folder(repo_id: str, root: Path | None = None) -> Path:
+    return (root or cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "size unknown"
+    for unit, k in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+# --- which files a checkpoint needs ---------------------------------------------------------------
+
+def needed_files(names) -> list[str]:
+    """The files of a repository that a checkpoint needs: its config, its tokenizer files and one
+    weights format (safetensors if present, else pytorch_model.bin; sharded ones with their index).
+    Raises CheckpointError when there is no config or no weights permerge can read."""
+    names = set(names)
+    if CONFIG not in names:
+        raise CheckpointError("it has no config.json")
+    want = [CONFIG] + [f for f in TOKENIZER_FILES if f in names]
+    for fmt, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                               ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if single in names:
+            return want + [single]
+        if index in names:
+            shards = sorted(n for n in names if _SHARD[fmt].fullmatch(n))
+            if shards:
+                return want + [index] + shards
+    other = sorted(n for n in names if n.endswith((".h5", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".gguf")))
+    raise CheckpointError("it has no model.safetensors or pytorch_model.bin weights"
+                          + (f" (only {', '.join(other[:3])}, which permerge does not read)" if other else ""))
+
+
+@dataclass
+class HubFile:
+    name: str
+    size: int | None
+    cached: bool
+
+
+@dataclass
+class HubPlan:
+    """What a download of one checkpoint means: the commit, and each needed file's size and state."""
+    source: str
+    repo_id: str
+    revision: str | None
+    commit: str
+    files: list[HubFile] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.files)
+
+    @property
+    def missing(self) -> list[HubFile]:
+        return [f for f in self.files if not f.cached]
+
+    @property
+    def missing_bytes(self) -> int:
+        return sum(f.size or 0 for f in self.missing)
+
+    def headline(self) -> str:
+        n = len(self.files)
+        state = ("all cached" if not self.missing else
+                 f"{fmt_bytes(self.missing_bytes)} to download" if len(self.missing) < n else "none cached yet")
+        return (f"{self.source} (commit {self.commit[:12]}): {n} files, {fmt_bytes(self.total_bytes)}, {state}")
+
+    def lines(self) -> list[str]:
+        return [self.headline()] + [f"  {f.name}  {fmt_bytes(f.size)}  {'cached' if f.cached else 'to download'}"
+                                    for f in self.files]
+
+
+# --- talking to the Hub --------------------------------------------------------------------------
+
+def _probe(source: str) -> None:
+    """One quick connection to the Hub's host (left out behind a proxy, where it would not tell)."""
+    if any(k.lower().endswith("_proxy") and v for k, v in os.environ.items()):
+        return
+    url = urlparse(endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as e:
+        raise CheckpointError(f"cannot download checkpoint {source!r}: {url.hostname} cannot be reached "
+                              f"({e.strerror or e}); work offline with a local folder") from None
+
+
+def _hub_error(source: str, e: BaseException) -> CheckpointError:
+    """One line for an error of the Hub client."""
+    from huggingface_hub import errors as E
+
+    rev = split_ref(source)[1]
+    if isinstance(e, E.GatedRepoError):
+        return CheckpointError(f"cannot download checkpoint {source!r}: the repository is gated; accept its terms "
+                               "on the Hub and log in (huggingface-cli login, or HF_TOKEN)")
+    if isinstance(e, E.RepositoryNotFoundError):
+        return CheckpointError(f"cannot download checkpoint {source!r}: no such repository on the Hub "
+                               f"({endpoint()}), or it is private")
+    if isinstance(e, E.RevisionNotFoundError):
+        return CheckpointError(f"cannot download checkpoint {source!r}: the repository has no branch, tag or "
+                               f"commit {rev or 'main'!r}")
+    if isinstance(e, E.OfflineModeIsEnabled):
+        return CheckpointError(f"cannot download checkpoint {source!r}: HF_HUB_OFFLINE is set; unset it to "
+                               "allow downloads")
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, E.HfHubHTTPError) and status is not None:
+        return CheckpointError(f"cannot download checkpoint {source!r}: the Hub answered HTTP {status}")
+    if isinstance(e, (ConnectionError, TimeoutError, OSError)) or "connect" in type(e).__name__.lower():
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return CheckpointError(f"cannot download checkpoint {source!r}: the transfer from {endpoint()} failed "
+                               f"({msg}); what was complete stays in the cache, run again to go on")
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return CheckpointError(f"cannot download checkpoint {source!r}: {msg}")
+
+
+# (endpoint, source) -> (when, plan): a name is resolved once for a while, so that a run's config
+# and weights come from one commit; a long-lived dashboard sees a branch that moved after PLAN_TTL_S.
+_plans: dict[tuple[str, str], tuple[float, HubPlan]] = {}
+_plans_lock = threading.Lock()
+PLAN_TTL_S = 600.0
+
+
+def plan(source: str, refresh: bool = False) -> HubPlan:
+    """Ask the Hub for the file list of ``source`` at its revision: the commit and each needed
+    file's size, and whether it is in the local cache already (remembered for PLAN_TTL_S)."""
+    import time
+
+    key = (endpoint(), source)
+    with _plans_lock:
+        hit = _plans.get(key)
+        if not refresh and hit is not None and time.monotonic() - hit[0] < PLAN_TTL_S:
+            return _refresh_cached(hit[1])
+    from huggingface_hub import HfApi
+
+    repo_id, rev = split_ref(source)
+    _probe(source)
+    try:
+        info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=rev, files_metadata=True)
+    except Exception as e:
+        raise _hub_error(source, e) from None
+    sizes = {s.rfilename: s.size for s in (info.siblings or [])}
+    try:
+        names = needed_files(sizes)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot use checkpoint {source!r} from the Hub: {e}") from None
+    p = _refresh_cached(HubPlan(source, repo_id, rev, info.sha, [HubFile(n, sizes.get(n), False) for n in names]))
+    with _plans_lock:
+        _plans[key] = (time.monotonic(), p)
+    return p
+
+
+def _refresh_cached(p: HubPlan) -> HubPlan:
+    snap = repo_folder(p.repo_id) / "snapshots" / p.commit
+    for f in p.files:
+        f.cached = (snap / f.name).is_file()
+    return p
+
+
+def check_disk(p: HubPlan, free_bytes=None) -> None:
+    """Enough free space in the cache for what is still to come (before anything is fetched)."""
+    root = repo_folder(p.repo_id)
+    probe_at = root
+    while not probe_at.exists() and probe_at != probe_at.parent:
+        probe_at = probe_at.parent
+    free = (free_bytes or free_space)(probe_at)
+    need = p.missing_bytes + DISK_MARGIN
+    if p.missing and free < need:
+        raise CheckpointError(f"not enough free disk for checkpoint {p.source!r}: {fmt_bytes(p.missing_bytes)} to "
+                              f"download (and {fmt_bytes(DISK_MARGIN)} to spare), {fmt_bytes(free)} free in "
+                              f"{probe_at}; free some space or set HF_HOME to another disk")
+
+
+def free_space(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _write_ref(p: HubPlan) -> None:
+    """Remember which commit the branch or tag named, so that the same name works offline later."""
+    if p.revision is None or _SHA.fullmatch(p.revision):
+        rev = "main" if p.revision is None else None
+    else:
+        rev = p.revision
+    if rev is None:
+        return
+    ref = repo_folder(p.repo_id) / "refs" / rev
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(p.commit)
+    except OSError:
+        pass  # the snapshot is usable by its commit all the same
+
+
+def fetch(p: HubPlan, names=None, progress=None, bar=None) -> Path:
+    """Download the plan's files that are not cached (only ``names`` when given) and return the
+    snapshot folder.  ``progress(done_bytes, total_bytes, file)`` is called as bytes arrive (it may
+    raise to cancel; the file being fetched is dropped, those complete stay in the cache); ``bar``
+    is a tqdm class for a progress bar (the command line)."""
+    from huggingface_hub import hf_hub_download
+
+    _refresh_cached(p)
+    todo = [f for f in p.missing if names is None or f.name in names]
+    total = sum(f.size or 0 for f in todo)
+    check_disk(p)  # room for the whole checkpoint, before even its config is fetched
+    done = [0]
+    for f in todo:
+        cls = _reporting_tqdm(progress, done, total, f.name, bar)
+        try:
+            hf_hub_download(p.repo_id, f.name, revision=p.commit, cache_dir=str(cache_dir()), endpoint=endpoint(),
+                            tqdm_class=cls)
+        except PermergeError:  # ours: a one-line error, or Cancel from the progress callback
+            raise
+        except Exception as e:
+            raise _hub_error(p.source, e) from None
+        done[0] += f.size or 0
+        f.cached = True
+    _write_ref(p)
+    return repo_folder(p.repo_id) / "snapshots" / p.commit
+
+
+def _reporting_tqdm(progress, done: list, total: int, name: str, bar):
+    """A tqdm class for the Hub client's transfer of one file that reports bytes to ``progress``
+    and, on the command line, draws ``bar`` (a tqdm class) with bytes, speed and time left."""
+    from tqdm import tqdm as base
+
+    parent = bar or base
+
+    class Reporting(parent):
+        def __init__(self, *a, **kw):
+            kw.pop("name", None)
+            kw["desc"] = name
+            kw["disable"] = bar is None
+            super().__init__(*a, **kw)
+            self._base, self._got = done[0], int(kw.get("initial") or 0)
+
+        def update(self, n=1):
+            out = super().update(n)  # a disabled bar does not count: count here
+            self._got += int(n or 0)
+            if progress is not None:
+                progress(self._base + self._got, total, name)
+            return out
+
+        # Xet transfers report network bytes beside the bytes written; with these two methods the
+        # client keeps one bar (the bytes written), so nothing is counted twice.
+        def update_transfer(self, n=1):
+            pass
+
+        def set_transfer_postfix_str(self, s="", refresh=True):
+            pass
+
+    return Reporting
+
+
+# --- what checkpoints.py calls --------------------------------------------------------------------
+
+def local_snapshot(source: str) -> Path | None:
+    """The cached snapshot folder of ``source`` (by commit, or by the branch or tag the cache
+    remembers), with its config; None when it is not in the local cache."""
+    repo_id, rev = split_ref(source)
+    root = repo_folder(repo_id)
+    rev = rev or "main"
+    commit = rev if _SHA.fullmatch(rev) else None
+    if commit is None:
+        try:
+            commit = (root / "refs" / rev).read_text().strip()
+        except OSError:
+            return None
+    snap = root / "snapshots" / commit
+    return snap if (snap / CONFIG).is_file() else None
+
+
+def has_weights(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("model.safetensors", "model.safetensors.index.json",
+                                                "pytorch_model.bin", "pytorch_model.bin.index.json"))
+
+
+def resolve(source: str, need: str = "all", progress=None, bar=None) -> Path:
+    """The local folder holding ``source`` (a hub id, ``NAME@REVISION``): ``need`` "config" for its
+    config alone, "all" for everything a checkpoint needs.  From the cache only unless downloads
+    are allowed; then the Hub's file list decides, and what is missing is fetched."""
+    if not downloads_allowed():
+        snap = local_snapshot(source)
+        if snap is None or (need == "all" and not has_weights(snap)):
+            what = "not in the local Hugging Face cache" if snap is None else \
+                "only partly in the local Hugging Face cache (no weights)"
+            raise CheckpointError(f"cannot load checkpoint {source!r}: no such local folder, and {what} (download "
+                                  f"it first, pass --allow-downloads, or set {ALLOW_DOWNLOADS}=1 to let permerge "
+                                  "fetch it)")
+        return snap
+    p = plan(source)
+    return fetch(p, names=[CONFIG] if need == "config" else None, progress=progress, bar=bar)
+
+
+def weights_bytes(source: str) -> int:
+    """The bytes of a hub checkpoint's weights: from the Hub's file list when downloads are
+    allowed, else from the cached snapshot (0 when neither knows)."""
+    if downloads_allowed():
+        return sum(f.size or 0 for f in plan(source).files if f.name.endswith((".bin", ".safetensors")))
+    snap = local_snapshot(source)
+    if snap is None:
+        return 0
+    return sum(f.stat().st_size for f in snap.iterdir() if f.is_file() and f.suffix in (".bin", ".safetensors"))
+
+
+def prefetch(source: str, say=None, bar=None) -> Path | None:
+    """Before a run: say which files of a hub checkpoint will come, their size and whether they
+    are cached, check the free disk, then fetch what is missing with a progress bar.  None (and
+    nothing said) when downloads are not allowed: the cache alone serves, or the load says why not."""
+    if not downloads_allowed():
+        return None
+    p = plan(source)
+    if say is not None:
+        for line in p.lines():
+            say(line)
+    check_disk(p)
+    return fetch(p, bar=bar)
+
+
+def fetch_for_run(sources, progress=None) -> None:
+    """Before a job loads its checkpoints: fetch the hub ones that are missing (downloads allowed),
+    reporting ``progress("downloading NAME", done_bytes, total_bytes, file=..., speed=bytes/s)``;
+    a progress callback that raises (Cancel) stops the transfer and leaves the cache usable."""
+    import time
+
+    if not downloads_allowed():
+        return
+    from .checkpoints import _is_local
+
+    for source in dict.fromkeys(s for s in sources if s and not _is_local(s)):
+        p = plan(source)
+        if not p.missing:
+            continue
+        t0 = time.monotonic()
+
+        def cb(done, total, name, source=source, t0=t0):
+            if progress is not None:
+                progress(f"downloading {source}", done, total, file=name,
+                         speed=done / max(time.monotonic() - t0, 1e-3))
+        cb(0, p.missing_bytes, p.missing[0].name)
+        fetch(p, progress=cb)
