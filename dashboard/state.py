@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge import work, zoo
+from permerge import safeio, work, zoo
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
@@ -20,6 +20,7 @@ from permerge.locations import exports_dir
 from permerge.pipeline import Job
 from permerge.study import PipelineRegistry
 
+from .deadline import within_deadline
 from .text import md
 
 RUN_PAGE = "pages/run.py"
@@ -191,7 +192,7 @@ def config_summary(source: str) -> dict:
     """Layers, heads, widths and parameter count from a checkpoint's config alone."""
     from permerge.checkpoints import config_summary as summary
 
-    return summary(source)
+    return within_deadline(summary, source, what=f"checkpoint {source}")
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
@@ -202,7 +203,7 @@ def pair_facts(source: str) -> dict | None:
     from permerge.checkpoints import config_spec
 
     try:
-        spec = config_spec(source)
+        spec = within_deadline(config_spec, source, what=f"checkpoint {source}")
     except Exception:
         return None
     mid = spec.groups["res.0.att"] if "res.0.att" in spec.groups else None
@@ -210,7 +211,8 @@ def pair_facts(source: str) -> dict | None:
             "specials": spec.table.block_specials, "pooler": bool(spec.groups_of("pooler")),
             "norm": spec.norm, "residual_points": len(spec.residual_points), "projected": "emb" in spec.groups,
             "mid_point": mid.capture.rsplit(".", 1)[-1] if mid is not None else None,
-            "special_tokens": _block_special_tokens(source) if spec.table.block_specials else None}
+            "special_tokens": within_deadline(_block_special_tokens, source, what=f"checkpoint {source}")
+            if spec.table.block_specials else None}
 
 
 def _block_special_tokens(source: str) -> str | None:
@@ -220,7 +222,7 @@ def _block_special_tokens(source: str) -> str | None:
     found = {}
     for f in ("special_tokens_map.json", "tokenizer_config.json"):
         try:
-            d = json.loads((folder / f).read_text())
+            d = json.loads(safeio.read_bytes(folder / f))
         except (OSError, ValueError):
             continue
         for k in ("cls_token", "sep_token"):
@@ -238,7 +240,7 @@ def pair_check(a: str, b: str) -> str | None:
     from permerge.errors import PermergeError
 
     try:
-        validate_pair(read_config(a), read_config(b))
+        within_deadline(lambda: validate_pair(read_config(a), read_config(b)), what="the pair")
     except PermergeError as e:
         return str(e)
     return None
