@@ -226,3 +226,277 @@ def test_data_amount_page_after_a_small_run(tiny_mlm_pair, tmp_path, monkeypatch
     assert not at.exception, [e.value for e in at.exception]
     box = [w for w in at.number_input if w.label.startswith("Alignment tokens")][0]
     assert box.value == min(max(tokens, 2048), 10_000_000)
+
+
+# --- 4. adopt and pack change nothing they did not write, and check every archive first ----------
+
+def _tokenizer(folder: Path) -> None:
+    """The test vocabulary as a fast tokenizer (tokenizer.json, as the zoo's checkpoints hold)."""
+    from transformers import AutoTokenizer
+
+    from conftest import write_tokenizer
+
+    write_tokenizer(folder)
+    AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(folder))
+
+
+def _checkpoint(folder: Path, seed: int, nan: bool = False) -> Path:
+    import torch
+
+    from conftest import make_model
+
+    model = make_model(seed, vocab_size=len(VOCAB), hidden_size=24, num_attention_heads=3, intermediate_size=40,
+                       num_hidden_layers=2)
+    if nan:
+        with torch.no_grad():
+            model.bert.encoder.layer[0].output.dense.weight[0, 0] = float("nan")
+    model.save_pretrained(str(folder))
+    _tokenizer(folder)
+    (folder / "permerge.json").write_text(json.dumps({"kind": "mlm", "steps": 3, "device": "cpu",
+                                                      "metrics": {"eval_mlm_loss": 4.0}}))
+    return folder
+
+
+def _returned(root: Path, seeds=(1,), nan=False, edit=None) -> Path:
+    """A GPU step's output folder of tiny checkpoints; ``edit(folder)`` changes a checkpoint before
+    it is archived."""
+    from permerge.zoo import pack as P
+
+    ret = root / "returned"
+    ret.mkdir(parents=True)
+    recs = {}
+    for s in seeds:
+        ck = _checkpoint(root / "src" / f"mlm-seed{s}", s, nan=nan)
+        if edit:
+            edit(ck)
+        recs[f"mlm-seed{s}.tar"] = P.archive_checkpoint(ck, ret / f"mlm-seed{s}.tar")
+    (ret / "returned.json").write_text(json.dumps({"format": P.RETURNED_FORMAT, "archives": recs}))
+    return ret
+
+
+def _rehash(ret: Path) -> None:
+    from permerge.zoo import pack as P
+
+    rec = json.loads((ret / "returned.json").read_text())
+    for name in rec["archives"]:
+        rec["archives"][name] = {"bytes": (ret / name).stat().st_size, "sha256": P.sha256_file(ret / name)}
+    (ret / "returned.json").write_text(json.dumps(rec))
+
+
+def _adopt(ret, ck, logs=None):
+    from permerge.zoo import adopt_check
+    from permerge.zoo import pack as P
+
+    return P.adopt(ret, ck, log=(logs.append if logs is not None else lambda m: None),
+                   verify=adopt_check.verifier(None))
+
+
+def test_adopt_keeps_the_users_files(tmp_path):
+    from permerge.errors import PermergeError
+
+    ret = _returned(tmp_path / "a", seeds=(1,))
+    ck = tmp_path / "ck"
+    assert _adopt(ret, ck) == ["mlm-seed1"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (ck / "mlm-seed1").stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's 0700
+    # the user's classifier (its permerge.json names the base), a folder beside it, a symlinked classifier
+    mine = ck / "mine-cls"
+    mine.mkdir()
+    (mine / "permerge.json").write_text(json.dumps({"kind": "classifier", "base": "mlm-seed1"}))
+    (ck / "my-eval").mkdir()
+    (ck / "my-eval" / "notes.txt").write_text("keep")
+    elsewhere = tmp_path / "elsewhere-cls"
+    elsewhere.mkdir()
+    (elsewhere / "permerge.json").write_text(json.dumps({"kind": "classifier", "base": "mlm-seed1"}))
+    (ck / "linked-cls").symlink_to(elsewhere)
+    logs = []
+    assert _adopt(ret, ck, logs) == ["mlm-seed1"]  # exactly what the first adopt wrote: replaced
+    assert (mine / "permerge.json").is_file() and (ck / "my-eval" / "notes.txt").read_text() == "keep"
+    assert (ck / "linked-cls").is_symlink() and (elsewhere / "permerge.json").is_file()
+    assert any("mine-cls" in m and "kept" in m for m in logs), logs
+    assert any("linked-cls" in m for m in logs), logs
+    assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]  # no .mlm-seed1.old-* or .tmp-*
+    # a file of the user's inside the checkpoint folder: nothing is replaced
+    (ck / "mlm-seed1" / "notes.txt").write_text("keep")
+    with pytest.raises(PermergeError, match="holds notes.txt, which adopt did not write"):
+        _adopt(ret, ck)
+    assert (ck / "mlm-seed1" / "notes.txt").read_text() == "keep"
+    (ck / "mlm-seed1" / "notes.txt").unlink()
+    # a checkpoint folder that is a link to an adopted folder: the link is replaced, no stray link left
+    real = tmp_path / "real-seed1"
+    (ck / "mlm-seed1").rename(real)
+    (ck / "mlm-seed1").symlink_to(real)
+    _adopt(ret, ck)
+    assert (ck / "mlm-seed1").is_dir() and not (ck / "mlm-seed1").is_symlink() and real.is_dir()
+    assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]
+
+
+def test_pack_keeps_the_users_files(tmp_path):
+    import numpy as np
+
+    from permerge.errors import PermergeError
+    from permerge.zoo import pack as P
+
+    tok = tmp_path / "tok"
+    _tokenizer(tok)
+    ev = write_text(tmp_path / "eval.txt", n_words=200)
+    pk = tmp_path / "pack"
+    P.write_pack(pk, tok, np.arange(3000, dtype=np.uint16) % 90, ev, log=lambda m: None)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert pk.stat().st_mode & 0o777 == 0o777 & ~mask
+    P.write_pack(pk, tok, np.arange(3000, dtype=np.uint16) % 90, ev, log=lambda m: None)  # its own files: fine
+    (pk / "mine.txt").write_text("keep")
+    with pytest.raises(PermergeError, match="holds mine.txt, which the pack stage did not write"):
+        P.write_pack(pk, tok, np.arange(3000, dtype=np.uint16) % 90, ev, log=lambda m: None)
+    assert (pk / "mine.txt").read_text() == "keep"
+
+
+def test_adopt_checks_every_archive_before_replacing(tmp_path):
+    import subprocess
+    import tarfile
+
+    from permerge.errors import PermergeError
+    from permerge.zoo import pack as P
+
+    good = _returned(tmp_path / "good", seeds=(1,))
+    ck = tmp_path / "ck"
+    _adopt(good, ck)
+    before = {p.name: p.read_bytes() for p in (ck / "mlm-seed1").iterdir()}
+
+    def refused(ret, pattern):
+        with pytest.raises(PermergeError, match=pattern):
+            _adopt(ret, ck)
+        assert {p.name: p.read_bytes() for p in (ck / "mlm-seed1").iterdir()} == before
+        assert not [p.name for p in ck.iterdir() if p.name.startswith(".")]
+
+    # garbage (non-finite) weights with a matching checksum; a config that does not match the weights
+    refused(_returned(tmp_path / "nan", nan=True), "non-finite")
+
+    def wrong_config(folder):
+        c = json.loads((folder / "config.json").read_text())
+        c["intermediate_size"] = 48
+        (folder / "config.json").write_text(json.dumps(c))
+    refused(_returned(tmp_path / "cfg", edit=wrong_config), "does not load")
+    # too many members; a duplicate config.json
+    many = _returned(tmp_path / "many")
+    with tarfile.open(many / "mlm-seed1.tar", "a") as t:
+        for i in range(2000):
+            info = tarfile.TarInfo(f"mlm-seed1/x{i}.txt")
+            t.addfile(info)
+    _rehash(many)
+    refused(many, "more than 16 members")
+    dup = _returned(tmp_path / "dup")
+    with tarfile.open(dup / "mlm-seed1.tar", "a") as t:
+        t.add(str(tmp_path / "dup" / "src" / "mlm-seed1" / "config.json"), arcname="mlm-seed1/config.json")
+    _rehash(dup)
+    refused(dup, "appears twice")
+    # a sparse member of 2 GiB in a small archive: refused from its header, nothing inflated
+    sp = _returned(tmp_path / "sparse")
+    src = tmp_path / "sparse" / "src"
+    with open(src / "mlm-seed1" / "model.safetensors", "r+b") as f:
+        f.truncate(2 << 30)
+    (sp / "mlm-seed1.tar").unlink()
+    subprocess.run(["tar", "--sparse", "--format=posix", "-cf", str(sp / "mlm-seed1.tar"), "-C", str(src),
+                    *sorted(f"mlm-seed1/{p.name}" for p in (src / "mlm-seed1").iterdir())], check=True)
+    assert (sp / "mlm-seed1.tar").stat().st_size < 64 << 20
+    _rehash(sp)
+    refused(sp, "over the|more than the archive")
+    # returned.json that is not the GPU step's record
+    for rec, pattern in (([1, 2], "expected a JSON object"),
+                         ({"format": P.RETURNED_FORMAT, "archives": {"mlm-seed1.tar": "x"}}, "is not {bytes"),
+                         ({"format": P.RETURNED_FORMAT, "archives": ["mlm-seed1.tar"]}, "archives is not an object"),
+                         ("[" * 100_000, "not valid JSON")):
+        (good / "returned.json").write_text(rec if isinstance(rec, str) else json.dumps(rec))
+        refused(good, pattern)
+
+
+# --- 5. cache values: bounded, checked before decompression, damaged ones moved aside -------------
+
+def _npz(arrays: dict, compress=False) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_cache_values_are_bounded_and_never_inflate(tmp_path, monkeypatch):
+    import io
+    import tracemalloc
+    import zipfile
+
+    import numpy as np
+
+    from permerge import cache as C
+
+    rc = C.ResultCache(tmp_path / "c")
+    key = "point:" + "0" * 64
+    deep = ("[" * 200_000 + "]" * 200_000).encode()
+    bomb = _npz({"meta": np.frombuffer(b'{"__array__": "a0"}', np.uint8),
+                 "a0": np.zeros(200 << 20, np.uint8)}, compress=True)  # 200 MiB of zeros in a few hundred kB
+    assert len(bomb) < 2 << 20
+    # a stored member whose header declares a far larger shape than its bytes
+    liar = io.BytesIO()
+    with zipfile.ZipFile(liar, "w") as zf:
+        zf.writestr("meta.npy", _npy(np.frombuffer(b'{"__array__": "a0"}', np.uint8)))
+        hdr = io.BytesIO()
+        np.lib.format.write_array_header_1_0(hdr, {"descr": "<f8", "fortran_order": False, "shape": (1 << 29,)})
+        zf.writestr("a0.npy", b"\x93NUMPY\x01\x00"[:0] + hdr.getvalue() + b"\0" * 64)
+    for blob in (_npz({"meta": np.frombuffer(deep, np.uint8)}), bomb, liar.getvalue(),
+                 _npz({"meta": np.frombuffer(b'{"__tuple__": ' * 80 + b"1" + b"}" * 80, np.uint8)})):
+        rc._dc.set(key, blob)
+        tracemalloc.start()
+        with pytest.warns(UserWarning, match="damaged"):
+            assert rc.get(key, "missing") == "missing"
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 64 << 20, peak  # nothing inflated
+        assert key not in rc
+    assert len(list((tmp_path / "c" / "damaged").iterdir())) == 4
+    # a RecursionError from any stage of decoding is damage too, not a crash
+    rc.set(key, ({"lambda": 0.0, "loss": 1.0}, None))
+    monkeypatch.setattr(C, "check_value", lambda k, v: (_ for _ in ()).throw(RecursionError("deep")))
+    with pytest.warns(UserWarning, match="damaged"):
+        assert rc.get(key, "missing") == "missing"
+
+
+def _npy(a) -> bytes:
+    import io
+
+    import numpy as np
+
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def test_cache_folder_rules(tiny_mlm_pair, tmp_path, capsys):
+    import warnings
+
+    from permerge import cache as C
+    from permerge.errors import CacheError
+
+    a, b, text = tiny_mlm_pair
+    for bad in ("/etc/permerge-cache", "/proc/permerge"):
+        with pytest.raises(CacheError, match="system folder"):
+            C.ResultCache(bad)
+        one_line_error(capsys, ["align", a, b, "--data", text, "--out", tmp_path / "o"], "system folder", cache=bad)
+    assert not Path("/etc/permerge-cache").exists()
+    # removed under a running server: recreated, not called damaged
+    d = tmp_path / "c"
+    rc = C.ResultCache(d)
+    rc.set("point:" + "1" * 64, ({"lambda": 0.0, "loss": 1.0}, None))
+    shutil.rmtree(d)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert rc.get("point:" + "1" * 64) is None
+        assert rc.set("point:" + "2" * 64, ({"lambda": 0.5, "loss": 2.0}, None))
+        assert rc.get("point:" + "2" * 64)[0]["loss"] == 2.0
+    msgs = [str(w.message) for w in seen]
+    assert any("removed while in use" in m for m in msgs), msgs
+    assert not any("damaged" in m for m in msgs), msgs
+    assert not [p.name for p in d.iterdir() if p.name.startswith("corrupt")]
