@@ -23,7 +23,13 @@ from .errors import DataError, warn
 BLOCK = 128
 UNK_WARN = 0.05  # warn when at least this fraction of the data's tokens is the unknown token
 # Pseudo and system file systems: never read as data (a FIFO or /proc file blocks or leaks).
-_SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
+_SYSTEM_ROOTS = SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
+
+
+def in_system_folder(path: str | Path) -> bool:
+    """The path (links resolved, as far as it exists) is one of the system folders or inside one."""
+    rp = Path(path).expanduser().resolve()
+    return any(rp == Path(r) or Path(r) in rp.parents for r in SYSTEM_ROOTS)
 
 
 def check_data_path(path: str | Path, what: str = "--data") -> Path:
