@@ -100,8 +100,10 @@ def read_config(source: str):
             raise CheckpointError(f"not a checkpoint folder (no config.json): {source}")
         try:
             json.loads(safeio.read_bytes(path / "config.json"))
+        except RecursionError:
+            raise CheckpointError(f"unreadable config.json in {source}: JSON nested too deep") from None
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
+            raise CheckpointError(f"unreadable config.json in {source}: {getattr(e, 'strerror', None) or e}") from None
     options = {} if local else _hub_options(source)
     try:
         cfg = AutoConfig.from_pretrained(str(path) if local else source, trust_remote_code=False, **options)

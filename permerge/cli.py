@@ -54,6 +54,8 @@ class Progress:
         self.bars.clear()
 
 
+DEFAULT_SNAPSHOTS = (0.01, 0.03, 0.1, 0.3, 1.0)  # data fractions kept from the statistics pass
+
 def _plain(message) -> str:
     """A message as printable text: control characters from user input (ANSI colour codes, a
     carriage return, a newline inside a file name) are shown escaped, never interpreted."""
@@ -118,7 +120,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="forwards of the statistics pass and of the evaluation along lambda: auto (fp16 on a GPU, "
                         "fp32 on a CPU), fp32, fp16 or bf16")
-    p.add_argument("--snapshots", type=_fractions, default=(0.01, 0.03, 0.1, 0.3, 1.0),
+    p.add_argument("--snapshots", type=_fractions, default=DEFAULT_SNAPSHOTS,
                    help="data fractions kept from the single statistics pass (default 0.01,0.03,0.1,0.3,1)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache/")
     p.add_argument("--cache-dir", default=None, help="cache folder (default: cache/ or $PERMERGE_CACHE)")
@@ -207,7 +209,8 @@ def _check_matcher(args) -> None:
             raise PermergeError("--data is required for activation matching (--matcher weight needs none)")
         return
     for flag, given in (("--absolute", args.absolute), ("--exclude-special", args.exclude_special),
-                        ("--tokens", args.tokens is not None)):
+                        ("--tokens", args.tokens is not None),
+                        ("--snapshots", tuple(getattr(args, "snapshots", DEFAULT_SNAPSHOTS)) != DEFAULT_SNAPSHOTS)):
         if given:
             raise PermergeError(f"{flag} concerns the activation statistics, which --matcher weight does not "
                                 f"collect; leave {flag} out")

@@ -500,3 +500,45 @@ def test_cache_folder_rules(tiny_mlm_pair, tmp_path, capsys):
     assert any("removed while in use" in m for m in msgs), msgs
     assert not any("damaged" in m for m in msgs), msgs
     assert not [p.name for p in d.iterdir() if p.name.startswith("corrupt")]
+
+
+# --- 6. weight matching on huge weights, --snapshots with weight matching, deep or damaged JSON ----
+
+def test_weight_matching_and_json_edge_cases_give_one_line(tiny_mlm_pair, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from permerge import zoo
+
+    a, b, text = tiny_mlm_pair
+    big = {}
+    for name, src in (("A", a), ("B", b)):
+        d = tmp_path / f"big{name}"
+        shutil.copytree(src, d)
+        w = load_file(str(d / "model.safetensors"))
+        save_file({k: (v * 1e20 if v.is_floating_point() else v) for k, v in w.items()}, str(d / "model.safetensors"))
+        big[name] = d
+    one_line_error(capsys, ["align", big["A"], big["B"], "--matcher", "weight", "--out", tmp_path / "o"],
+                   "is not finite")
+    one_line_error(capsys, ["align", a, b, "--matcher", "weight", "--snapshots", "0.5,1", "--out", tmp_path / "o"],
+                   "--snapshots concerns the activation statistics")
+    deep = tmp_path / "deep"
+    shutil.copytree(b, deep)
+    (deep / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    one_line_error(capsys, ["align", a, deep, "--data", text, "--out", tmp_path / "o"], "nested too deep")
+    # zoo list over a family with a 100,000-deep config.json and damaged permerge.json files
+    fam = tmp_path / "fam"
+    for n in ("good", "deep", "list", "kind", "trunc"):
+        shutil.copytree(a, fam / "checkpoints" / f"mlm-{n}")
+        (fam / "checkpoints" / f"mlm-{n}" / "permerge.json").write_text(json.dumps(
+            {"kind": "mlm", "seed": 1, "metrics": {"eval_mlm_loss": 4.0}}))
+    (fam / "checkpoints" / "mlm-deep" / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (fam / "checkpoints" / "mlm-list" / "permerge.json").write_text("[1, 2]")
+    (fam / "checkpoints" / "mlm-kind" / "permerge.json").write_text(json.dumps({"kind": {"x": 1}, "seed": "one"}))
+    (fam / "checkpoints" / "mlm-trunc" / "permerge.json").write_text('{"kind": "ml')
+    for attr in ("ZOO_DIR", "CHECKPOINTS_DIR", "DATA_DIR", "TASKS_DIR", "_SOURCE"):
+        monkeypatch.setattr(zoo, attr, getattr(zoo, attr))
+    assert main(["zoo", "list", "--zoo", str(fam)]) == 0
+    out, err = capsys.readouterr()
+    assert "mlm-good" in out and not any(f"mlm-{n}" in out for n in ("deep", "list", "kind", "trunc"))
+    lines = err.strip().splitlines()
+    assert all(line.startswith("warning: skipped mlm-") for line in lines) and len(lines) >= 4, err

@@ -20,6 +20,9 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from .. import safeio
+from ..errors import warn
+
 PACKAGE_DIR = Path(__file__).resolve().parent  # this package's code (and, in a checkout, its data)
 ENV_VAR = "PERMERGE_ZOO"
 
@@ -108,9 +111,22 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
         if not d.is_dir() or d.name.endswith((".tmp", ".old")) or not meta_path.is_file() \
                 or not (d / "config.json").is_file():
             continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        meta = cfg = None
+        for f in ("permerge.json", "config.json"):
+            try:
+                value = json.loads(safeio.read_bytes(d / f))
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+                warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: unreadable {f} ({type(e).__name__})")
+                break
+            meta, cfg = (value, cfg) if f == "permerge.json" else (meta, value)
+        if cfg is None:
+            continue
+        if not (isinstance(meta, dict) and isinstance(cfg, dict) and isinstance(meta.get("kind"), str)
+                and isinstance(meta.get("metrics") or {}, dict)
+                and all(isinstance(meta.get(k), (str, type(None))) for k in ("task", "base"))
+                and all(isinstance(meta.get(k), (int, type(None))) and not isinstance(meta.get(k), bool)
+                        for k in ("seed", "num_labels"))):
+            warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: its permerge.json is not a checkpoint record of the zoo")
             continue
         entry = {
             "name": d.name,
@@ -118,7 +134,8 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
             "kind": meta.get("kind"),
             "task": meta.get("task"),
             "seed": meta.get("seed"),
-            "metrics": dict(meta.get("metrics") or {}),
+            "metrics": {str(k): v for k, v in (meta.get("metrics") or {}).items()
+                        if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
         }
         if meta.get("kind") == "classifier":
             entry["base"] = meta.get("base")
