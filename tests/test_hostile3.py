@@ -542,3 +542,78 @@ def test_weight_matching_and_json_edge_cases_give_one_line(tiny_mlm_pair, tmp_pa
     assert "mlm-good" in out and not any(f"mlm-{n}" in out for n in ("deep", "list", "kind", "trunc"))
     lines = err.strip().splitlines()
     assert all(line.startswith("warning: skipped mlm-") for line in lines) and len(lines) >= 4, err
+
+
+# --- 7. the server never looks outside; --host 0.0.0.0 says what to add; bidi controls escaped -----
+
+_PROBE = """
+import socket, sys
+seen = []
+real_connect = socket.socket.connect
+def connect(self, address):
+    seen.append(address)
+    raise OSError("no network in this test")
+socket.socket.connect = connect
+socket.create_connection = lambda address, *a, **k: (seen.append(address), (_ for _ in ()).throw(OSError("no")))[1]
+from streamlit.web.server import server_util
+allowed = server_util.is_url_from_allowed_origins("http://evil.example:8501")
+print("ALLOWED", allowed, "SEEN", len(seen), seen)
+"""
+
+
+def test_server_never_connects_outside(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    pytest.importorskip("streamlit")
+    from permerge import serve
+
+    argv = serve.streamlit_argv(ROOT / "app.py", "0.0.0.0", 8600, ["box.lan"])
+    assert argv[1:3] == ["-c", serve._LAUNCHER] and serve.OFFLINE_PATCH in argv[2]
+    assert "http://box.lan:8600" in argv  # the WebSocket's origin check knows the allowed name
+    # a WebSocket from a foreign origin: Streamlit alone asks the network; with the patch it does not
+    plain = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    patched = subprocess.run([sys.executable, "-c", serve.OFFLINE_PATCH + _PROBE], capture_output=True, text=True,
+                             timeout=120)
+    assert "ALLOWED False" in plain.stdout and "SEEN 0" not in plain.stdout, plain.stdout + plain.stderr[-2000:]
+    assert "ALLOWED False SEEN 0 []" in patched.stdout, patched.stdout + patched.stderr[-2000:]
+    # app.py applies the same patch (for `streamlit run app.py`)
+    from streamlit import net_util
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setattr(net_util, "get_external_ip", net_util.get_external_ip)
+    monkeypatch.setattr(net_util, "get_internal_ip", net_util.get_internal_ip)
+    monkeypatch.chdir(ROOT)
+    AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    assert net_util.get_external_ip() is None and net_util.get_internal_ip() is None
+    # --host 0.0.0.0 without --allowed-host: the exact line to add
+    import socket
+
+    monkeypatch.setattr(serve, "prepare", lambda host, port, allowed: (["x"], {}))
+    monkeypatch.setattr(os, "execve", lambda *a: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        serve.run("0.0.0.0", 8600)
+    err = capsys.readouterr().err
+    assert f"permerge dashboard --host 0.0.0.0 --port 8600 --allowed-host {socket.gethostname()}" in err
+    assert serve.lan_hint("127.0.0.1", 8600) is None and serve.lan_hint("0.0.0.0", 8600, ["box.lan"]) is None
+
+
+def test_bidi_controls_are_shown_escaped():
+    pytest.importorskip("streamlit")
+    import pandas as pd
+
+    from dashboard.text import md, plot_text
+    from permerge.bidi import BIDI_CONTROLS
+    from permerge.report import lecture_pack
+
+    for c in BIDI_CONTROLS:
+        name = f"/data/ck{c}gnp.evil"
+        for shown in (md(name), plot_text(name)):
+            assert c not in shown and f"u{ord(c):04x}" in shown
+    evil = "/data/mlm\u202eTXT.exe"
+    page = lecture_pack(pair=(evil, "zoo:mlm-seed2"), about=f"pair {evil} | zoo:mlm-seed2", settings={"data": evil},
+                        curves=None, check=None, function_preserving=True,
+                        methods=None, amount=pd.DataFrame())
+    body = page.split("</script></head>", 1)[1]
+    assert not any(c in body for c in BIDI_CONTROLS)
+    assert "mlm\\u202eTXT.exe" in body
