@@ -7,6 +7,7 @@ temporary sibling folder and renamed into place only when complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -169,6 +170,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- commands -------------------------------------------------------------------------------
 
+_OWN_GROUP = []  # the process group this process started (torch.distributed), ended by _end_distributed
+
+
+def _end_distributed(ok: bool) -> None:
+    """Tear down the process group this process started while Python is fully alive: after a
+    barrier when the command succeeded (no rank closes its connections while another still sends),
+    at once otherwise.  Left to the interpreter's exit, gloo's threads can be destroyed while still
+    joinable, and the process aborts ("terminate called without an active exception", SIGABRT)."""
+    if not _OWN_GROUP:
+        return
+    import torch.distributed as dist
+
+    _OWN_GROUP.clear()
+    if dist.is_initialized():
+        if ok:
+            with contextlib.suppress(Exception):
+                dist.barrier()
+        dist.destroy_process_group()
+
+
 def _distributed() -> tuple[bool, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -179,6 +200,7 @@ def _distributed() -> tuple[bool, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        _OWN_GROUP.append(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True, dist.get_rank()
@@ -428,9 +450,13 @@ def main(argv=None) -> int:
             if args.command == "dashboard":
                 return cmd_dashboard(args)
             if args.command == "align":
-                return cmd_align(args)
+                code = cmd_align(args)
+                _end_distributed(ok=code == 0)
+                return code
             if args.command == "interpolate":
-                return cmd_interpolate(args)
+                code = cmd_interpolate(args)
+                _end_distributed(ok=code == 0)
+                return code
             return cmd_zoo(args)
     except PermergeError as e:
         if getattr(args, "progress", None) is not None:
@@ -448,6 +474,7 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
+        _end_distributed(ok=False)  # an error or an interruption: no barrier (the other ranks may be elsewhere)
         if getattr(args, "cache", None) is not None:
             args.cache.close()  # checkpoints sqlite's write-ahead log into cache.db
         if on_main:

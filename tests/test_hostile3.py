@@ -136,6 +136,7 @@ def test_page_checks_of_a_typed_path_have_a_deadline(tiny_mlm_pair, tmp_path, mo
     def blocking(source):
         if "stuck" in str(source):
             gate.wait(120)
+            raise RuntimeError("released")  # end at once: no thread left working when the tests end
         return real(source)
     monkeypatch.setattr(ck, "config_summary", blocking)
     monkeypatch.setattr(deadline, "VALIDATE_S", 1.0)
@@ -617,3 +618,39 @@ def test_bidi_controls_are_shown_escaped():
     body = page.split("</script></head>", 1)[1]
     assert not any(c in body for c in BIDI_CONTROLS)
     assert "mlm\\u202eTXT.exe" in body
+
+
+# --- 8. teardown: no thread or process group left to the interpreter's exit -------------------------
+
+def test_job_threads_and_process_groups_end_before_exit(tmp_path, monkeypatch):
+    import time
+
+    import torch.distributed as dist
+
+    from permerge import cli, jobs
+    from permerge.errors import Cancelled
+
+    # a running dashboard job is cancelled and joined by the exit handler (a server stopped by SIGTERM)
+    started = threading.Event()
+
+    def work(progress):
+        started.set()
+        while True:
+            progress("stats", 1, 10)
+            time.sleep(0.01)
+    h = jobs.JobManager().submit("k" * 30, work)
+    assert started.wait(20)
+    assert jobs.stop_all(wait_s=20) == 0
+    assert h.state == "cancelled" and not jobs._LIVE
+    # the CLI's process group is destroyed by the CLI, not left to gloo's threads at exit
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(s.getsockname()[1]))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    cli._OWN_GROUP.append("gloo")
+    cli._end_distributed(ok=True)
+    assert not dist.is_initialized() and not cli._OWN_GROUP
