@@ -17,11 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections import Counter
 from pathlib import Path
-
-from .. import safeio
-from ..errors import warn
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # this package's code (and, in a checkout, its data)
 ENV_VAR = "PERMERGE_ZOO"
@@ -96,6 +94,18 @@ def resolve(source: str) -> str:
                         "data: zoo:align.txt, zoo:eval.txt, zoo:tasks/TASK)")
 
 
+def _warn(message: str) -> None:
+    """permerge's one-line warning; a plain one when this module is loaded on its own."""
+    try:
+        from ..errors import warn
+    except ImportError:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+        return
+    warn(message)
+
+
 def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[dict]:
     """Bundled checkpoints, sorted by (kind, task, seed).
 
@@ -114,9 +124,11 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
         meta = cfg = None
         for f in ("permerge.json", "config.json"):
             try:
-                value = json.loads(safeio.read_bytes(d / f))
+                if not stat.S_ISREG(os.stat(d / f).st_mode):  # a FIFO would block the read
+                    raise OSError(f"{f} is not a regular file")
+                value = json.loads((d / f).read_bytes())
             except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
-                warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: unreadable {f} ({type(e).__name__})")
+                _warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: unreadable {f} ({type(e).__name__})")
                 break
             meta, cfg = (value, cfg) if f == "permerge.json" else (meta, value)
         if cfg is None:
@@ -126,7 +138,7 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
                 and all(isinstance(meta.get(k), (str, type(None))) for k in ("task", "base"))
                 and all(isinstance(meta.get(k), (int, type(None))) and not isinstance(meta.get(k), bool)
                         for k in ("seed", "num_labels"))):
-            warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: its permerge.json is not a checkpoint record of the zoo")
+            _warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: its permerge.json is not a checkpoint record of the zoo")
             continue
         entry = {
             "name": d.name,
