@@ -13,6 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from permerge import safeio, work, zoo
+from permerge.bidi import escape_bidi
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
@@ -118,7 +119,8 @@ def name(path: str) -> str:
     if bundled:
         return f"zoo:{bundled}"
     home = str(Path.home())
-    return "~" + p[len(home):] if p.startswith(home + "/") else p
+    # display only: bidirectional controls written as escapes (tables and titles are not Markdown)
+    return escape_bidi("~" + p[len(home):] if p.startswith(home + "/") else p)
 
 
 def short(path: str) -> str:
@@ -128,8 +130,8 @@ def short(path: str) -> str:
 
 def name_md(path: str) -> str:
     """``name(path)`` as inline HTML with the full path on hover (use with unsafe_allow_html)."""
-    full = html.escape(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
-                       else str(path), quote=True)
+    full = html.escape(escape_bidi(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
+                                   else str(path)), quote=True)
     return f'<code title="{full}">{md(name(path))}</code>'
 
 

@@ -616,6 +616,10 @@ def test_bidi_controls_are_shown_escaped():
         name = f"/data/ck{c}gnp.evil"
         for shown in (md(name), plot_text(name)):
             assert c not in shown and f"u{ord(c):04x}" in shown
+    from dashboard.state import name, name_md
+
+    shown = "/data/ck\u202egnp.evil"
+    assert "\u202e" not in name(shown) + name_md(shown) and "\\u202e" in name(shown)
     evil = "/data/mlm\u202eTXT.exe"
     page = lecture_pack(pair=(evil, "zoo:mlm-seed2"), about=f"pair {evil} | zoo:mlm-seed2", settings={"data": evil},
                         curves=None, check=None, function_preserving=True,
