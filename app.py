@@ -2,7 +2,9 @@
 merge them along lambda, and see what happened.  Start with ``make run`` (or ``streamlit run app.py``)."""
 import streamlit as st
 
-from dashboard import presenter
+from dashboard import offline, presenter
+
+offline.patch()  # no look-up of this machine's addresses on the network (also under `streamlit run app.py`)
 
 st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="wide")
 

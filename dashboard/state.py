@@ -13,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge import work, zoo
+from permerge import safeio, work, zoo
+from permerge.bidi import escape_bidi
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
@@ -21,6 +22,7 @@ from permerge.locations import exports_dir
 from permerge.pipeline import Job
 from permerge.study import PipelineRegistry
 
+from .deadline import within_deadline
 from .text import md
 
 RUN_PAGE = "pages/run.py"
@@ -118,7 +120,8 @@ def name(path: str) -> str:
     if bundled:
         return f"zoo:{bundled}"
     home = str(Path.home())
-    return "~" + p[len(home):] if p.startswith(home + "/") else p
+    # display only: bidirectional controls written as escapes (tables and titles are not Markdown)
+    return escape_bidi("~" + p[len(home):] if p.startswith(home + "/") else p)
 
 
 def short(path: str) -> str:
@@ -128,8 +131,8 @@ def short(path: str) -> str:
 
 def name_md(path: str) -> str:
     """``name(path)`` as inline HTML with the full path on hover (use with unsafe_allow_html)."""
-    full = html.escape(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
-                       else str(path), quote=True)
+    full = html.escape(escape_bidi(str(Path(str(path)).expanduser().resolve()) if Path(str(path)).expanduser().exists()
+                                   else str(path)), quote=True)
     return f'<code title="{full}">{md(name(path))}</code>'
 
 
@@ -216,7 +219,7 @@ def _config_summary(source: str, downloads: bool) -> dict:
     from permerge.checkpoints import config_summary as summary
 
     with _allowing(downloads):
-        return summary(source)
+        return within_deadline(summary, source, what=f"checkpoint {source}")
 
 
 def pair_facts(source: str) -> dict | None:
@@ -232,7 +235,7 @@ def _pair_facts(source: str, downloads: bool) -> dict | None:
 
     try:
         with _allowing(downloads):
-            spec = config_spec(source)
+            spec = within_deadline(config_spec, source, what=f"checkpoint {source}")
     except Exception:
         return None
     mid = spec.groups["res.0.att"] if "res.0.att" in spec.groups else None
@@ -240,7 +243,8 @@ def _pair_facts(source: str, downloads: bool) -> dict | None:
             "specials": spec.table.block_specials, "pooler": bool(spec.groups_of("pooler")),
             "norm": spec.norm, "residual_points": len(spec.residual_points), "projected": "emb" in spec.groups,
             "mid_point": mid.capture.rsplit(".", 1)[-1] if mid is not None else None,
-            "special_tokens": _block_special_tokens(source) if spec.table.block_specials else None}
+            "special_tokens": within_deadline(_block_special_tokens, source, what=f"checkpoint {source}")
+            if spec.table.block_specials else None}
 
 
 def _block_special_tokens(source: str) -> str | None:
@@ -257,7 +261,7 @@ def _block_special_tokens(source: str) -> str | None:
     found = {}
     for f in ("special_tokens_map.json", "tokenizer_config.json"):
         try:
-            d = json.loads((folder / f).read_text())
+            d = json.loads(safeio.read_bytes(folder / f))
         except (OSError, ValueError):
             continue
         for k in ("cls_token", "sep_token"):
@@ -280,7 +284,7 @@ def _pair_check(a: str, b: str, downloads: bool) -> str | None:
 
     try:
         with _allowing(downloads):
-            validate_pair(read_config(a), read_config(b))
+            within_deadline(lambda: validate_pair(read_config(a), read_config(b)), what="the pair")
     except PermergeError as e:
         return str(e)
     return None

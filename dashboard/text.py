@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import re
 
+from permerge.bidi import escape_bidi
+
 # Backslash-escaped wherever they stand: emphasis, code, links and images, strikethrough, tables,
 # LaTeX, e-mail addresses.
 _ANYWHERE = re.compile(r"([\\`*_\[\]!$~|@])")
@@ -33,7 +35,7 @@ ZWSP = "\u200b"
 def md(value) -> str:
     """``value`` as literal text inside Markdown (also inside ``unsafe_allow_html`` Markdown): no
     image is fetched, no link, emphasis, heading, LaTeX, colour or emoji appears; it reads as typed."""
-    s = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # tags and entities as typed
+    s = escape_bidi(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # tags and entities as typed
     s = _SHORTCODE.sub(":" + ZWSP, s)
     s = _WEB.sub(ZWSP, s)
     s = _ANYWHERE.sub(r"\\\1", s)
@@ -44,4 +46,4 @@ def md(value) -> str:
 
 def plot_text(value) -> str:
     """``value`` as literal text in a Plotly title, annotation, legend or hover label."""
-    return html.escape(str(value), quote=False)
+    return html.escape(escape_bidi(value), quote=False)

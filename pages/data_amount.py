@@ -23,7 +23,9 @@ if run.options.matcher == "weight":  # weight matching reads no data: the study 
                "same components and variants.")
 st.caption("Pair: " + pair_title(run.job) + f"; {run.options.label()}.")
 c1, c2 = st.columns(2)
-tokens = c1.number_input("Alignment tokens (the whole pass)", 2048, 10_000_000, int(run.job.tokens or 16384), step=8192,
+MIN_TOKENS, MAX_TOKENS = 2048, 10_000_000  # the study's pass: enough batches for distinct snapshots
+tokens = c1.number_input("Alignment tokens (the whole pass)", MIN_TOKENS, MAX_TOKENS,
+                         min(max(int(run.job.tokens or 16384), MIN_TOKENS), MAX_TOKENS), step=8192,
                          help="The snapshots are fractions of this pass, cut in batches small enough that the "
                               "first snapshots differ (at least 64 batches).")
 lambdas = c2.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)

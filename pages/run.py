@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
                              config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
                              pair_facts, pair_title, registry, residual_labels)
+from dashboard.deadline import within_deadline
 from dashboard.figures import fig_name, show_figure
 from dashboard.hubpick import KNOWN, downloads_switch, known
 from dashboard.text import md
@@ -251,12 +252,12 @@ if not data_problem and data and data_kind == "GLUE-format task folder" and not 
     data_problem = f"not a GLUE-format task folder (no dev.tsv): {data}"
 elif not data_problem and data:  # regular files and folders only, nothing under /proc, /etc, ...
     from permerge.data import check_data_path
-    from permerge.errors import DataError
+    from permerge.errors import PermergeError
     try:
-        check_data_path(data, "the data path")
+        within_deadline(check_data_path, data, "the data path", what=f"the data path {data}")
         if eval_data:
-            check_data_path(eval_data, "the evaluation data path")
-    except DataError as e:
+            within_deadline(check_data_path, eval_data, "the evaluation data path", what=f"the path {eval_data}")
+    except PermergeError as e:
         data_problem = str(e)
 if not data_problem and not eval_data and not is_classifier and data_kind != "GLUE-format task folder" \
         and ss.get("eval_kind") == EVAL_CHOICES[1]:

@@ -82,6 +82,9 @@ def _is_corruption(e: BaseException) -> bool:
 _CLASSES = {"AlignOptions": "permerge.align", "GroupResult": "permerge.align", "Alignment": "permerge.align",
             "CurveResult": "permerge.pipeline", "WeightMatchTrace": "permerge.weight_match"}
 _NPZ_MAGIC = b"PK\x03\x04"
+MAX_DEPTH = 64  # nesting of a value's structure (the deepest real value nests 6 levels)
+MAX_META_BYTES = 64 << 20  # its structure as JSON
+MAX_ARRAYS = 100_000
 
 
 class ValueFormatError(ValueError):
@@ -147,16 +150,24 @@ def decode(blob) -> object:
 
     if not isinstance(blob, (bytes, bytearray, memoryview)) or bytes(blob[:4]) != _NPZ_MAGIC:
         raise ValueFormatError("not a permerge cache value")
+    raw = bytes(blob)
     try:
-        with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as z:
+        _check_members(raw)
+        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
+        if "meta" not in arrays:
+            raise ValueFormatError("no structure in the value")
         tree = json.loads(bytes(arrays.pop("meta")).decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, RecursionError) as e:
+        if isinstance(e, ValueFormatError):
+            raise
         raise ValueFormatError(f"unreadable value ({type(e).__name__})") from None
 
-    def dec(x):
+    def dec(x, depth=0):
+        if depth > MAX_DEPTH:
+            raise ValueFormatError(f"structure nested more than {MAX_DEPTH} deep")
         if isinstance(x, list):
-            return [dec(v) for v in x]
+            return [dec(v, depth + 1) for v in x]
         if not isinstance(x, dict):
             return x
         if len(x) == 1:
@@ -172,26 +183,64 @@ def decode(blob) -> object:
                     return torch.from_numpy(a.copy())
                 return a
             if tag == "__tuple__" and isinstance(v, list):
-                return tuple(dec(i) for i in v)
+                return tuple(dec(i, depth + 1) for i in v)
             if tag == "__dict__" and isinstance(v, list):
                 if not all(isinstance(kv, list) and len(kv) == 2 for kv in v):
                     raise ValueFormatError("malformed mapping")
                 out = {}
                 for k, val in v:
-                    k = dec(k)
+                    k = dec(k, depth + 1)
                     if isinstance(k, (list, dict)):
                         raise ValueFormatError("malformed mapping key")
-                    out[k] = dec(val)
+                    out[k] = dec(val, depth + 1)
                 return out
         if set(x) == {"__class__", "fields"} and x["__class__"] in _CLASSES and isinstance(x["fields"], dict):
             cls = getattr(importlib.import_module(_CLASSES[x["__class__"]]), x["__class__"])
             try:
-                return cls(**{str(k): dec(v) for k, v in x["fields"].items()})
+                return cls(**{str(k): dec(v, depth + 1) for k, v in x["fields"].items()})
             except (TypeError, ValueError) as e:
                 raise ValueFormatError(f"malformed {x['__class__']}: {e}") from None
         raise ValueFormatError("unknown element in a cached value")
 
     return dec(tree)
+
+
+def _check_members(raw: bytes) -> None:
+    """Before anything is decompressed or allocated: every member of the archive is stored (not
+    compressed: ``encode`` never compresses), a NumPy array of a plain numeric, boolean or byte dtype
+    whose declared shape fits the bytes it has, at most ``MAX_ARRAYS`` of them and a structure of
+    at most ``MAX_META_BYTES``.  A value that would inflate is refused from its headers."""
+    import io
+    import math
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_ARRAYS:
+            raise ValueFormatError(f"more than {MAX_ARRAYS} arrays")
+        names = set()
+        for info in infos:
+            if info.filename in names:
+                raise ValueFormatError(f"member {info.filename!r} twice")
+            names.add(info.filename)
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                    or info.file_size > len(raw):
+                raise ValueFormatError(f"member {info.filename!r} is compressed or larger than the value")
+            if info.filename == "meta.npy" and info.file_size > MAX_META_BYTES:
+                raise ValueFormatError(f"structure of {info.file_size} bytes, over {MAX_META_BYTES}")
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read:
+                    raise ValueFormatError(f"member {info.filename!r}: unknown .npy version {version}")
+                shape, _, dtype = read[version](fh)
+                if dtype.hasobject or dtype.kind not in "biufcSU":
+                    raise ValueFormatError(f"member {info.filename!r}: dtype {dtype} is not plain data")
+                if any(n < 0 for n in shape) or math.prod(shape) * dtype.itemsize > info.file_size:
+                    raise ValueFormatError(f"member {info.filename!r}: declared shape {shape} of {dtype} does not "
+                                           f"fit its {info.file_size} bytes")
 
 
 def _is(x, *types) -> None:
@@ -378,6 +427,11 @@ class ResultCache:
         self.directory = Path(directory).expanduser() if directory else default_dir()
         self.size_limit = int(size_limit_gb * 2**30)
         self.note = note  # called with a one-line message while waiting for another process
+        from .data import SYSTEM_ROOTS, in_system_folder
+
+        if in_system_folder(self.directory):
+            raise CacheError(f"the cache folder {self.directory} is in a system folder ({', '.join(SYSTEM_ROOTS)}); "
+                             "give another --cache-dir")
         try:
             if self.directory.exists() and not self.directory.is_dir():
                 raise CacheError(f"the cache folder {self.directory} is a file, not a folder")
@@ -426,11 +480,14 @@ class ResultCache:
     def _guard(self, op, key=None):
         """Run ``op(dc)``; a damaged database is moved aside (then ``_MISSING``), a damaged
         entry dropped (then ``_MISSING``)."""
+        self._recreated()
         try:
             return op(self._dc)
         except (KeyboardInterrupt, SystemExit, MemoryError):
             raise
         except Exception as e:
+            if self._recreated():  # the folder was removed under us: a new empty cache, not a damaged one
+                return op(self._dc)
             if _is_corruption(e):
                 self._move_aside(e)
                 self._open()
@@ -444,6 +501,22 @@ class ResultCache:
                  "dropped it, recomputing")
             return _MISSING
 
+    def _recreated(self) -> bool:
+        """If the cache folder or its database was removed while open (a user cleaning up under a
+        running dashboard), open a fresh cache there and say so; False when it is still there."""
+        if (self.directory / "cache.db").exists():
+            return False
+        with contextlib.suppress(Exception):
+            self._dc.close()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(f"cannot use the cache folder {self.directory}: {e.strerror or e}") from None
+        self._dc = None
+        self._open()
+        warn(f"the cache in {self.directory} was removed while in use; started an empty one there")
+        return True
+
     def get(self, key: str, default=None):
         blob = self._guard(lambda dc: dc.get(key, default=_MISSING), key)
         if blob is _MISSING:
@@ -451,8 +524,10 @@ class ResultCache:
         try:
             value = decode(blob)
             check_value(key, value)
-        except ValueFormatError as e:
-            self._set_aside(key, blob, e)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # any kind of decode error (RecursionError, MemoryError, ...): damaged
+            self._set_aside(key, blob, e if isinstance(e, ValueFormatError) else f"{type(e).__name__}")
             return default
         return value
 
@@ -464,7 +539,8 @@ class ResultCache:
         try:
             aside = self.directory / "damaged"
             aside.mkdir(exist_ok=True)
-            f = aside / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}-{time.strftime('%Y%m%d-%H%M%S')}.val"
+            f = aside / (f"{hashlib.sha256(key.encode()).hexdigest()[:40]}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                         f"{time.time_ns() % 10**9:09d}.val")  # one file per damaged value, even within a second
             f.write_bytes(bytes(blob) if isinstance(blob, (bytes, bytearray, memoryview)) else repr(blob).encode())
             where = f"moved it to {f}"
         except OSError:

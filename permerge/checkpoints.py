@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from . import safeio
 from .arch import SUPPORTED_MODEL_TYPES
 from .errors import CheckpointError, IncompatibleModels
 
@@ -85,12 +86,16 @@ def read_config(source: str):
             raise CheckpointError(f"checkpoint folder not found: {source}") from None
         except OSError as e:  # a name too long for the file system, a loop of links, ...
             raise CheckpointError(f"cannot use checkpoint {source}: {e.strerror or e}") from None
+        if path.is_dir():
+            check_regular_files(source, path)
         if not path.is_dir() or not (path / "config.json").is_file():
             raise CheckpointError(f"not a checkpoint folder (no config.json): {source}")
         try:
-            json.loads((path / "config.json").read_text())
+            json.loads(safeio.read_bytes(path / "config.json"))
+        except RecursionError:
+            raise CheckpointError(f"unreadable config.json in {source}: JSON nested too deep") from None
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"unreadable config.json in {source}: {e}") from None
+            raise CheckpointError(f"unreadable config.json in {source}: {getattr(e, 'strerror', None) or e}") from None
     try:
         cfg = AutoConfig.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
     except Exception as e:  # malformed config, ...
@@ -98,6 +103,18 @@ def read_config(source: str):
         raise CheckpointError(f"cannot load checkpoint {source!r}: {first}") from None
     check_config_sizes(source, cfg, path)
     return cfg
+
+
+# Files of a checkpoint folder that loading opens (weights, config, tokenizer): regular files only.
+_LOADED_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def check_regular_files(source: str, folder: Path) -> None:
+    """A FIFO, socket or device named like a file that loading opens would block ``open()`` for
+    ever (or read without end): refused by name before anything is opened."""
+    bad = safeio.non_regular_entries(folder, _LOADED_SUFFIXES)
+    if bad:
+        raise CheckpointError(f"cannot use checkpoint {source}: {bad[0].name} is {safeio.NOT_REGULAR}")
 
 
 def _weights_header(folder: Path) -> dict[str, tuple] | None:
@@ -111,7 +128,7 @@ def _weights_header(folder: Path) -> dict[str, tuple] | None:
     shapes = {}
     for f in files:
         try:
-            with safe_open(str(f), framework="np") as h:
+            with safeio.pinned(f) as pf, safe_open(pf, framework="np") as h:
                 for k in h.keys():
                     shapes[k] = tuple(h.get_slice(k).get_shape())
         except Exception as e:
@@ -254,7 +271,7 @@ def _check_weight_files(path: Path) -> None:
 
     for f in sorted(path.glob("*.safetensors")):
         try:
-            with safe_open(str(f), framework="pt") as h:
+            with safeio.pinned(f) as pf, safe_open(pf, framework="pt") as h:
                 keys = list(h.keys())
                 if keys:  # a truncated file ends before the last tensor's data
                     h.get_slice(keys[-1])
@@ -274,7 +291,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 
 def _index_files(index: Path) -> list[str]:
     try:
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        names = sorted(set(json.loads(safeio.read_bytes(index))["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"unreadable {index}: {e}") from None
     outside = [f for f in names if not isinstance(f, str) or Path(f).name != f]
@@ -322,8 +339,7 @@ def _read_weights(folder: Path) -> dict | None:
     state = {}
     for f in files:
         try:
-            with open(f, "rb") as fh:
-                blob = fh.read()
+            blob = safeio.read_bytes(f)
             state.update(load_bytes(blob))
         except Exception as e:
             msg = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -486,6 +502,7 @@ def load_checkpoint(source: str, cfg=None, progress=None) -> Checkpoint:
     arch = _architecture(cfg)
     folder, local = _folder(source, "all", progress)
     target = str(folder)
+    check_regular_files(source, folder)
     _check_weight_files(folder)
     state = _read_weights(folder)
     try:

@@ -7,6 +7,7 @@ temporary sibling folder and renamed into place only when complete.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -53,6 +54,8 @@ class Progress:
             bar.close()
         self.bars.clear()
 
+
+DEFAULT_SNAPSHOTS = (0.01, 0.03, 0.1, 0.3, 1.0)  # data fractions kept from the statistics pass
 
 def _plain(message) -> str:
     """A message as printable text: control characters from user input (ANSI colour codes, a
@@ -118,7 +121,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                    help="forwards of the statistics pass and of the evaluation along lambda: auto (fp16 on a GPU, "
                         "fp32 on a CPU), fp32, fp16 or bf16")
-    p.add_argument("--snapshots", type=_fractions, default=(0.01, 0.03, 0.1, 0.3, 1.0),
+    p.add_argument("--snapshots", type=_fractions, default=DEFAULT_SNAPSHOTS,
                    help="data fractions kept from the single statistics pass (default 0.01,0.03,0.1,0.3,1)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache/")
     p.add_argument("--cache-dir", default=None, help="cache folder (default: cache/ or $PERMERGE_CACHE)")
@@ -173,6 +176,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- commands -------------------------------------------------------------------------------
 
+_OWN_GROUP = []  # the process group this process started (torch.distributed), ended by _end_distributed
+
+
+def _end_distributed(ok: bool) -> None:
+    """Tear down the process group this process started while Python is fully alive: after a
+    barrier when the command succeeded (no rank closes its connections while another still sends),
+    at once otherwise.  Left to the interpreter's exit, gloo's threads can be destroyed while still
+    joinable, and the process aborts ("terminate called without an active exception", SIGABRT)."""
+    if not _OWN_GROUP:
+        return
+    import torch.distributed as dist
+
+    _OWN_GROUP.clear()
+    if dist.is_initialized():
+        if ok:
+            with contextlib.suppress(Exception):
+                dist.barrier()
+        dist.destroy_process_group()
+
+
 def _distributed() -> tuple[bool, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -183,6 +206,7 @@ def _distributed() -> tuple[bool, int]:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        _OWN_GROUP.append(backend)
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return True, dist.get_rank()
@@ -213,7 +237,8 @@ def _check_matcher(args) -> None:
             raise PermergeError("--data is required for activation matching (--matcher weight needs none)")
         return
     for flag, given in (("--absolute", args.absolute), ("--exclude-special", args.exclude_special),
-                        ("--tokens", args.tokens is not None)):
+                        ("--tokens", args.tokens is not None),
+                        ("--snapshots", tuple(getattr(args, "snapshots", DEFAULT_SNAPSHOTS)) != DEFAULT_SNAPSHOTS)):
         if given:
             raise PermergeError(f"{flag} concerns the activation statistics, which --matcher weight does not "
                                 f"collect; leave {flag} out")
@@ -474,9 +499,13 @@ def main(argv=None) -> int:
             if args.command == "dashboard":
                 return cmd_dashboard(args)
             if args.command == "align":
-                return cmd_align(args)
+                code = cmd_align(args)
+                _end_distributed(ok=code == 0)
+                return code
             if args.command == "interpolate":
-                return cmd_interpolate(args)
+                code = cmd_interpolate(args)
+                _end_distributed(ok=code == 0)
+                return code
             return cmd_zoo(args)
     except PermergeError as e:
         if getattr(args, "progress", None) is not None:
@@ -494,6 +523,7 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
+        _end_distributed(ok=False)  # an error or an interruption: no barrier (the other ranks may be elsewhere)
         if allowed is not None:
             from .hub import _allowed
 

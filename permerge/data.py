@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import stat
@@ -16,12 +17,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import safeio
 from .errors import DataError, warn
 
 BLOCK = 128
 UNK_WARN = 0.05  # warn when at least this fraction of the data's tokens is the unknown token
 # Pseudo and system file systems: never read as data (a FIFO or /proc file blocks or leaks).
-_SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
+_SYSTEM_ROOTS = SYSTEM_ROOTS = ("/proc", "/sys", "/dev", "/run", "/etc", "/boot")
+
+
+def in_system_folder(path: str | Path) -> bool:
+    """The path (links resolved, as far as it exists) is one of the system folders or inside one."""
+    rp = Path(path).expanduser().resolve()
+    return any(rp == Path(r) or Path(r) in rp.parents for r in SYSTEM_ROOTS)
 
 
 def check_data_path(path: str | Path, what: str = "--data") -> Path:
@@ -60,9 +68,11 @@ def read_text(path: str | Path) -> str:
     parts = []
     for f in text_files(path):
         try:
-            parts.append(f.read_text(encoding="utf-8", errors="replace"))
+            parts.append(safeio.decode(safeio.read_bytes(f), f, errors="replace"))
+        except safeio.EncodingRefused as e:
+            raise DataError(str(e)) from None
         except OSError as e:
-            raise DataError(f"cannot read {f}: {e}") from None
+            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     text = "\n".join(parts)
     if not text.strip():
         raise DataError(f"the data at {path} is empty")
@@ -75,6 +85,41 @@ SMALL_TEXT = 4 << 20  # bytes: plain-text data up to this size is read whole
 _CHUNK = 1 << 20  # bytes read at a time
 _PIECE = 1 << 16  # bytes: a longer line is tokenised in pieces cut before whitespace
 _BATCH = 256  # lines per tokenizer call
+
+
+def _open_text(f: Path):
+    """A binary stream of the file's text as UTF-8: the file itself when it is UTF-8 (with or
+    without a byte-order mark, which ``_encode`` drops), its decoded text for UTF-16 or UTF-32
+    (up to ``SMALL_TEXT`` bytes; a larger one is refused in one line); binary bytes are refused."""
+    try:
+        fh = safeio.open_regular(f)
+    except OSError as e:
+        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+    try:
+        head = fh.read(4096)
+        codec = safeio.detect_encoding(head, f)
+        if codec in ("utf-8", "utf-8-sig"):
+            fh.seek(0)
+            return fh
+        size = os.fstat(fh.fileno()).st_size
+        if size > SMALL_TEXT:
+            raise DataError(f"{f} is {codec.upper()} text of {size / 1e6:.1f} MB; permerge decodes UTF-16 and UTF-32 "
+                            f"files up to {SMALL_TEXT / 1e6:.1f} MB: convert it to UTF-8 (iconv -f {codec} -t utf-8)")
+        try:
+            text = safeio.decode(head + fh.read(), f)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f} is not valid {codec.upper()} text ({e.reason})") from None
+        fh.close()
+        return io.BytesIO(text.encode("utf-8"))
+    except safeio.EncodingRefused as e:
+        fh.close()
+        raise DataError(str(e)) from None
+    except OSError as e:
+        fh.close()
+        raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+    except BaseException:
+        fh.close()
+        raise
 
 
 def _cut(buf: bytes, limit: int) -> int:
@@ -95,10 +140,7 @@ def _lines_forward(files: list[Path], stop: tuple[int, int] | None = None):
         if stop is not None and fi > stop[0]:
             return
         end = stop[1] if stop is not None and fi == stop[0] else None
-        try:
-            fh = f.open("rb")
-        except OSError as e:
-            raise DataError(f"cannot read {f}: {e.strerror or e}") from None
+        fh = _open_text(f)
         with fh:
             buf, base, pos = b"", 0, 0  # buf holds the file's bytes from offset base on
             while True:
@@ -133,10 +175,11 @@ def _lines_backward(files: list[Path]):
     one back, long lines in pieces."""
     for fi in range(len(files) - 1, -1, -1):
         f = files[fi]
+        fh = _open_text(f)
         try:
-            fh = f.open("rb")
-            size = os.fstat(fh.fileno()).st_size
+            size = fh.seek(0, os.SEEK_END)
         except OSError as e:
+            fh.close()
             raise DataError(f"cannot read {f}: {e.strerror or e}") from None
         with fh:
             buf, pos = b"", size  # buf holds the bytes from pos on that are not yet given out
@@ -175,7 +218,8 @@ def _encode(tokenizer, lines) -> "array":
     """Token ids of the non-empty lines (each line alone, without special tokens)."""
     from array import array
 
-    texts = [t for raw in lines for t in raw.decode("utf-8", errors="replace").splitlines() if t.strip()]
+    texts = [t for raw in lines for t in raw.decode("utf-8", errors="replace").lstrip("\ufeff").splitlines()
+             if t.strip()]
     out = array("i")
     if texts:
         for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
@@ -382,16 +426,24 @@ def read_task(folder: str | Path, split: str) -> Task:
         raise DataError(f"missing {f.name} in task folder {folder}")
     check_data_path(f, "the task file")
     rows = []
+    reader = None
     try:
-        # utf-8-sig: a byte-order mark before the header is not part of its first column's name
-        with f.open(encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-            for r in reader:
-                rows.append((reader.line_num, r))
+        # the encoding as for text data: a byte-order mark (UTF-8, -16, -32) is not part of the
+        # header's first column's name; NUL-heavy bytes without one are refused
+        raw = safeio.read_bytes(f)
+        codec = safeio.detect_encoding(raw[:4096], f)
+        text = safeio.decode(raw, f)
+        del raw
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+        for r in reader:
+            rows.append((reader.line_num, r))
+    except safeio.EncodingRefused as e:
+        raise DataError(str(e)) from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{f} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        what = "UTF-8" if codec.startswith("utf-8") else codec.upper()
+        raise DataError(f"{f} is not {what} text ({e.reason} at byte {e.start})") from None
     except csv.Error as e:  # a field over the csv module's size limit, a NUL byte, ...
-        raise DataError(f"{f}, line {reader.line_num}: {e}") from None
+        raise DataError(f"{f}, line {reader.line_num if reader else 1}: {e}") from None
     except OSError as e:
         raise DataError(f"cannot read {f}: {e.strerror or e}") from None
     rows = [(n, r) for n, r in rows if any(c.strip() for c in r)]  # blank lines

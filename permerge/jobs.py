@@ -6,6 +6,7 @@ No Streamlit here: a page reads ``JobHandle.snapshot()`` and draws it.
 """
 from __future__ import annotations
 
+import atexit
 import contextvars
 import threading
 import time
@@ -92,6 +93,30 @@ class JobHandle:
                     "fraction": self.fraction()}
 
 
+_LIVE: dict[threading.Thread, "JobHandle"] = {}  # job threads still running, with their handles
+_LIVE_LOCK = threading.Lock()
+STOP_WAIT_S = 10.0
+
+
+def stop_all(wait_s: float = STOP_WAIT_S) -> int:
+    """Cancel every running job and wait (up to ``wait_s`` in all) for its thread to end; returns
+    how many are still running.  Registered with ``atexit``: a job thread left inside torch's C++
+    code while the interpreter tears down (a server stopped by SIGTERM) can abort the process
+    ("terminate called without an active exception"); cancelled, it leaves at its next progress
+    step."""
+    with _LIVE_LOCK:
+        live = list(_LIVE.items())
+    for _, h in live:
+        h.cancel()
+    end = time.time() + wait_s
+    for t, _ in live:
+        t.join(max(0.0, end - time.time()))
+    return sum(t.is_alive() for t, _ in live)
+
+
+atexit.register(stop_all)
+
+
 class JobManager:
     def __init__(self):
         self._jobs: dict[str, JobHandle] = {}
@@ -107,7 +132,10 @@ class JobManager:
             h = self._jobs[key] = JobHandle(key, label)
         # the job runs in its submitter's context (e.g. a dashboard session's download switch)
         ctx = contextvars.copy_context()
-        threading.Thread(target=ctx.run, args=(self._run, h, fn), daemon=True, name=f"permerge-{key[:24]}").start()
+        t = threading.Thread(target=ctx.run, args=(self._run, h, fn), daemon=True, name=f"permerge-{key[:24]}")
+        with _LIVE_LOCK:
+            _LIVE[t] = h
+        t.start()
         return h
 
     def get(self, key: str) -> JobHandle | None:
@@ -132,3 +160,5 @@ class JobManager:
             h.state, h.error = "error", f"{type(e).__name__}: {e}"
         finally:
             h.finished = time.time()
+            with _LIVE_LOCK:
+                _LIVE.pop(threading.current_thread(), None)

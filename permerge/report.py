@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .bidi import escape_bidi
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 MAX_NAME = 180  # characters of a file name before its extension (file systems allow 255 bytes)
@@ -135,10 +136,11 @@ code { background: #f3f3f3; padding: 0 0.25em; border-radius: 3px; }
 
 
 def _e(s) -> str:
-    return html.escape(str(s), quote=True)
+    return html.escape(escape_bidi(s), quote=True)
 
 
 def _table(df: pd.DataFrame, floats: str = "{:.4f}") -> str:
+    df = df.rename(columns=escape_bidi).map(lambda v: escape_bidi(v) if isinstance(v, str) else v)
     return df.to_html(index=False, escape=True, na_rep="–", border=0,
                       float_format=lambda v: floats.format(v))
 
@@ -180,7 +182,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
                            config={"displaylogo": False, "responsive": True})
 
     def pt(s) -> str:  # a user's string inside a Plotly title
-        return html.escape(str(s), quote=False)
+        return html.escape(escape_bidi(s), quote=False)
 
     body.append(f"<h1>{_e(title)}</h1>")
     body.append(f'<p class="caption">Computed for {_e(about)}. Made with permerge {_e(version)} on '
@@ -286,6 +288,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
                 "button above each saves a PNG. This file needs no network.</p>")
 
     js = get_plotlyjs()
+    body = [escape_bidi(part) for part in body]  # what reached the text of the page any other way
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{CSS}</style>"
             f"<script type=\"text/javascript\">{js}</script></head>\n<body>\n" + "\n".join(body)

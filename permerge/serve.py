@@ -5,6 +5,13 @@ accepts only ``Host`` headers naming 127.0.0.1, localhost, the bound address or 
 ``--allowed-host`` (Streamlit's ``server.allowedHosts``), so a page that rebinds its DNS name to this
 machine cannot drive it.  Every setting of the checkout's ``.streamlit/config.toml`` is passed on the
 command line, so an installed package, run from any folder, behaves the same.
+
+The server never connects outside: Streamlit looks up this machine's external address (an HTTP
+request to checkip.amazonaws.com) and its network address (a socket towards 8.8.8.8) to print URLs
+and whenever a WebSocket arrives from an origin it does not know.  No setting turns that off, so
+the server is started through ``OFFLINE_PATCH``, which replaces both look-ups by "unknown" before
+Streamlit starts (``app.py`` applies the same patch for ``streamlit run app.py``); the origins of
+``--allowed-host`` names are allowed explicitly instead.
 """
 from __future__ import annotations
 
@@ -15,20 +22,44 @@ from pathlib import Path
 from .errors import PermergeError
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+ANY_ADDRESS = ("0.0.0.0", "::", "")
+# Run before Streamlit: its address look-ups answer "unknown" instead of asking the network.
+OFFLINE_PATCH = ("from streamlit import net_util as _n\n"
+                 "_n.get_external_ip = lambda: None\n"
+                 "_n.get_internal_ip = lambda: None\n")
+_LAUNCHER = OFFLINE_PATCH + ("import sys\n"
+                             "from streamlit.web import cli\n"
+                             "sys.argv = ['streamlit', *sys.argv[1:]]\n"
+                             "sys.exit(cli.main(prog_name='streamlit'))\n")
 
 
 def streamlit_argv(app: Path, host: str = "127.0.0.1", port: int = 8501, allowed_hosts=()) -> list[str]:
     """The ``python -m streamlit run`` command line for ``app``."""
     hosts = sorted({*LOOPBACK_NAMES, host, *allowed_hosts})
     browser = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    argv = [sys.executable, "-m", "streamlit", "run", str(app),
+    argv = [sys.executable, "-c", _LAUNCHER, "run", str(app),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--server.fileWatcherType", "none", "--server.enableCORS", "true",
             "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
             "--browser.serverAddress", browser, "--client.toolbarMode", "minimal"]
     for h in hosts:
         argv += ["--server.allowedHosts", h]
+    for h in sorted(set(allowed_hosts) - set(LOOPBACK_NAMES)):  # the WebSocket's Origin check
+        argv += ["--server.corsAllowedOrigins", f"http://{h}:{port}", "--server.corsAllowedOrigins", f"https://{h}:{port}"]
     return argv
+
+
+def lan_hint(host: str, port: int, allowed_hosts=()) -> str | None:
+    """For a server on every address without ``--allowed-host``: the exact command that lets the
+    other machines' browsers in (the page loads for them, but its WebSocket is refused)."""
+    if host not in ANY_ADDRESS or set(allowed_hosts) - set(LOOPBACK_NAMES):
+        return None
+    import socket
+
+    name = socket.gethostname() or "NAME"  # this machine's own name: no network look-up
+    return (f"note: other machines' browsers are refused until you name the address they use; restart with "
+            f"`permerge dashboard --host {host} --port {port} --allowed-host {name}` (or --allowed-host with this "
+            "machine's IP address or DNS name)")
 
 
 def prepare(host: str, port: int, allowed_hosts=()) -> tuple[list[str], dict]:
@@ -59,6 +90,9 @@ def run(host: str = "127.0.0.1", port: int = 8501, allowed_hosts=()) -> int:
 
     print(f"permerge dashboard on http://{host}:{port} (bundled checkpoints: {zoo.ZOO_DIR}); Ctrl-C stops it",
           file=sys.stderr, flush=True)
+    hint = lan_hint(host, port, allowed_hosts)
+    if hint:
+        print(hint, file=sys.stderr, flush=True)
     sys.stdout.flush()
     if os.name == "posix":
         os.execve(argv[0], argv, env)

@@ -175,6 +175,14 @@ class WeightMatcher:
     def _solve(self, coord: str, S: np.ndarray | None = None) -> AttentionMatch:
         """The best permutation of one coordinate (an attention group: with its query/key group)."""
         S = self.similarity(self.solve_on[coord]) if S is None else S
+        if not np.isfinite(S).all():  # products of very large (finite) weights overflow float32
+            from .errors import StatisticsError
+
+            names = sorted({n for n, _, _ in self.solve_on.get(coord, ())})
+            big = max((float(self.wa[n].abs().max()) for n in names), default=float("nan"))
+            raise StatisticsError(f"weight matching: the similarity of {coord} is not finite (weights too large "
+                                  f"to multiply in float32: max |w| of A there is {big:.3g}); rescale the checkpoints "
+                                  "or use activation matching")
         g = self.spec.groups.get(coord)
         if g is not None and g.kind == "att":
             qk = self.linked.get(coord)

@@ -137,6 +137,10 @@ def _worker(rank, world, port, result_path):
     if rank == 0:
         torch.save({g: s.to_numpy() for g, s in res.points.items()} | {"_half": res.at(0.5)["ff.1"].to_numpy(),
                                                                         "_tokens": res.tokens}, result_path)
+    # no rank tears its connections down while another still uses them (rank 0 writes the result and
+    # hosts the rendezvous store): a barrier first, then each process destroys its own group while
+    # Python is alive, not gloo's threads at interpreter exit
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -216,7 +216,7 @@ def test_dashboard_command_line_listens_locally_and_restricts_hosts():
         return pairs
 
     argv = serve.streamlit_argv(ROOT / "app.py")
-    assert argv[:5] == [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py")]
+    assert argv[:5] == [sys.executable, "-c", serve._LAUNCHER, "run", str(ROOT / "app.py")]
     o = opts(argv)
     assert o["--server.address"] == ["127.0.0.1"] and o["--server.port"] == ["8501"]
     assert o["--server.allowedHosts"] == ["127.0.0.1", "localhost"]

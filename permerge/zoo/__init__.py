@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import stat
 from collections import Counter
 from pathlib import Path
 
@@ -93,6 +94,18 @@ def resolve(source: str) -> str:
                         "data: zoo:align.txt, zoo:eval.txt, zoo:tasks/TASK)")
 
 
+def _warn(message: str) -> None:
+    """permerge's one-line warning; a plain one when this module is loaded on its own."""
+    try:
+        from ..errors import warn
+    except ImportError:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+        return
+    warn(message)
+
+
 def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[dict]:
     """Bundled checkpoints, sorted by (kind, task, seed).
 
@@ -108,9 +121,24 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
         if not d.is_dir() or d.name.endswith((".tmp", ".old")) or not meta_path.is_file() \
                 or not (d / "config.json").is_file():
             continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        meta = cfg = None
+        for f in ("permerge.json", "config.json"):
+            try:
+                if not stat.S_ISREG(os.stat(d / f).st_mode):  # a FIFO would block the read
+                    raise OSError(f"{f} is not a regular file")
+                value = json.loads((d / f).read_bytes())
+            except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deep
+                _warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: unreadable {f} ({type(e).__name__})")
+                break
+            meta, cfg = (value, cfg) if f == "permerge.json" else (meta, value)
+        if cfg is None:
+            continue
+        if not (isinstance(meta, dict) and isinstance(cfg, dict) and isinstance(meta.get("kind"), str)
+                and isinstance(meta.get("metrics") or {}, dict)
+                and all(isinstance(meta.get(k), (str, type(None))) for k in ("task", "base"))
+                and all(isinstance(meta.get(k), (int, type(None))) and not isinstance(meta.get(k), bool)
+                        for k in ("seed", "num_labels"))):
+            _warn(f"skipped {d.name} in {CHECKPOINTS_DIR}: its permerge.json is not a checkpoint record of the zoo")
             continue
         entry = {
             "name": d.name,
@@ -118,7 +146,8 @@ def list_checkpoints(kind: str | None = None, task: str | None = None) -> list[d
             "kind": meta.get("kind"),
             "task": meta.get("task"),
             "seed": meta.get("seed"),
-            "metrics": dict(meta.get("metrics") or {}),
+            "metrics": {str(k): v for k, v in (meta.get("metrics") or {}).items()
+                        if isinstance(v, (int, float, str)) and not isinstance(v, bool)},
         }
         if meta.get("kind") == "classifier":
             entry["base"] = meta.get("base")

@@ -333,7 +333,11 @@ def main(argv=None) -> int:
             local = pack.read_manifest(args.pack, verify=False)["sha256"]
         else:
             _log(f"  note: no pack at {args.pack}; the archives' pack checksum is not compared with a local one")
-        pack.adopt(args.from_dir.resolve(), ckpts, pack_sha256=local, log=_log)
+        from . import adopt_check
+
+        evaltxt = args.pack / pack.EVAL_FILE if (args.pack / pack.EVAL_FILE).is_file() else data / "eval.txt"
+        pack.adopt(args.from_dir.resolve(), ckpts, pack_sha256=local, log=_log,
+                   limits=adopt_check.limits(recipe_from_args(args)), verify=adopt_check.verifier(evaltxt))
         timings["adopt"] = time.time() - t
 
     if "finetune" in stages:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import lzma
+import os
 import re
 import shutil
 import tarfile
@@ -92,6 +93,11 @@ def write_pack(pack_dir: Path, tok_dir: Path, stream, eval_txt: Path, log=print)
                             "limit (use --train-tokens to pack fewer training tokens)")
     if pack_dir.exists() and not _is_pack(pack_dir):
         raise PermergeError(f"{pack_dir} exists and is not a zoo pack: refusing to replace it (choose another --pack)")
+    if pack_dir.exists():
+        extra = _unlisted_files(pack_dir)
+        if extra:
+            raise PermergeError(f"{pack_dir} holds {extra[0]}, which the pack stage did not write: refusing to replace "
+                                "the pack (move the file away or choose another --pack)")
     pack_dir.parent.mkdir(parents=True, exist_ok=True)
     _replace_dir(pack_dir, {**contents, MANIFEST: mbytes})
     return manifest | {"sha256": hashlib.sha256(mbytes).hexdigest(), "total_bytes": total}
@@ -105,17 +111,48 @@ def _is_pack(folder: Path) -> bool:
         return False
 
 
-def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (relative name -> bytes) into a new folder beside ``target`` and rename it into
-    place; a folder already at ``target`` is moved aside first and removed after.  The temporary
-    names are new ones, so nothing else beside ``target`` is touched."""
+def _unlisted_files(pack_dir: Path) -> list[str]:
+    """Files and folders in an existing pack that its manifest does not list (the user's)."""
+    try:
+        listed = set(json.loads((Path(pack_dir) / MANIFEST).read_text()).get("files") or {}) | {MANIFEST}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return [MANIFEST]
+    dirs = {str(Path(n).parent) for n in listed if "/" in n}
+    found = []
+    for p in sorted(Path(pack_dir).rglob("*")):
+        rel = str(p.relative_to(pack_dir))
+        if p.is_symlink() or not (rel in listed if p.is_file() else rel in dirs and p.is_dir()):
+            found.append(rel)
+    return found
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _stage_dir(target: Path, files: dict[str, bytes]) -> Path:
+    """``files`` (relative name -> bytes) written into a new folder beside ``target``, with the
+    permissions of an ordinary folder (mkdtemp's are 0700)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         for name, b in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(b)
-        old = None
-        if target.exists():
+        os.chmod(tmp, 0o777 & ~_umask())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _swap_in(target: Path, tmp: Path) -> None:
+    """Rename the staged folder ``tmp`` to ``target``; what was at ``target`` (a folder, or a link
+    to one) is moved aside under a new name first and removed after (a link: only the link)."""
+    old = None
+    try:
+        if target.exists() or target.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             old.rmdir()
             target.rename(old)
@@ -124,7 +161,17 @@ def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_dir(target: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into a new folder beside ``target`` and rename it into place (see
+    ``_stage_dir`` and ``_swap_in``).  The temporary names are new ones, so nothing else beside
+    ``target`` is touched."""
+    _swap_in(target, _stage_dir(target, files))
 
 
 def pack_bytes(pack_dir: Path) -> int:
@@ -219,24 +266,138 @@ def archive_checkpoint(ckpt: Path, dest: Path) -> dict:
 
 _MEMBER = re.compile(r"^[A-Za-z0-9._-]+$")
 _ARCHIVE = re.compile(r"^mlm-seed[0-9]+\.tar$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NEEDED = ("config.json", "model.safetensors", "permerge.json", "tokenizer.json")
+# the files a checkpoint of the zoo holds (train.save_checkpoint); a folder without the adopt
+# record (ADOPTED) is replaced only if it holds nothing else
+_ZOO_FILES = frozenset(_NEEDED + ("README.md", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                                  "generation_config.json"))
+ADOPTED = ".permerge-adopted.json"  # what adopt wrote into a checkpoint folder: name -> size, sha256
+ADOPT_MAX_MEMBERS = 16
+# without limits from the recipe: a member of at most 64 MiB (the weights of the bundled family are ~10)
+DEFAULT_LIMITS = {"members": ADOPT_MAX_MEMBERS, "weights_bytes": 64 * MiB, "other_bytes": 8 * MiB}
 
 
-def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print) -> list[str]:
+def _returned_record(rpath: Path) -> dict:
+    """returned.json, its schema checked: {format, pack_sha256?, archives: {name: {bytes, sha256}}}."""
+    try:
+        returned = json.loads(rpath.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise PermergeError(f"{rpath} is not valid JSON") from None
+    if not isinstance(returned, dict):
+        raise PermergeError(f"{rpath}: expected a JSON object, not {type(returned).__name__}")
+    if returned.get("format") != RETURNED_FORMAT:
+        raise PermergeError(f"{rpath}: unknown format {str(returned.get('format'))[:80]!r}")
+    if not isinstance(returned.get("pack_sha256", ""), (str, type(None))):
+        raise PermergeError(f"{rpath}: pack_sha256 is not a string")
+    archives = returned.get("archives")
+    if archives is None:
+        archives = {}
+    if not isinstance(archives, dict):
+        raise PermergeError(f"{rpath}: archives is not an object of archive name -> {{bytes, sha256}}")
+    for name, info in archives.items():
+        if not isinstance(info, dict) or not isinstance(info.get("bytes"), int) or isinstance(info.get("bytes"), bool) \
+                or info["bytes"] < 0 or not isinstance(info.get("sha256"), str) or not _SHA256.match(info["sha256"]):
+            raise PermergeError(f"{rpath}: the entry of archive {str(name)[:80]!r} is not {{bytes: int, sha256: hex}}")
+    return returned
+
+
+def _read_members(p: Path, name: str, limits: dict) -> dict[str, bytes]:
+    """An archive's files (``<name>/<file>``, regular files only), every header checked against the
+    limits before any member is read: member count, each member's real size (a sparse member counts
+    at its expanded size), the total (at most the archive's own size: the tar is uncompressed), no
+    name twice."""
+    size = p.stat().st_size
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(p, "r:") as tar:
+            members = []
+            for m in tar:
+                members.append(m)
+                if len(members) > limits["members"]:
+                    raise PermergeError(f"archive {p}: more than {limits['members']} members")
+            total = 0
+            for m in members:
+                parts = m.name.split("/")
+                if not m.isfile() or len(parts) != 2 or parts[0] != name or not _MEMBER.match(parts[1]) \
+                        or parts[1] in (".", ".."):
+                    raise PermergeError(f"archive {p}: unexpected member {m.name!r}")
+                if parts[1] in files:
+                    raise PermergeError(f"archive {p}: member {m.name!r} appears twice")
+                cap = limits["weights_bytes"] if parts[1].endswith(".safetensors") else limits["other_bytes"]
+                if m.size > cap:
+                    raise PermergeError(f"archive {p}: member {m.name!r} is {m.size / MiB:.1f} MiB, over the "
+                                        f"{cap / MiB:.1f} MiB such a file of this recipe can take")
+                total += m.size
+                if total > size:
+                    raise PermergeError(f"archive {p}: its members add up to more than the archive's own "
+                                        f"{size / MiB:.1f} MiB (sparse members?)")
+                files[parts[1]] = b""
+            for m in members:
+                f = tar.extractfile(m)
+                data = f.read(m.size + 1)
+                if len(data) != m.size:
+                    raise PermergeError(f"archive {p}: member {m.name!r} is not {m.size} bytes long")
+                files[m.name.split("/")[1]] = data
+    except tarfile.TarError as e:
+        raise PermergeError(f"archive {p} is not a readable tar archive: {e}") from None
+    return files
+
+
+def _replaceable(out: Path) -> str | None:
+    """Why the checkpoint folder ``out`` may not be replaced (None: it may): it must hold exactly
+    what adopt wrote there (its ADOPTED record), or, written by the pretrain stage, only the files
+    of a zoo checkpoint."""
+    if not out.exists() and not out.is_symlink():
+        return None
+    if not out.is_dir():
+        return f"{out} exists and is not a checkpoint of the zoo"
+    names = sorted(p.name for p in out.iterdir())
+    record = out / ADOPTED
+    if record.is_file():
+        try:
+            wrote = json.loads(record.read_text(encoding="utf-8"))
+            wrote = {k: (int(v["bytes"]), str(v["sha256"])) for k, v in wrote["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return f"{out / ADOPTED} is damaged"
+        for n in names:
+            if n == ADOPTED:
+                continue
+            f = out / n
+            if n not in wrote:
+                return f"{out} holds {n}, which adopt did not write"
+            if not f.is_file() or f.is_symlink() or f.stat().st_size != wrote[n][0] or sha256_file(f) != wrote[n][1]:
+                return f"{out / n} was changed after adopt wrote it"
+        return None
+    if not (out / "permerge.json").is_file():
+        return f"{out} exists and is not a checkpoint of the zoo"
+    extra = [n for n in names if n not in _ZOO_FILES or not (out / n).is_file() or (out / n).is_symlink()]
+    if extra:
+        return f"{out} holds {extra[0]}, which is not a file of a zoo checkpoint"
+    return None
+
+
+def _record(files: dict[str, bytes]) -> bytes:
+    return (json.dumps({"files": {n: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                                  for n, b in sorted(files.items())}}, indent=1, sort_keys=True) + "\n").encode()
+
+
+def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print, limits: dict | None = None,
+          verify=None) -> list[str]:
     """Verify the GPU step's archives in ``from_dir`` against its ``returned.json`` and unpack them
-    into ``ckpts`` (each checkpoint written as ``<name>.tmp`` and renamed into place).  Every archive
-    is checked before anything is written.  Classifiers fine-tuned from a replaced MLM are removed
-    (the finetune stage makes them again).  Returns the adopted checkpoint names."""
+    into ``ckpts``.  Before anything is replaced: returned.json's schema, every archive's checksum,
+    its members against ``limits`` (count, per-member and total size, no duplicates), each checkpoint
+    written to a temporary folder beside its place and, with ``verify(folder)``, loaded and evaluated
+    there (PermergeError if it is not usable); a folder at a checkpoint's place must hold exactly
+    what adopt (or the pretrain stage) wrote.  Then each staged folder is renamed into place, with a
+    record of what was written.  Nothing else is removed: classifiers fine-tuned from a replaced MLM
+    are reported (the finetune stage makes them again).  Returns the adopted checkpoint names."""
     from_dir, ckpts = Path(from_dir), Path(ckpts)
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
     rpath = from_dir / RETURNED
     if not rpath.is_file():
         raise PermergeError(f"{from_dir} has no {RETURNED}: not the output folder of the GPU step")
-    try:
-        returned = json.loads(rpath.read_text())
-    except ValueError:
-        raise PermergeError(f"{rpath} is not valid JSON") from None
-    if returned.get("format") != RETURNED_FORMAT:
-        raise PermergeError(f"{rpath}: unknown format {returned.get('format')!r}")
+    returned = _returned_record(rpath)
     if pack_sha256 and returned.get("pack_sha256") != pack_sha256:
         raise PermergeError(f"the archives in {from_dir} were trained from pack {returned.get('pack_sha256')}, "
                             f"not from the local pack {pack_sha256}")
@@ -254,40 +415,47 @@ def adopt(from_dir: Path, ckpts: Path, pack_sha256: str | None = None, log=print
         if p.stat().st_size != info["bytes"] or sha256_file(p) != info["sha256"]:
             raise PermergeError(f"archive {p} does not match its checksum in {RETURNED}")
         name = fname[:-4]
-        files: dict[str, bytes] = {}
-        with tarfile.open(p, "r:") as tar:
-            for m in tar.getmembers():
-                parts = m.name.split("/")
-                if not m.isfile() or len(parts) != 2 or parts[0] != name or not _MEMBER.match(parts[1]) \
-                        or parts[1] in (".", ".."):
-                    raise PermergeError(f"archive {p}: unexpected member {m.name!r}")
-                files[parts[1]] = tar.extractfile(m).read()
+        files = _read_members(p, name, limits)
         missing = [f for f in _NEEDED if f not in files]
         if missing:
             raise PermergeError(f"archive {p} lacks {', '.join(missing)}")
+        if ADOPTED in files:
+            raise PermergeError(f"archive {p}: unexpected member {name}/{ADOPTED}")
         try:
             meta = json.loads(files["permerge.json"])
             summary = (f"eval MLM loss {float(meta['metrics']['eval_mlm_loss']):.3f} ({int(meta['steps'])} steps, "
                        f"{meta['device']})")
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise PermergeError(f"archive {p}: permerge.json is not a checkpoint record of the GPU step") from None
         if meta.get("kind") != "mlm":
             raise PermergeError(f"archive {p} does not hold an MLM checkpoint")
-        out = ckpts / name
-        if out.exists() and not (out / "permerge.json").is_file():
-            raise PermergeError(f"{out} exists and is not a checkpoint of the zoo: refusing to replace it")
+        why = _replaceable(ckpts / name)
+        if why:
+            raise PermergeError(f"{why}: refusing to replace it (move it away, or adopt into another --out)")
         members[name] = files
         summaries[name] = summary
     ckpts.mkdir(parents=True, exist_ok=True)
-    for name, files in members.items():
-        _replace_dir(ckpts / name, files)
-        log(f"  adopted {name}: {summaries[name]}")
-    for pj in sorted(ckpts.glob("*/permerge.json")):
-        d = pj.parent
-        if d.name.endswith((".tmp", ".old")):
+    staged: dict[str, Path] = {}
+    try:
+        for name, files in members.items():
+            staged[name] = _stage_dir(ckpts / name, {**files, ADOPTED: _record(files)})
+            if verify is not None:
+                verify(staged[name], name)
+        for name in members:
+            _swap_in(ckpts / name, staged.pop(name))
+            log(f"  adopted {name}: {summaries[name]}")
+    finally:
+        for tmp in staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+    for d in sorted(ckpts.iterdir()):
+        if d.name.startswith(".") or d.name in members:
             continue
-        meta = json.loads(pj.read_text())
-        if meta.get("kind") == "classifier" and meta.get("base") in members:
-            shutil.rmtree(d)
-            log(f"  removed {d.name} (fine-tuned from the replaced {meta['base']})")
+        try:
+            meta = json.loads((d / "permerge.json").read_text(encoding="utf-8"))
+            base = meta.get("base") if isinstance(meta, dict) and meta.get("kind") == "classifier" else None
+        except (OSError, ValueError, RecursionError, AttributeError):
+            continue
+        if base in members:
+            log(f"  note: {d.name} was fine-tuned from the previous {base}, which adopt replaced; it is kept "
+                "(the finetune stage makes it again from the new one)")
     return sorted(members)
