@@ -178,7 +178,7 @@ class WeightMatcher:
         if not np.isfinite(S).all():  # products of very large (finite) weights overflow float32
             from .errors import StatisticsError
 
-            names = sorted({n for n, _, _ in self.solve_on.get(coord, ())})
+            names = sorted({e[0] for e in self.solve_on.get(coord, ())})
             big = max((float(self.wa[n].abs().max()) for n in names), default=float("nan"))
             raise StatisticsError(f"weight matching: the similarity of {coord} is not finite (weights too large "
                                   f"to multiply in float32: max |w| of A there is {big:.3g}); rescale the checkpoints "
