@@ -142,9 +142,11 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/permerge-mb", help="where the pair is written (once)")
     ap.add_argument("--settings", default="quick,default", help="comma-separated: quick, default")
     ap.add_argument("--command", action="store_true",
-                    help="also `permerge align` and `permerge interpolate` with their defaults but --tokens, "
-                         "--lambdas and --eval-blocks from --cli-args")
-    ap.add_argument("--cli-args", default="--tokens 4096 --lambdas 3 --eval-blocks 8")
+                    help="also `permerge align` and `permerge interpolate` on the bundled alignment text, with "
+                         "their defaults and --align-args / --interpolate-args")
+    ap.add_argument("--align-args", default="", help="extra options of `permerge align` (default: none)")
+    ap.add_argument("--interpolate-args", default="--tokens 4096 --lambdas 3 --eval-blocks 8",
+                    help="extra options of `permerge interpolate`")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -170,32 +172,20 @@ def main() -> None:
               f"first curve {e['first_curve_s']:.0f} s); peak RSS {peak / 1e9:.2f} GB (estimated "
               f"{e['peak_bytes'] / 1e9:.2f} GB, {e['peak_stage']}); load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.command:
-        extra = args.cli_args.split()
         data = str(ZOO / "data" / "align.txt")
         for cmd in ("align", "interpolate"):
             argv = [sys.executable, "-m", "permerge", cmd, str(a), str(b), "--data", data, "--device", "cpu",
                     "--quiet", "--out", str(root / f"out-{cmd}"), "--overwrite",
                     "--cache-dir", str(root / f"cache-{cmd}-{time.time():.0f}")]
-            argv += _cli_extra(cmd, extra)
+            extra = (args.align_args if cmd == "align" else args.interpolate_args).split()
+            argv += extra
             t = time.time()
             code, out, peak = run_child(argv, args.timeout)
             results[f"cli-{cmd}"] = {"argv": argv[1:], "seconds": time.time() - t, "peak_rss_children": peak, "exit": code}
-            print(f"permerge {cmd} {' '.join(_cli_extra(cmd, extra))}: exit {code}, {time.time() - t:.0f} s, "
+            print(f"permerge {cmd} {' '.join(extra)}: exit {code}, {time.time() - t:.0f} s, "
                   f"peak RSS {peak / 1e9:.2f} GB", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=float))
-
-
-def _cli_extra(cmd: str, extra: list[str]) -> list[str]:
-    """``extra`` for ``cmd``: align takes no --lambdas or --eval-blocks values worth passing."""
-    out, i = [], 0
-    while i < len(extra):
-        if cmd == "align" and extra[i] in ("--lambdas",):
-            i += 2
-            continue
-        out.append(extra[i])
-        i += 1
-    return out
 
 
 if __name__ == "__main__":
