@@ -29,6 +29,9 @@ ALIGN_BATCH, EVAL_BATCH = 16, 32
 PROBE_SEQUENCES = 8  # the B' check's probe batch
 MASKED = 0.15  # share of the evaluation tokens that the MLM head scores
 LOAD_S_PER_PARAM = 4e-8  # reading, validating and building one checkpoint, per parameter (measured)
+LOAD_FIXED_S = 2.0  # configs, tokenizers, the data's tokenisation and checks (measured on small pairs)
+SOLVE_OVERHEAD_S = 2e-4  # per assignment beyond its arithmetic (a head pair's small solve is mostly this)
+MEMORY_BYTES_S = 5e9  # memory traffic of the element-wise passes (correlations, lerp, float64 copies)
 
 _RATES: dict = {}
 
@@ -103,13 +106,15 @@ def sizes_of(source: str) -> Sizes:
 # --- calibration ---------------------------------------------------------------------------------------
 
 def _best(fn, repeats: int = 3) -> float:
+    """The median of ``repeats`` timed calls after a warm-up: other work on the machine shows in it
+    (a best-of would hide it)."""
     fn()  # warm-up
-    best = math.inf
+    times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return max(best, 1e-6)
+        times.append(time.perf_counter() - t)
+    return max(sorted(times)[len(times) // 2], 1e-6)
 
 
 def calibrate(hidden: int = 768, intermediate: int = 3072, device: str = "cpu") -> Rates:
@@ -192,7 +197,7 @@ def estimate(sizes: Sizes, *, tokens: int, lambdas: int, eval_blocks: int, align
     widths = list(sizes.groups.values())
     tok = math.ceil(max(1, tokens) / BLOCK) * BLOCK
     weight = matcher == "weight"
-    stages: dict[str, float] = {"loading checkpoints": 2 * P * LOAD_S_PER_PARAM}
+    stages: dict[str, float] = {"loading checkpoints": LOAD_FIXED_S + 2 * P * LOAD_S_PER_PARAM}
     enc_tok = L * layer_flops(d, f)
     if not weight and not cached_stats:
         products = sum(2 * (w + 1) ** 2 for w in widths)
@@ -201,25 +206,29 @@ def estimate(sizes: Sizes, *, tokens: int, lambdas: int, eval_blocks: int, align
         solves = []
         for g, w in sizes.groups.items():
             kind = sizes.kinds.get(g, "")
+            corr = 10 * 8 * w * w / MEMORY_BYTES_S  # the correlation matrix and its summaries
             if kind == "ff" and ff:
-                solves.append(assignment_seconds(w, rates))
+                solves.append(corr + assignment_seconds(w, rates))
             elif kind == "att" and attention != "vanilla":
                 dk = w // max(sizes.heads, 1)
-                solves.append({"head-perm": sizes.heads ** 2, "monotonic": sizes.heads}.get(attention, 0)
-                              * assignment_seconds(dk, rates) + (assignment_seconds(w, rates)
-                                                                 if attention == "ignore-heads" else 0.0))
+                n = {"head-perm": sizes.heads ** 2, "monotonic": sizes.heads}.get(attention, 0)
+                solves.append(corr + n * (assignment_seconds(dk, rates) + SOLVE_OVERHEAD_S)
+                              + (assignment_seconds(w, rates) if attention == "ignore-heads" else 0.0))
+            else:
+                solves.append(corr)
         if residual != "identity":
             solves += [assignment_seconds(d, rates)] * (2 * L + 1 if residual == "separate" else 1)
         # longest first over ``workers`` threads: the longest solve or the even share, whichever is more
         stages["assignments"] = max(max(solves, default=0.0), sum(solves) / workers)
     eval_tok = eval_blocks * BLOCK
     head_tok = (d * d + d * V) * 2 if sizes.evaluation == "mlm" else 0
-    per_point = eval_tok * (enc_tok + MASKED * head_tok) / rates.forward + 3 * P * 4 / 5e9  # + the lerp
+    per_point = eval_tok * (enc_tok + MASKED * head_tok) / rates.forward + 3 * P * 4 / MEMORY_BYTES_S  # + the lerp
     stages["vanilla curve"] = lambdas * per_point
     if aligned:
         stages["aligned curve"] = (lambdas - 1) * per_point  # lambda = 1 (A) is shared with vanilla
     probe = PROBE_SEQUENCES * BLOCK
-    stages["B' check"] = 2 * probe * (enc_tok + 2 * d * V) / rates.float64 + 2 * 2 * P * 8 / 2e9
+    # B' built, then B and B' in float64 one after the other over the probe batch (logits everywhere)
+    stages["B' check"] = 2 * probe * (enc_tok + 2 * d * V) / rates.float64 + (4 + 2 * 12) * P / MEMORY_BYTES_S
     seconds = sum(stages.values())
     before = sum(v for k, v in stages.items() if k in ("loading checkpoints", "statistics pass", "assignments"))
     first_point = before + per_point
