@@ -147,6 +147,9 @@ def main() -> None:
     ap.add_argument("--align-args", default="", help="extra options of `permerge align` (default: none)")
     ap.add_argument("--interpolate-args", default="--tokens 4096 --lambdas 3 --eval-blocks 8",
                     help="extra options of `permerge interpolate`")
+    ap.add_argument("--lambdas", type=int, default=None,
+                    help="λ points instead of the settings' own: a shorter run with the same peak memory and the same "
+                         "time to the first point (the complete curve then has fewer points)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -159,8 +162,10 @@ def main() -> None:
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, commit {commit}, "
           f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     results = {}
-    for name in args.settings.split(","):
+    for name in [x for x in args.settings.split(",") if x]:
         s = settings_for(name, a)
+        if args.lambdas:
+            s["lambdas"] = args.lambdas
         spec = {**s, "a": str(a), "b": str(b), "cache": str(root / f"cache-{name}-{time.time():.0f}")}
         code, out, peak = run_child([sys.executable, __file__, "--child", json.dumps(spec)], args.timeout)
         r = json.loads(next(line for line in out.splitlines() if line.startswith("{")))
