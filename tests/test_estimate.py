@@ -95,6 +95,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_estimate_against_a_measured_run(tmp_path):
     """A pair of hidden 256, 4 layers, through the dashboard's job in a fresh process: peak resident memory
     within 35 % of the estimate and the job's time within a factor 3 either way (CPU cores shared with
