@@ -7,8 +7,7 @@ from dashboard.state import about_caption, job_key, pair_title, registry, requir
 from dashboard.figures import fig_name, show_figure
 from permerge import plots, work
 from permerge.compare import matcher_options
-from permerge.pipeline import Job
-from permerge.study import snapshot_batch_size
+from permerge.study import data_amount_job
 
 st.title("Amount of data")
 st.markdown(
@@ -29,7 +28,7 @@ tokens = c1.number_input("Alignment tokens (the whole pass)", MIN_TOKENS, MAX_TO
                          help="The snapshots are fractions of this pass, cut in batches small enough that the "
                               "first snapshots differ (at least 64 batches).")
 lambdas = c2.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)
-job = Job(**{**run.job.to_dict(), "tokens": int(tokens), "batch_size": snapshot_batch_size(int(tokens))})
+job = data_amount_job(run.job, int(tokens))
 key = job_key("data_amount", job=job.to_dict(), options=run.options.to_dict(), lambdas=int(lambdas))
 if st.button("Compute", type="primary"):
     start("amount", run, key, work.data_amount_work(registry(), job, run.options, int(lambdas)), "amount of data")

@@ -10,6 +10,7 @@ from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_ST
 from dashboard.deadline import within_deadline
 from dashboard.figures import fig_name, show_figure
 from dashboard.hubpick import KNOWN, downloads_switch, known
+from dashboard import estimate as job_estimate
 from dashboard.text import md
 from permerge import plots, work, zoo
 from permerge.align import AlignOptions
@@ -272,6 +273,7 @@ if ready:
               device=device, eval_blocks=int(eval_blocks), eval_examples=int(eval_examples) or None,
               exclude_special=exclude_special)
 key = job_key("pair", job=job.to_dict() if job else None, options=options.to_dict(), lambdas=int(lambdas))
+job_estimate.show(job, options, int(lambdas))  # time and peak memory before Run; quick settings
 
 pending = ss.get(PENDING_STATE)
 running = pending is not None and jobs().get(pending.key) is not None and jobs().get(pending.key).active

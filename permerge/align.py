@@ -132,15 +132,25 @@ def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: Ali
         grp = spec.groups[name]
         C = corr(name)
         if grp.kind == "ff" and options.ff:
-            return AttentionMatch(assign(C, options.absolute)), True
-        if grp.kind == "att" and options.attention != "vanilla":
+            am, aligned = AttentionMatch(assign(C, options.absolute)), True
+        elif grp.kind == "att" and options.attention != "vanilla":
             linked = spec.groups.get(grp.qk) if grp.qk else None
-            return match_attention(C, grp.heads, options.attention, options.absolute, grp.kv_heads,
-                                   corr(grp.qk) if linked is not None and grp.qk in points else None,
-                                   linked.fixed if linked is not None else 0), True
-        if grp.kind == "pooler" and options.pooler:
-            return AttentionMatch(assign(C, options.absolute)), True
-        return None, False  # a residual point (its permutation comes from res_keys) or left alone
+            am, aligned = match_attention(C, grp.heads, options.attention, options.absolute, grp.kv_heads,
+                                          corr(grp.qk) if linked is not None and grp.qk in points else None,
+                                          linked.fixed if linked is not None else 0), True
+        elif grp.kind == "pooler" and options.pooler:
+            am, aligned = AttentionMatch(assign(C, options.absolute)), True
+        else:
+            am, aligned = None, False  # a residual point (its permutation comes from res_keys) or left alone
+        if grp.kind in ("res", "qk"):  # its permutation may be solved elsewhere (residual, attention): keep C
+            return am, aligned, None
+        # summarised now and let go: the correlation matrices of every group at once would hold as
+        # much memory as the float64 statistics themselves (1.08 GB for bert-base)
+        perm = am.perm if am is not None else np.arange(grp.size)
+        summary = (float(np.mean(np.diag(C))), _mean_matched(C, perm))
+        with lock:
+            corr_cache.pop(name, None)
+        return am, aligned, summary
 
     tasks = [(("res", k), k) for k in dict.fromkeys(res_keys.values())] + [(("group", g), g) for g in names]
     width = lambda key: spec.hidden if key == "pooled" else spec.groups[key].size  # noqa: E731
@@ -150,7 +160,13 @@ def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: Ali
 
     def run(task):
         kind, key = task
-        return assign(corr(key), options.absolute) if kind == "res" else solve_group(key)
+        if kind == "group":
+            return solve_group(key)
+        perm = assign(corr(key), options.absolute)
+        if key not in spec.groups or spec.groups[key].kind != "res":  # e.g. the pooled statistics of All
+            with lock:
+                corr_cache.pop(key, None)
+        return perm
 
     def finished(task, value):
         nonlocal done_groups
@@ -180,19 +196,21 @@ def compute_alignment(spec: ArchSpec, points: dict[str, PairStats], options: Ali
     out = Alignment(options)
     for name in names:
         grp = spec.groups[name]
-        C = corr(name)
-        am, aligned = results["group", name]
+        am, aligned, summary = results["group", name]
         if grp.kind == "res" and name in res_keys:
             am, aligned = AttentionMatch(results["res", res_keys[name]]), True
         if grp.kind == "qk":  # solved with its attention group: the same heads, its own inner permutation
             owner = next((g for g in names if spec.groups[g].qk == name), None)
-            got = results.get(("group", owner), (None, False)) if owner else (None, False)
+            got = results.get(("group", owner), (None, False, None)) if owner else (None, False, None)
             if got[0] is not None and got[0].qk is not None:
                 am, aligned = AttentionMatch(got[0].qk, got[0].head_cost, got[0].outer), True
         if am is None:
             am = AttentionMatch(np.arange(grp.size))
-        out.groups[name] = GroupResult(name, grp.kind, am.perm, float(np.mean(np.diag(C))),
-                                       _mean_matched(C, am.perm), aligned, am.head_cost, am.outer)
+        if summary is None:
+            C = corr(name)
+            summary = (float(np.mean(np.diag(C))), _mean_matched(C, am.perm))
+        out.groups[name] = GroupResult(name, grp.kind, am.perm, summary[0], summary[1], aligned, am.head_cost,
+                                       am.outer)
     return out
 
 

@@ -91,12 +91,34 @@ class ValueFormatError(ValueError):
     """Bytes from the cache that are not a value of the expected form."""
 
 
+# A value whose arrays hold more than this many bytes is written to the cache through a temporary
+# file (streamed, 16 MiB at a time) instead of through bytes in memory: bert-base statistics are
+# 1.08 GB, which an in-memory archive and its bytes would hold twice more while being stored.
+STREAM_BYTES = 64 << 20
+
+
 def encode(value) -> bytes:
     """A value (None, bool, int, float, str, bytes, lists, tuples, dicts, NumPy arrays, CPU
     tensors, the classes in ``_CLASSES``) as an ``.npz`` archive: arrays ``a0``, ``a1``, ... and
     the structure as JSON in ``meta``."""
-    import dataclasses
     import io
+
+    arrays = _encoded(value)
+    buf = io.BytesIO()
+    _savez(buf, arrays)
+    return buf.getvalue()
+
+
+def _savez(fh, arrays: dict) -> None:
+    import numpy as np
+
+    np.savez(fh, **arrays)
+
+
+def _encoded(value) -> dict:
+    """The arrays of ``encode``'s archive, ``meta`` included (views of the value's arrays where
+    they are contiguous: nothing is copied)."""
+    import dataclasses
 
     import numpy as np
 
@@ -135,9 +157,7 @@ def encode(value) -> bytes:
 
     meta = json.dumps(enc(value), allow_nan=True).encode()
     arrays["meta"] = np.frombuffer(meta, dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    return arrays
 
 
 def decode(blob) -> object:
@@ -552,9 +572,23 @@ class ResultCache:
 
     def set(self, key: str, value) -> bool:
         """Store; on a write failure (disk full) warn, remove what was half written, return False."""
-        blob = encode(value)  # a TypeError for a value the cache cannot hold: a programming error
+        import io
+        import tempfile
+
+        arrays = _encoded(value)  # a TypeError for a value the cache cannot hold: a programming error
         try:
-            r = self._guard(lambda dc: dc.set(key, blob))
+            if sum(a.nbytes for a in arrays.values()) <= STREAM_BYTES:
+                buf = io.BytesIO()
+                _savez(buf, arrays)
+                blob = buf.getvalue()
+                del buf, arrays
+                r = self._guard(lambda dc: dc.set(key, blob))
+            else:  # a large value: archive into an unnamed file beside the cache, then streamed in
+                with tempfile.TemporaryFile(dir=self.directory) as fh:
+                    _savez(fh, arrays)
+                    del arrays
+                    fh.seek(0)
+                    r = self._guard(lambda dc: dc.set(key, fh, read=True))
             return r is True
         except (OSError, sqlite3.Error) as e:
             with contextlib.suppress(Exception):

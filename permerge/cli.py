@@ -55,7 +55,7 @@ class Progress:
         self.bars.clear()
 
 
-DEFAULT_SNAPSHOTS = (0.01, 0.03, 0.1, 0.3, 1.0)  # data fractions kept from the statistics pass
+DEFAULT_SNAPSHOTS = (1.0,)  # data fractions kept from the statistics pass (the whole data only)
 
 def _plain(message) -> str:
     """A message as printable text: control characters from user input (ANSI colour codes, a
@@ -122,7 +122,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="forwards of the statistics pass and of the evaluation along lambda: auto (fp16 on a GPU, "
                         "fp32 on a CPU), fp32, fp16 or bf16")
     p.add_argument("--snapshots", type=_fractions, default=DEFAULT_SNAPSHOTS,
-                   help="data fractions kept from the single statistics pass (default 0.01,0.03,0.1,0.3,1)")
+                   help="data fractions kept from the single statistics pass, e.g. 0.01,0.03,0.1,0.3,1 "
+                        "(default 1: the whole data only; each other fraction holds a copy of the statistics)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cache/")
     p.add_argument("--cache-dir", default=None, help="cache folder (default: cache/ or $PERMERGE_CACHE)")
     p.add_argument("--out", required=True, help="output folder (must not exist unless --overwrite)")
@@ -351,6 +352,7 @@ def cmd_align(args) -> int:
     if rank == 0:
         _tokenizer_note(pipe)
     al = pipe.alignment(options)  # loads, collects statistics, solves the assignments
+    pipe.release_stats()  # the matrices are not needed beyond the assignments (memory: see README)
     if rank != 0:
         return 0
     model_bp = pipe.permuted(options)
@@ -359,14 +361,14 @@ def cmd_align(args) -> int:
     with staged(final, args.overwrite) as tmp:
         save_model(model_bp.cpu(), pipe.tokenizer, tmp / "model")
         save_file(permutations_tensors(al), str(tmp / "permutations.safetensors"))
-        stats = pipe.stats() if options.matcher == "activation" else None
+        stats = pipe.stats_info() if options.matcher == "activation" else None
         report = {
             "model_a": {**a.summary()}, "model_b": {**b.summary()},
             "options": options.to_dict(), "function_preserving": options.function_preserving,
             "groups": al.summary(), **check, **_kept_in_place(pipe.spec),
             "data": None if stats is None else {
-                "path": args.data, "tokens": stats.tokens, "sentences": stats.sentences,
-                "snapshot_tokens": {str(k): v for k, v in stats.snapshot_tokens.items()}},
+                "path": args.data, "tokens": stats["tokens"], "sentences": stats["sentences"],
+                "snapshot_tokens": {str(k): v for k, v in stats["snapshot_tokens"].items()}},
             **({"weight_matching": _trace_report(al.trace)} if al.trace is not None else {}),
             "device": pipe.device, "timings": {**pipe.timings, "total_s": time.perf_counter() - t0},
         }
@@ -405,6 +407,9 @@ def cmd_interpolate(args) -> int:
         pipe.stats()  # every rank takes part in the statistics pass
     if rank != 0:
         return 0
+    if options != VANILLA:
+        pipe.alignment(options)
+    pipe.release_stats()  # the curves need the permutations, not the statistics' matrices
     results = [pipe.curve(VANILLA, args.lambdas)]
     if options != VANILLA:
         results.append(pipe.curve(options, args.lambdas))

@@ -66,8 +66,11 @@ def logit_error(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpe
     basis, so B's is gathered by the last residual permutation (give ``spec`` and ``perms``)."""
     model_b.eval()
     model_bp.eval()
-    raw_b = model_b(**batch)
-    out_b, out_p = _logits(raw_b, dtype), _logits(model_bp(**batch), dtype)
+    return _output_error(model_b(**batch), model_bp(**batch), spec, perms, dtype)
+
+
+def _output_error(raw_b, raw_p, spec, perms, dtype) -> dict[str, float]:
+    out_b, out_p = _logits(raw_b, dtype), _logits(raw_p, dtype)
     if not hasattr(raw_b, "logits") and spec is not None and perms:
         last = spec.residual_points[-1]
         if last in perms:
@@ -114,8 +117,13 @@ def equivalence(model_b, model_bp, batch: dict[str, torch.Tensor], spec: ArchSpe
     if tol is None:
         table = getattr(spec, "table", None)
         tol = getattr(table, "equivalence_tol", None) or EQUIVALENCE_TOL
-    b64 = _cpu_float64_copy(model_b)
-    bp64 = _cpu_float64_copy(model_bp)
-    err = logit_error(b64, bp64, {k: v.to("cpu") for k, v in batch.items()}, spec, perms, dtype=torch.float64)
+    batch = {k: v.to("cpu") for k, v in batch.items()}
+
+    def outputs(model):  # one float64 copy at a time: the check costs one model in float64, not two
+        m64 = _cpu_float64_copy(model).eval()
+        return m64(**batch)
+
+    raw_b = outputs(model_b)
+    err = _output_error(raw_b, outputs(model_bp), spec, perms, torch.float64)
     rel = err["max_rel_logit_error"]
     return {"max_rel_logit_error_float64": rel, "equivalence_tolerance": tol, "equivalent": bool(rel < tol)}

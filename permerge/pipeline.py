@@ -28,7 +28,10 @@ from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_eval
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_into,
                           interpolate_state, lambda_grid)
 from .permute import equivalence, logit_error, permute_model
-from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision
+from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision, stats_bytes
+
+# statistics larger than this are released once a job's alignments are computed (Pipeline.release_stats)
+RELEASE_BYTES = 256 << 20
 
 
 def resolve_device(device: str) -> str:
@@ -104,6 +107,8 @@ class Pipeline:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     # memos of the stages (the heavy results also live in the cache)
     _stats: StatsResult | None = field(default=None, init=False, repr=False, compare=False)
+    # tokens, sentences and snapshot tokens of the statistics: kept when the matrices are released
+    _stats_info: dict | None = field(default=None, init=False, repr=False, compare=False)
     _alignments: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # --- stages --------------------------------------------------------------------------
@@ -259,7 +264,30 @@ class Pipeline:
         with self.lock:
             if self._stats is None:
                 self._stats = StatsResult.from_numpy(self.cache.get_or_compute(self.stats_key, compute))
+                st = self._stats
+                self._stats_info = {"tokens": st.tokens, "sentences": st.sentences,
+                                    "snapshot_tokens": dict(st.snapshot_tokens)}
             return self._stats
+
+    def stats_info(self, progress=None) -> dict:
+        """``tokens``, ``sentences`` and ``snapshot_tokens`` of the statistics, without holding
+        their matrices (computed, or read from the cache, when not known yet)."""
+        with self.lock:
+            if self._stats_info is None:
+                self.stats(progress)
+            return self._stats_info
+
+    def release_stats(self, keep_bytes: int = RELEASE_BYTES) -> bool:
+        """Let go of the statistics' matrices when they hold more than ``keep_bytes`` (bert-base:
+        1.08 GB of float64), once the alignments that need them are computed: a later ``stats()``
+        reads them back from the cache (or computes them again without one).  Small statistics stay
+        in memory.  True when released."""
+        with self.lock:
+            st = self._stats
+            if st is None or stats_bytes(st) <= keep_bytes:
+                return False
+            self._stats = None
+            return True
 
     def alignment(self, options: AlignOptions, fraction: float = 1.0, progress=None) -> Alignment:
         if options.matcher == "weight":
@@ -390,7 +418,8 @@ class Pipeline:
             se, n = barrier_sem(points[lam][1], points[float(grid[-1])][1], items_b)
             self.timings.setdefault("interpolation_s", 0.0)
             self.timings["interpolation_s"] += time.perf_counter() - t
-            snap_tokens = None if vanilla or options.matcher == "weight" else self.stats().snapshot_tokens.get(fraction)
+            snap_tokens = (None if vanilla or options.matcher == "weight"
+                           else self.stats_info()["snapshot_tokens"].get(fraction))
             return CurveResult(options.label(), options.to_dict(), rows, bar, lam, loss_a, loss_b,
                                options.function_preserving, fraction, snap_tokens, se, n)
 
@@ -428,13 +457,20 @@ class Pipeline:
     def _work_model(self, options: AlignOptions, fraction: float, progress):
         a, b = self.pair
         model_b = b.model if options == VANILLA else self.permuted(options, fraction, progress)
-        work = copy.deepcopy(a.model).to(self.device)  # a working copy
-        state_a = {k: v.to(self.device) for k, v in clone_state(a.model).items()}
-        state_b = {k: v.to(self.device) for k, v in clone_state(model_b).items()}
-        return work, state_a, state_b
+        return work_model(a.model, model_b, self.device)
 
     def original_b_loss(self) -> float:
         return self._points(VANILLA, 1.0, [0.0], None)[0.0][0]["loss"]
+
+
+def work_model(model_a, model_b, device):
+    """(working model, A's state, B's state) for ``interpolate_into``: one preallocated copy of A that
+    every lambda point is written into in place.  The two states are the models' own tensors (moved
+    to ``device`` only when they live elsewhere), never cloned: interpolation reads them only, so the
+    path costs one model's memory beyond A and B'."""
+    work = copy.deepcopy(model_a).to(device)
+    state = lambda m: {k: v.detach().to(device) for k, v in m.state_dict().items()}  # noqa: E731
+    return work, state(model_a), state(model_b)
 
 
 def permutations_tensors(al: Alignment) -> dict[str, torch.Tensor]:

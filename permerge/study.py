@@ -24,6 +24,7 @@ from .align import VANILLA, AlignOptions, Alignment
 from .errors import DataError
 from .interpolate import mean_sem
 from .pipeline import CurveResult, Job, Pipeline
+from .stats import DATA_FRACTIONS
 
 TABLE1 = [AlignOptions(ff=True, attention=a, residual="identity") for a in
           ("vanilla", "monotonic", "ignore-heads", "head-perm")]
@@ -168,6 +169,14 @@ def snapshot_batch_size(tokens: int, block: int = 128, batches: int = 64, larges
     """A batch size that cuts a statistics pass over ``tokens`` into at least ``batches`` batches, so
     that its 1%, 3%, 10%, 30% snapshots are distinct prefixes (with 8 batches they are all the first)."""
     return max(1, min(largest, int(tokens) // (block * batches)))
+
+
+def data_amount_job(job: Job, tokens: int) -> Job:
+    """The job of the amount-of-data study (Fig. 7): ``job``'s pair and data over ``tokens``
+    alignment tokens, cut into batches small enough for distinct snapshots, which it keeps (a plain
+    run keeps none: each snapshot is a copy of the statistics)."""
+    return Job(**{**job.to_dict(), "tokens": int(tokens), "batch_size": snapshot_batch_size(int(tokens)),
+                  "fractions": DATA_FRACTIONS})
 
 
 def data_amount(pipe: Pipeline, options: AlignOptions, lambdas: int = 21, progress=None) -> pd.DataFrame:

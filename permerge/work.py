@@ -69,8 +69,8 @@ def describe_about(a: dict) -> str:
 def tokens_used(pipe) -> int | None:
     """The alignment tokens of the pipeline's statistics when they are loaded (None otherwise: a
     result served from the cache does not load them only to say how many tokens they hold)."""
-    stats = getattr(pipe, "_stats", None)
-    return int(stats.tokens) if stats is not None else None
+    info = getattr(pipe, "_stats_info", None)
+    return int(info["tokens"]) if info is not None else None
 
 
 def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambdas: int):
@@ -86,6 +86,7 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         if not weight:
             pipe.stats(plan.callback(progress, plan.index("statistics"), steps))
         pipe.alignment(options, progress=plan.callback(progress, plan.index("assignment"), steps))
+        pipe.release_stats()  # large statistics go back to the cache while the curves run
         curves = [k for k, s in enumerate(plan.stages) if s.kind == "curve"]
         if pipe.prepared.evalset.kind == "none":  # e.g. a classifier aligned on plain text, no labels
             van = aligned = None
@@ -96,10 +97,10 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         plan.reach(len(plan.stages) - 1)
         plan.report(progress, len(plan.stages) - 1, "checking B′ against B", 0, 0)
         check = pipe.function_check(options, progress=plan.callback(progress, len(plan.stages) - 1, steps))
-        stats = None if weight else pipe.stats()
-        tokens = stats.tokens if stats else 0
+        stats = None if weight else pipe.stats_info()
+        tokens = stats["tokens"] if stats else 0
         return {"vanilla": van, "aligned": aligned, "check": check, "tokens": tokens,
-                "sentences": stats.sentences if stats else 0, "device": pipe.device, "task": pipe.prepared.task,
+                "sentences": stats["sentences"] if stats else 0, "device": pipe.device, "task": pipe.prepared.task,
                 "eval_kind": pipe.prepared.evalset.kind, "summaries": [c.summary() for c in pipe.pair],
                 "about": about(job, options, lambdas, tokens_used=tokens)}
     return work
