@@ -183,7 +183,7 @@ class Pipeline:
             task = None
         if not align:
             raise DataError("no alignment data")
-        return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
+        return Prepared(align, ev, D.content_hash(align), _eval_hash(ev), task)
 
     def _prepare_eval_only(self) -> Prepared:
         """No alignment data (weight matching needs none): evaluation from ``eval_data`` alone."""
@@ -196,7 +196,7 @@ class Pipeline:
             blocks = D.text_data(self.tokenizer, job.eval_data, self.block, spec.table.block_specials,
                                  job.eval_blocks * self.block)[0][: job.eval_blocks]  # as for activation matching
             ev = self._mlm_eval(blocks) if spec.evaluation == "mlm" else causal_evalset(blocks, spec.inputs)
-        return Prepared([], ev, D.content_hash([]), D.content_hash(ev.batches), None)
+        return Prepared([], ev, D.content_hash([]), _eval_hash(ev), None)
 
     def _classifier_eval(self, folder: str | None) -> EvalSet:
         """A classifier aligned on plain text is evaluated on a task folder's dev.tsv when one is
@@ -209,7 +209,7 @@ class Pipeline:
         D.check_task_labels(dev, self.pair[0].config.num_labels)
         dev = self._eval_cut(dev)
         return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), self.spec.inputs,
-                       regression=dev.regression)
+                       regression=dev.regression, metrics=dev.metrics if dev.glue else ())
 
     def _eval_cut(self, dev: D.Task) -> D.Task:
         """The first ``eval_examples`` examples of a task (all of them when it is 0)."""
@@ -217,7 +217,7 @@ class Pipeline:
         if not n:
             return dev
         return D.Task(dev.name, dev.texts_a[:n], dev.texts_b[:n] if dev.texts_b else None, dev.labels[:n],
-                      dev.regression, dev.num_labels)
+                      dev.regression, dev.num_labels, glue=dev.glue)
 
     def _mlm_eval(self, blocks) -> EvalSet:
         if len(blocks) == 0:
@@ -435,6 +435,12 @@ class Pipeline:
 
     def original_b_loss(self) -> float:
         return self._points(VANILLA, 1.0, [0.0], None)[0.0][0]["loss"]
+
+
+def _eval_hash(ev: EvalSet) -> str:
+    """The evaluation set's cache identity: its batches, and the GLUE metrics when it has them
+    (curves without them keep their earlier keys)."""
+    return D.content_hash([ev.batches, list(ev.metrics)] if ev.metrics else ev.batches)
 
 
 def permutations_tensors(al: Alignment) -> dict[str, torch.Tensor]:
