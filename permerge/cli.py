@@ -1,4 +1,4 @@
-"""``permerge`` (or ``python -m permerge``): align, interpolate, zoo, dashboard.
+"""``permerge`` (or ``python -m permerge``): align, interpolate, finetune, zoo, dashboard.
 The contract is documented in the README; keep flags stable, other tools script them.
 
 Bad input exits with status 2 and a one-line reason on stderr; outputs are written into a
@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-pppl", action="store_true",
                    help="score every token masked alone (Salazar et al. 2020): exact but ~100x slower; "
                         "use a small --eval-blocks")
+    from .tune import add_parser as add_finetune
+
+    add_finetune(sub, _int_at_least, _add_zoo)
     z = sub.add_parser("zoo", help="the bundled checkpoint family")
     zs = z.add_subparsers(dest="zoo_command", required=True)
     zl = zs.add_parser("list", help="list the bundled checkpoints")
@@ -428,6 +431,11 @@ def main(argv=None) -> int:
                 return cmd_align(args)
             if args.command == "interpolate":
                 return cmd_interpolate(args)
+            if args.command == "finetune":
+                from .tune import cmd_finetune
+
+                args.progress = Progress(not args.quiet)
+                return cmd_finetune(args, args.progress)
             return cmd_zoo(args)
     except PermergeError as e:
         if getattr(args, "progress", None) is not None:
