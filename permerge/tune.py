@@ -56,9 +56,10 @@ def base_name(source: str) -> str:
 
 
 def check(bases: list[str], task: str, out: str, pair: bool, glue_task: str | None, recipe, device: str,
-          overwrite: bool = False) -> tuple[list[Path], object]:
-    """Everything that can be checked before training: the output folders (one per base), and the
-    task read once (its train and dev files, their columns and labels).  PermergeError otherwise."""
+          overwrite: bool = False, only: list[int] | None = None) -> tuple[list[Path], object]:
+    """Everything that can be checked before training: the output folders (one per base; with
+    ``only``, only those bases' folders), and the task read once (its train and dev files, their
+    columns and labels).  PermergeError otherwise."""
     from . import data as D
     from .checkpoints import read_config
     from .outputs import check_out
@@ -91,7 +92,8 @@ def check(bases: list[str], task: str, out: str, pair: bool, glue_task: str | No
     else:
         targets = [Path(out).expanduser()]
     inputs = {f"base {i + 1}": b for i, b in enumerate(bases)} | {"--task": task}
-    finals = [check_out(t, overwrite, inputs=inputs, need_bytes=2**20) for t in targets]
+    finals = [check_out(t, overwrite, inputs=inputs, need_bytes=2**20) if only is None or i in only
+              else t.resolve() for i, t in enumerate(targets)]
     return finals, train
 
 
@@ -139,3 +141,64 @@ def cmd_finetune(args, progress) -> int:
                           if k.startswith("dev_") and isinstance(v, float))
         print(f"wrote {m['path']} (dev: {shown})", file=sys.stderr)
     return 0
+
+
+# --- the dashboard's job: a fine-tuned pair in the background ---------------------------------------
+
+def existing_pair(finals: list[Path]) -> bool:
+    """Both classifiers of a pair are already there (written by ``permerge finetune``)."""
+    import json
+
+    for f in finals:
+        try:
+            if json.loads((f / "permerge.json").read_text()).get("kind") != "classifier":
+                return False
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def pair_folder_name(bases: list[str], task: str, head_seed: int, seed: int, recipe) -> str:
+    """Where a dashboard pair goes under its root: the task, the bases and the settings."""
+    from .data import content_hash
+
+    key = content_hash([list(bases), str(Path(task).expanduser().resolve()), head_seed, seed, recipe.to_dict()])
+    return f"{Path(task).name}-{base_name(bases[0])}-{base_name(bases[1])}-h{head_seed}-{key[:8]}"
+
+
+def pair_work(bases: list[str], task: str, root: str | Path, *, head_seed: int, seed: int, recipe,
+              glue_task: str | None = None, device: str = "auto"):
+    """``fn(progress)`` for a job manager (``permerge.jobs``): fine-tune the pair into
+    ``root/<pair_folder_name>/<A>`` and ``.../<B>`` (reused when both are there already) with the
+    whole job's progress (``plan.JobPlan``: one stage per base, sized in optimizer steps).  The
+    inputs are checked when this is called, before anything is submitted.  Returns {"pair": (A, B),
+    "task": the task folder, "records": [permerge.json of each]}."""
+    import json
+    import math
+
+    from .plan import JobPlan
+
+    out = Path(root).expanduser() / pair_folder_name(bases, task, head_seed, seed, recipe)
+    targets = [out / base_name(b) for b in bases]
+    # a classifier finished before a cancel is kept and reused: only the missing ones are trained
+    todo = [i for i, t in enumerate(targets) if not existing_pair([t])]
+    finals, train = check(bases, task, str(out), True, glue_task, recipe, device, only=todo) if todo else \
+        (targets, None)
+    n = 0 if train is None else len(train.texts_a) if recipe.max_examples is None else \
+        min(recipe.max_examples, len(train.texts_a))
+    steps = max(1, math.ceil(math.ceil(n / recipe.batch_size) * recipe.epochs))
+
+    def work(progress):
+        if todo:
+            plan = JobPlan([(f"fine-tuning {base_name(bases[i])}", "fine-tuning", steps) for i in todo])
+
+            def cb(stage, done, total, overall=(0, 1), **info):
+                plan.report(progress, overall[0], stage, done, total, **info)
+
+            finetune_bases([bases[i] for i in todo], task, [finals[i] for i in todo], head_seed=head_seed,
+                           seed=seed, recipe=recipe, glue_task=glue_task, device=device, progress=cb)
+            plan.finish()
+        records = [json.loads((t / "permerge.json").read_text()) for t in targets]
+        return {"pair": tuple(str(t) for t in targets), "task": str(task), "records": records,
+                "reused": len(todo) < len(targets)}
+    return work

@@ -165,3 +165,38 @@ def test_gpt2_base_becomes_a_classifier_with_a_pad_token(tmp_path):
     assert main(["align", str(out / "gpt-1"), str(out / "gpt-2"), "--data", str(task), "--out", str(al),
                  "--no-cache", "--quiet"]) == 0
     assert json.loads((al / "report.json").read_text())["max_rel_logit_error"] < 1e-5
+
+
+@needs_pair
+def test_pair_work_whole_job_progress_cancel_and_reuse(small_style, tmp_path):
+    """The dashboard's job: checks at submit time, one plan over both bases, a cancel leaves no
+    partial classifier, a finished one is reused."""
+    from permerge.errors import Cancelled, PermergeError
+    from permerge.tune import pair_work
+
+    bases = [zoo.resolve("zoo:mlm-seed1"), zoo.resolve("zoo:mlm-seed2")]
+    recipe = training.FinetuneRecipe(epochs=1, batch_size=16, max_examples=32)
+    with pytest.raises(PermergeError, match="not a task folder"):
+        pair_work(bases, str(tmp_path), tmp_path / "root", head_seed=1, seed=0, recipe=recipe, device="cpu")
+    events = []
+
+    def cancel_in_second(stage, done, total, **info):
+        events.append((stage, done, total, info["job"]["stage"], info["job"]["stages"], info["job"]["fraction"]))
+        if "mlm-seed2" in stage:
+            raise Cancelled("cancelled by the user")
+
+    work = pair_work(bases, str(small_style), tmp_path / "root", head_seed=1, seed=0, recipe=recipe, device="cpu")
+    with pytest.raises(Cancelled):
+        work(cancel_in_second)
+    assert [e[3:5] for e in events[:2]] == [(1, 2), (1, 2)] and events[1][5] == pytest.approx(0.5)
+    assert events[-1][3] == 2  # the second base is stage 2 of 2
+    (folder,) = (tmp_path / "root").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["mlm-seed1"]  # nothing of the cancelled one
+    seen = []
+    res = pair_work(bases, str(small_style), tmp_path / "root", head_seed=1, seed=0, recipe=recipe,
+                    device="cpu")(lambda stage, *a, **i: seen.append(stage))
+    assert res["reused"] and all("mlm-seed2" in s for s in seen)  # only the missing one was trained
+    assert [r["head_init_seed"] for r in res["records"]] == [1, 1]
+    again = pair_work(bases, str(small_style), tmp_path / "root", head_seed=1, seed=0, recipe=recipe,
+                      device="cpu")(lambda *a, **i: pytest.fail("nothing to train"))
+    assert again["pair"] == res["pair"]
