@@ -455,15 +455,25 @@ def _classifier_class(cfg) -> str:
         raise PermergeError(f"the {fam.name} family has no sequence classifier in permerge's tables "
                             "(permerge/arch/); it cannot be fine-tuned into one")
     arch = (cfg.architectures or [""])[0]
-    if arch and fam.head_of(arch) == "classifier":
+    if arch in fam.classes and fam.head_of(arch) == "classifier" or arch.endswith("ForSequenceClassification"):
         raise PermergeError(f"the base is already a classifier ({arch}); fine-tune a base with an MLM or "
                             "causal-LM head")
     return cls[0]
 
 
+def head_prefixes(model_type: str) -> list[str]:
+    """The modules of a family's classification head (its table's ``classifier`` weights, e.g.
+    ``bert.pooler.dense`` and ``classifier``): re-initialised from the head seed even where the base
+    has them (a MultiBERTs checkpoint carries a trained pooler; the paper starts the pooler at random)."""
+    from .arch import SUPPORTED_MODEL_TYPES
+
+    fam = SUPPORTED_MODEL_TYPES[model_type]
+    return [p.template.replace("{base}", f"{fam.base}.") for p in fam.heads.get("classifier", ())]
+
+
 def head_init(model, new_keys, head_seed: int) -> list[str]:
-    """Re-initialise the parameters a classifier adds to its base (``new_keys``: the keys missing
-    from the base's weights) from ``head_seed`` alone, in the model's parameter order: weight
+    """Re-initialise a classifier's head (``new_keys``: the keys missing from the base's weights
+    and the family's head modules, ``head_prefixes``) from ``head_seed`` alone, in the model's parameter order: weight
     matrices from N(0, initializer_range), biases 0, norm weights 1.  The same seed gives the same
     head for every base of one architecture and size (the paper's setting).  Returns the keys."""
     std = getattr(model.config, "initializer_range", 0.02)
@@ -587,7 +597,8 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PermergeError(f"cannot load {base!r} as {cls_name}: {msg}") from None
-    new_keys = set(info.get("missing_keys", []))
+    prefixes = tuple(f"{h}." for h in head_prefixes(cfg.model_type))
+    new_keys = set(info.get("missing_keys", [])) | {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
     head_keys = head_init(model, new_keys, head_seed)
     if not head_keys:
         raise PermergeError(f"{base}: loading it as {cls_name} added no new weights; is it already a classifier?")
@@ -642,7 +653,8 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     metrics = {}
     for s, d in devs.items():
         m = evaluate_classifier(model, tokenizer, d, device, max_len=max_len, precision="bf16" if use_amp else "fp32")
-        metrics.update(m if s == "dev" or len(devs) == 1 else {f"{k}_{s[4:]}": v for k, v in m.items()})
+        # MNLI: the matched dev set under the plain names, the mismatched one with a suffix
+        metrics.update({f"{k}_mismatched": v for k, v in m.items()} if s == "dev_mismatched" and len(devs) > 1 else m)
     model = model.to("cpu").float().eval()
     base_cfg = model.config
     meta = {

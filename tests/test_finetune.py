@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import HAVE_PAIR
+from conftest import HAVE_PAIR, VOCAB, write_tokenizer
 from permerge import training, zoo
 from permerge.cli import main
 
@@ -200,3 +200,32 @@ def test_pair_work_whole_job_progress_cancel_and_reuse(small_style, tmp_path):
     again = pair_work(bases, str(small_style), tmp_path / "root", head_seed=1, seed=0, recipe=recipe,
                       device="cpu")(lambda *a, **i: pytest.fail("nothing to train"))
     assert again["pair"] == res["pair"]
+
+
+def test_a_trained_pooler_is_replaced_by_the_seeded_head(tmp_path):
+    """A MultiBERTs-style base (BertForPreTraining) carries a trained pooler; the paper starts the
+    pooler at random, so it is re-initialised from the head seed like the classifier."""
+    import transformers
+
+    from test_glue_tasks import write_glue
+
+    cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=24, num_attention_heads=3, intermediate_size=40,
+                                  num_hidden_layers=2, max_position_embeddings=64, architectures=["BertForPreTraining"])
+    bases = []
+    for s in (1, 2):
+        torch.manual_seed(s)
+        d = tmp_path / f"pt-{s}"
+        transformers.BertForPreTraining(cfg).save_pretrained(str(d))
+        write_tokenizer(d)
+        bases.append(d)
+    rows = [["the day was good", str(i % 2)] for i in range(8)]
+    task = write_glue(tmp_path / "glue", "SST-2", rows)
+    recipe = training.FinetuneRecipe(epochs=1, batch_size=8, lr=1e-12)  # one step that hardly moves anything
+    res = [training.finetune(str(b), task, head_seed=9, recipe=recipe, device="cpu") for b in bases]
+    assert res[0].meta["head_parameters"] == ["bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                              "classifier.weight", "classifier.bias"]
+    pooled = [r.model.bert.pooler.dense.weight for r in res]
+    assert torch.allclose(pooled[0], pooled[1], atol=1e-6)  # the same head for both bases
+    trained = transformers.BertForPreTraining.from_pretrained(str(bases[0])).bert.pooler.dense.weight
+    assert not torch.allclose(pooled[0], trained, atol=1e-3)
+    assert res[0].meta["glue_task"] == "SST-2" and res[0].meta["metrics"]["dev_accuracy"] == pytest.approx(0.5)
