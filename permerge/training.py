@@ -546,7 +546,8 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     import transformers
 
     from . import data as D
-    from .checkpoints import _hub_options, _is_local, downloads_allowed, quiet_transformers, read_config
+    from .checkpoints import (_check_weight_files, _is_local, _load_tokenizer, downloads_allowed, quiet_transformers,
+                              read_config)
     from .errors import DataError, PermergeError
     from .pipeline import resolve_device
 
@@ -572,7 +573,12 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
 
     local = _is_local(str(base))
     target = str(Path(str(base)).expanduser()) if local else str(base)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(target, trust_remote_code=False, **_hub_options(str(base)))
+    if local:
+        _check_weight_files(Path(target))
+    tokenizer = _load_tokenizer(target, local, str(base))
+    if tokenizer is None:
+        raise PermergeError(f"{base} has no tokenizer files; fine-tuning reads the task's text through the base's "
+                            "tokenizer")
     pad_note = None
     if tokenizer.pad_token is None:  # GPT-2: no pad token; the classifier reads the last non-pad token
         if tokenizer.eos_token is None:

@@ -61,7 +61,7 @@ def check(bases: list[str], task: str, out: str, pair: bool, glue_task: str | No
     ``only``, only those bases' folders), and the task read once (its train and dev files, their
     columns and labels).  PermergeError otherwise."""
     from . import data as D
-    from .checkpoints import read_config
+    from .checkpoints import _TOKENIZER_FILES, _is_local, read_config
     from .outputs import check_out
     from .pipeline import resolve_device
     from .training import _classifier_class
@@ -83,6 +83,9 @@ def check(bases: list[str], task: str, out: str, pair: bool, glue_task: str | No
     D.read_task(task, "dev", glue_task)
     for b in bases:
         _classifier_class(read_config(b))
+        if _is_local(b) and not any((Path(b).expanduser() / f).is_file() for f in _TOKENIZER_FILES):
+            raise PermergeError(f"{b} has no tokenizer files; fine-tuning reads the task's text through the "
+                                "base's tokenizer")
     if pair:
         names = [base_name(b) for b in bases]
         if names[0] == names[1]:

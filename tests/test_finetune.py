@@ -131,6 +131,11 @@ def test_cli_refuses_bad_input_before_training(small_style, tmp_path, capsys):
     assert "both bases are named 'mlm-seed1'" in err("--pair", "zoo:mlm-seed1", str(twin), "--task",
                                                     str(small_style), "--out", str(tmp_path / "y"), "--quiet")
     assert (mine / "notes.txt").read_text() == "keep"
+    bare = tmp_path / "bare"
+    shutil.copytree(zoo.resolve("zoo:mlm-seed2"), bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*"))
+    assert "has no tokenizer files" in err("--pair", "zoo:mlm-seed1", str(bare), "--task", str(small_style),
+                                           "--out", str(tmp_path / "z"), "--quiet")
+    assert not (tmp_path / "z").exists()
 
 
 def test_gpt2_base_becomes_a_classifier_with_a_pad_token(tmp_path):
