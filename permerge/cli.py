@@ -101,6 +101,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matcher", default="activation", choices=["activation", "weight"],
                    help="activation: correlations of features over --data (default); weight: the weights alone")
     p.add_argument("--tokens", type=_int_at_least(1, "--tokens"), default=None, help="bound on the alignment tokens")
+    p.add_argument("--glue-task", default=None, metavar="NAME",
+                   help="the GLUE task a task folder holds, for its metric beside the loss (default: recognised "
+                        "by the folder's name)")
     p.add_argument("--eval-data", default=None,
                    help="evaluation data: plain text, or a task folder for classifiers (default: held-out tail of --data)")
     p.add_argument("--eval-blocks", type=_int_at_least(1, "--eval-blocks"), default=64,
@@ -192,6 +195,10 @@ def _check_inputs(args) -> None:
     from .pipeline import resolve_device
 
     _check_matcher(args)
+    if args.glue_task is not None:
+        from .glue import lookup
+
+        lookup(args.glue_task)
     validate_pair(read_config(args.model_a), read_config(args.model_b))
     if args.pooler:
         _check_pooler(args.model_a)
@@ -241,7 +248,7 @@ def _pipeline(args, distributed: bool, rank: int):
     job = Job(args.model_a, args.model_b, args.data, tokens=args.tokens, eval_data=args.eval_data,
               eval_blocks=args.eval_blocks, device=args.device, batch_size=args.batch_size,
               fractions=args.snapshots, exclude_special=args.exclude_special,
-              exact_pppl=getattr(args, "exact_pppl", False), precision=args.precision)
+              exact_pppl=getattr(args, "exact_pppl", False), precision=args.precision, glue_task=args.glue_task)
     device = job.device
     if distributed and device == "auto":
         import torch

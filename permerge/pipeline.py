@@ -61,6 +61,7 @@ class Job:
     mask_seed: int = 0
     exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
     precision: str = "auto"  # forwards of the statistics pass and the evaluation: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    glue_task: str | None = None  # the GLUE task a task folder holds (default: the one its folder's name names)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,7 +150,7 @@ class Pipeline:
         if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
             raise DataError("a causal-LM pair takes plain text as --data, not a task folder")
         if D.is_task_folder(job.data):
-            train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
+            train, dev = D.read_task(job.data, "train", job.glue_task), D.read_task(job.data, "dev", job.glue_task)
             if head == "classifier":  # file and line of the first label that does not fit (dev: below)
                 D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
@@ -205,7 +206,7 @@ class Pipeline:
             return EvalSet("none", [], self.spec.inputs)
         if not D.is_task_folder(folder):
             raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
-        dev = D.read_task(folder, "dev")
+        dev = D.read_task(folder, "dev", self.job.glue_task)
         D.check_task_labels(dev, self.pair[0].config.num_labels)
         dev = self._eval_cut(dev)
         return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), self.spec.inputs,

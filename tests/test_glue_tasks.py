@@ -203,3 +203,23 @@ def test_interpolate_reports_the_task_metric(pairs, tmp_path, task, labels, colu
     at_a = df[(df["lambda"] == 1.0)].iloc[0]
     for c in columns:
         assert at_a[c] == pytest.approx(want[c], abs=1e-6), c
+
+
+def test_interpolate_takes_glue_task_for_a_folder_of_another_name(pairs, tmp_path, capsys):
+    models, root = pairs
+    a, b = models[2]
+    folder = write_glue(tmp_path / "glue", "MRPC", _rows("MRPC", 24, 1)).rename(tmp_path / "paraphrase-data")
+    out = tmp_path / "c"
+    assert main(["interpolate", str(a), str(b), "--data", str(folder), "--lambdas", "3", "--out", str(out),
+                 "--no-cache", "--quiet"]) == 0
+    assert "f1" not in pd.read_csv(out / "curve.csv").columns  # the name says nothing
+    assert main(["interpolate", str(a), str(b), "--data", str(folder), "--glue-task", "mrpc", "--lambdas", "3",
+                 "--out", str(tmp_path / "d"), "--no-cache", "--quiet"]) == 0
+    assert "f1" in pd.read_csv(tmp_path / "d" / "curve.csv").columns
+    capsys.readouterr()
+    assert main(["interpolate", str(a), str(b), "--data", str(folder), "--glue-task", "QQP", "--lambdas", "3",
+                 "--out", str(tmp_path / "e"), "--no-cache", "--quiet"]) == 2
+    assert "QQP files have the columns" in capsys.readouterr().err
+    assert main(["interpolate", str(a), str(b), "--data", str(folder), "--glue-task", "XNLI",
+                 "--out", str(tmp_path / "e"), "--no-cache", "--quiet"]) == 2
+    assert "is not a GLUE task" in capsys.readouterr().err
