@@ -538,8 +538,9 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     into its family's sequence classifier on the task folder ``task_dir`` (GLUE-format: train.tsv
     and dev.tsv, or a GLUE task as distributed; ``permerge.data.read_task``).
 
-    The classifier's new weights (pooler and classifier: whatever the base lacks) come from
-    ``head_seed`` alone (``head_init``), the data order and dropout from ``seed``.  On a GPU the
+    The classification head (the family's head modules, ``head_prefixes``, and whatever else the
+    base lacks) comes from ``head_seed`` alone (``head_init``), the data order and dropout from
+    ``seed``.  On a GPU the
     forwards run under bf16 autocast, on the CPU in float32.  ``progress(stage, step, steps)`` is
     called after every optimizer step (and may raise to cancel).  The dev metrics are measured at
     the end and kept in the record."""
