@@ -4,6 +4,7 @@ import streamlit as st
 from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, name, pair_title, pick_pairs,
                              registry, require_run, run_result, section_result, start, study_base)
 from dashboard.figures import fig_name, show_figure
+from dashboard.finetune import classifier_tasks, make_pair_panel, user_pairs
 from dashboard.text import md, plot_text
 from permerge import plots, work, zoo
 from permerge.align import VANILLA, AlignOptions
@@ -96,17 +97,21 @@ st.subheader("Fine-tuned classifiers per task (paper Fig. 8)")
 st.markdown("Classifiers fine-tuned from different pre-training seeds, merged vanilla and with FF + Head-Perm + "
             "pooler, loss on the task's dev set. The curves can be **M-shaped**: lower loss than both endpoints "
             "near λ ≈ 0.15 and 0.85.")
+make_pair_panel(run)
 learning = {t["task"]: t for t in zoo.task_learning()}
-task_pairs = {}
+bundled_pairs = {}
 # tasks whose bundled classifiers learned (dev accuracy well above chance) first
 for task in sorted(zoo.list_tasks(), key=lambda t: not learning.get(t, {}).get("learned", False)):
     paths = [e["path"] for e in zoo.list_checkpoints(kind="classifier", task=task)]
     if len(paths) >= 2:
-        task_pairs[task] = family_pairs(paths)
+        bundled_pairs[task] = family_pairs(paths)
+task_pairs, task_dirs = classifier_tasks(bundled_pairs)  # the user's pairs first in their tasks
+yours = list(dict.fromkeys(e["task"] for e in user_pairs()))
 if not task_pairs:
-    st.info("No task has two bundled classifiers.")
+    st.info("No task has two bundled classifiers; make a fine-tuned pair or add your own above.")
 else:
-    near = [t for t in task_pairs if not learning.get(t, {}).get("learned", False)]
+    near = [t for t in task_pairs if t in bundled_pairs and t not in yours
+            and not learning.get(t, {}).get("learned", False)]
     if near:
         st.caption("Near chance (the bundled classifiers did not learn the task, so their curves say little): "
                    + "; ".join(f"{md(t)}: dev accuracy "
@@ -116,16 +121,16 @@ else:
                                if t in learning else md(t) for t in near) + ".")
     learned = [t for t in task_pairs if t not in near]
     c1, c2, c3 = st.columns(3)
-    picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=(learned or list(task_pairs))[:1], key="cls_tasks",
-                                  help="Tasks whose bundled classifiers learned (dev accuracy at least 0.15 above "
-                                       "chance) come first.")
+    picked_tasks = c1.multiselect("Tasks", list(task_pairs), default=(yours or learned or list(task_pairs))[:1],
+                                  key="cls_tasks", help="Your pairs' tasks, then the tasks whose bundled classifiers "
+                                                        "learned (dev accuracy at least 0.15 above chance).")
     n_cls = c2.number_input("Pairs per task", 1, max(len(p) for p in task_pairs.values()), 1, key="cls_pairs")
     cls_lambdas = c3.number_input("λ points", 3, 41, 11, step=2, key="cls_lambdas")
     sel = {t: task_pairs[t][: int(n_cls)] for t in picked_tasks}
     cls_opts = [VANILLA, AlignOptions(ff=True, attention="head-perm", pooler=True)]
     keyc = job_key("tasks", tasks=sel, tokens=run.job.tokens, device=run.job.device, lambdas=int(cls_lambdas))
     if st.button("Compute the classifier curves", key="cls_btn", disabled=not sel):
-        jobs().submit(keyc, work.tasks_work(registry(), sel, {t: str(zoo.task_dir(t)) for t in sel}, run.job.tokens,
+        jobs().submit(keyc, work.tasks_work(registry(), sel, {t: task_dirs[t] for t in sel}, run.job.tokens,
                                             run.job.device, cls_opts, int(cls_lambdas), None), "classifier curves")
         st.session_state["cls_key"] = keyc
     # Classifier curves belong to their tasks and settings, not to the run: kept across runs.
@@ -140,11 +145,15 @@ else:
                        "from them.")
         curves_df, bars_df = resc["curves"], resc["bars"]
         shapes_df = shapes_frame(curves_df)
-        view = st.radio("View", ["loss", "accuracy"], horizontal=True, key="cls_view")
+        view = st.radio("View", ["loss"] + [c for c in ("accuracy", "f1", "mcc", "pearson", "spearman")
+                                            if c in curves_df and curves_df[c].notna().any()],
+                        horizontal=True, key="cls_view",
+                        help="Beside the loss, each GLUE task's own metric: F1 (MRPC, QQP), Matthews correlation "
+                             "(CoLA), Pearson and Spearman (STS-B).")
         for task in dict.fromkeys(curves_df["task"]):
             sub = curves_df[curves_df["task"] == task]
             if view not in sub or not sub[view].notna().any():
-                st.caption(f"{md(task)}: no {view} (regression task).")
+                st.caption(f"{md(task)}: no {view} for this task.")
                 continue
             pairs_here = list(dict.fromkeys(sub["pair"]))
             if len(pairs_here) > 1:
@@ -177,6 +186,6 @@ else:
         with st.expander("Every pair's barriers"):
             st.dataframe(bars_df[["task", "pair", "method", "barrier", "barrier_se", "barrier_lambda"]],
                          width="stretch", hide_index=True)
-        st.caption(f"Bundled classifiers of {md(', '.join(resc['about']['tasks']))}; each task's own train/dev data "
+        st.caption(f"Classifiers of {md(', '.join(resc['about']['tasks']))}; each task's own train/dev data "
                    "(alignment tokens used per pair: Table 3's last column); "
                    f"{resc['about']['lambdas']} λ points.")

@@ -1,4 +1,4 @@
-"""``permerge`` (or ``python -m permerge``): align, interpolate, zoo, dashboard.
+"""``permerge`` (or ``python -m permerge``): align, interpolate, finetune, zoo, dashboard.
 The contract is documented in the README; keep flags stable, other tools script them.
 
 Bad input exits with status 2 and a one-line reason on stderr; outputs are written into a
@@ -104,6 +104,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matcher", default="activation", choices=["activation", "weight"],
                    help="activation: correlations of features over --data (default); weight: the weights alone")
     p.add_argument("--tokens", type=_int_at_least(1, "--tokens"), default=None, help="bound on the alignment tokens")
+    p.add_argument("--glue-task", default=None, metavar="NAME",
+                   help="the GLUE task a task folder holds, for its metric beside the loss (default: recognised "
+                        "by the folder's name)")
     p.add_argument("--eval-data", default=None,
                    help="evaluation data: plain text, or a task folder for classifiers (default: held-out tail of --data)")
     p.add_argument("--eval-blocks", type=_int_at_least(1, "--eval-blocks"), default=64,
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exact-pppl", action="store_true",
                    help="score every token masked alone (Salazar et al. 2020): exact but ~100x slower; "
                         "use a small --eval-blocks")
+    from .tune import add_parser as add_finetune
+
+    add_finetune(sub, _int_at_least, _add_zoo)
     z = sub.add_parser("zoo", help="the bundled checkpoint family")
     zs = z.add_subparsers(dest="zoo_command", required=True)
     zl = zs.add_parser("list", help="list the bundled checkpoints")
@@ -220,6 +226,10 @@ def _check_inputs(args) -> None:
     from .pipeline import resolve_device
 
     _check_matcher(args)
+    if args.glue_task is not None:
+        from .glue import lookup
+
+        lookup(args.glue_task)
     validate_pair(read_config(args.model_a), read_config(args.model_b))
     if args.pooler:
         _check_pooler(args.model_a)
@@ -270,7 +280,7 @@ def _pipeline(args, distributed: bool, rank: int):
     job = Job(args.model_a, args.model_b, args.data, tokens=args.tokens, eval_data=args.eval_data,
               eval_blocks=args.eval_blocks, device=args.device, batch_size=args.batch_size,
               fractions=args.snapshots, exclude_special=args.exclude_special,
-              exact_pppl=getattr(args, "exact_pppl", False), precision=args.precision)
+              exact_pppl=getattr(args, "exact_pppl", False), precision=args.precision, glue_task=args.glue_task)
     device = job.device
     if distributed and device == "auto":
         import torch
@@ -511,6 +521,11 @@ def main(argv=None) -> int:
                 code = cmd_interpolate(args)
                 _end_distributed(ok=code == 0)
                 return code
+            if args.command == "finetune":
+                from .tune import cmd_finetune
+
+                args.progress = Progress(not args.quiet)
+                return cmd_finetune(args, args.progress)
             return cmd_zoo(args)
     except PermergeError as e:
         if getattr(args, "progress", None) is not None:

@@ -395,14 +395,24 @@ class Task:
     num_labels: int
     file: str = ""  # the TSV the examples come from, and each example's line in it (for messages)
     lines: list[int] | None = None
+    glue: str | None = None  # the GLUE task (permerge.glue.GLUE) whose layout and metrics these are
+
+    @property
+    def metrics(self) -> tuple:
+        """The metrics reported beside the loss (permerge.glue)."""
+        from .glue import metric_names
+
+        return metric_names(self.glue, self.regression)
 
     def where(self, i: int) -> str:
         line = self.lines[i] if self.lines and i < len(self.lines) else None
         return f"{self.file}, line {line}" if line else (self.file or self.name)
 
 
-def _dev_file(folder: Path) -> Path:
-    for name in ("dev.tsv", "dev_mismatched.tsv", "dev_matched.tsv"):
+def _dev_file(folder: Path, glue: str | None = None) -> Path:
+    names = ("dev.tsv", "dev_matched.tsv", "dev_mismatched.tsv") if glue == "MNLI" else \
+        ("dev.tsv", "dev_mismatched.tsv", "dev_matched.tsv")
+    for name in names:
         if (folder / name).is_file():
             return folder / name
     raise DataError(f"no dev.tsv in task folder {folder}")
@@ -413,15 +423,29 @@ def is_task_folder(path: str | Path) -> bool:
     return p.is_dir() and ((p / "train.tsv").is_file() or any((p / n).is_file() for n in ("dev.tsv", "dev_mismatched.tsv")))
 
 
-def read_task(folder: str | Path, split: str) -> Task:
-    """Read ``train`` or ``dev`` of a GLUE-format folder (GLUE's own TSVs, or header-based TSVs
-    with sentence / sentence1+sentence2 and label columns).  CoLA's header-less file is handled.
-    A short row, an empty, negative or non-finite label, or a mix of text and numeric labels is an
-    error naming the file and the line."""
+def read_task(folder: str | Path, split: str, glue: str | None = None) -> Task:
+    """Read ``train`` or ``dev`` (or, for MNLI, ``dev_matched`` / ``dev_mismatched``) of a
+    GLUE-format folder (GLUE's own TSVs, or header-based TSVs with sentence / sentence1+sentence2
+    and label columns).  CoLA's header-less file is handled.  A short row, an empty, negative or
+    non-finite label, or a mix of text and numeric labels is an error naming the file and the line.
+
+    ``glue`` names the GLUE task (``permerge.glue``; default: the one the folder's name names):
+    its layout is checked (an error when named here, a warning and a plain task folder when only
+    the folder's name says so), STS-B's scores are regression targets, and the task carries its
+    metrics."""
+    from . import glue as G
+
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"task folder not found: {folder}")
-    f = folder / "train.tsv" if split == "train" else _dev_file(folder)
+    explicit = glue is not None
+    glue = G.lookup(glue) if explicit else G.by_folder_name(folder)
+    if split == "train":
+        f = folder / "train.tsv"
+    elif split in ("dev_matched", "dev_mismatched"):
+        f = folder / f"{split}.tsv"
+    else:
+        f = _dev_file(folder, glue)
     if not f.is_file():
         raise DataError(f"missing {f.name} in task folder {folder}")
     check_data_path(f, "the task file")
@@ -450,7 +474,14 @@ def read_task(folder: str | Path, split: str) -> Task:
     if not rows:
         raise DataError(f"{f} is empty")
     header = rows[0][1]
-    if "sentence" not in header and "sentence1" not in header and len(header) == 4 and not any(
+    problem = G.layout_problem(glue, header, len(header)) if glue else None
+    if problem and explicit:
+        raise DataError(f"{f}, line {rows[0][0]}: {problem}")
+    if problem:
+        warn(f"{f}: the folder's name says GLUE's {glue}, but {problem}; read as a plain task folder "
+             f"(no {glue} metrics; --glue-task names the task)")
+        glue = None
+    if glue == "CoLA" or "sentence" not in header and "sentence1" not in header and len(header) == 4 and not any(
             h in header for h in _LABEL_COLUMNS):
         # CoLA: source, label, original label, sentence; no header
         width, body, (ia, ib, il) = 4, rows, (3, None, 1)
@@ -475,7 +506,12 @@ def read_task(folder: str | Path, split: str) -> Task:
     if not ta:
         raise DataError(f"{f} has no examples")
     labels, regression, k = _parse_labels(y, lambda i: f"{f}, line {lines[i]}")
-    return Task(folder.name, ta, tb, labels, regression, k, str(f), lines)
+    if glue and G.GLUE[glue].regression and not regression:  # STS-B scores written without a decimal point
+        if not all(_number(v) is not None for v in y):
+            i = next(i for i, v in enumerate(y) if _number(v) is None)
+            raise DataError(f"{f}, line {lines[i]}: label {y[i]!r} is not a number ({glue} scores are numbers)")
+        regression, k = True, 1
+    return Task(folder.name, ta, tb, labels, regression, k, str(f), lines, glue)
 
 
 def _number(v: str):

@@ -20,6 +20,7 @@ class EvalSet:
     batches: list[dict]
     inputs: tuple
     regression: bool = False
+    metrics: tuple = ()  # classification: GLUE metrics (permerge.glue) reported beside the loss
 
 
 def mlm_evalset(masked: dict, inputs, batch_size: int = 32) -> EvalSet:
@@ -98,7 +99,8 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
              keep: list | None = None, precision: str | None = "fp32",
              forward_tokens: int | None = None) -> dict[str, float]:
     """{"loss", "pseudo_perplexity"} for MLM, {"loss", "perplexity"} for a causal LM,
-    {"loss", "accuracy"} for classification.
+    {"loss", "accuracy"} for classification, and the evaluation set's GLUE ``metrics`` beside them
+    (F1, Matthews correlation, Pearson and Spearman; ``permerge.glue``).
     With ``mlm_head`` (the name of the module mapping encoder states to vocabulary logits) the
     head runs on the masked positions only, which gives the same loss for a fraction of the cost.
     With ``keep`` (a list), the loss of every scored token or example is appended to it, as CPU
@@ -123,6 +125,7 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     per_item: list[torch.Tensor] = []
+    outputs: list[torch.Tensor] = []  # predicted classes or scores, for evalset.metrics
     with _autocast(dev_type, precision):
         if evalset.kind == "mlm-exact":
             t_sum = 0.0
@@ -156,6 +159,8 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
                 else:
                     per = F.cross_entropy(logits, y, reduction="none")
                     correct += (logits.argmax(-1) == y).sum()
+                if evalset.metrics:
+                    outputs.append(logits.squeeze(-1) if evalset.regression else logits.argmax(-1))
                 count += len(b["labels"])
             total += per.sum(dtype=torch.float64)
             if keep is not None:
@@ -170,7 +175,14 @@ def evaluate(model, evalset: EvalSet, device="cpu", mlm_head: str | None = None,
         return {"loss": loss, "pseudo_perplexity": math.exp(min(loss, 700.0))}
     if evalset.kind == "causal-lm":
         return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
-    return {"loss": loss, "accuracy": float("nan") if evalset.regression else int(correct) / count}
+    out = {"loss": loss, "accuracy": float("nan") if evalset.regression else int(correct) / count}
+    if evalset.metrics:
+        from .glue import compute
+
+        labels = torch.cat([b["labels"] for b in evalset.batches]).numpy()
+        out.update(compute([m for m in evalset.metrics if m != "accuracy"], labels,
+                           torch.cat(outputs).double().cpu().numpy(), evalset.regression))
+    return out
 
 
 def _keep(keep: list | None, per: torch.Tensor) -> None:

@@ -64,6 +64,7 @@ class Job:
     mask_seed: int = 0
     exact_pppl: bool = False  # one-token-at-a-time pseudo-perplexity (slow)
     precision: str = "auto"  # forwards of the statistics pass and the evaluation: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16
+    glue_task: str | None = None  # the GLUE task a task folder holds (default: the one its folder's name names)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -154,7 +155,7 @@ class Pipeline:
         if D.is_task_folder(job.data) and self.spec.evaluation == "causal-lm":
             raise DataError("a causal-LM pair takes plain text as --data, not a task folder")
         if D.is_task_folder(job.data):
-            train, dev = D.read_task(job.data, "train"), D.read_task(job.data, "dev")
+            train, dev = D.read_task(job.data, "train", job.glue_task), D.read_task(job.data, "dev", job.glue_task)
             if head == "classifier":  # file and line of the first label that does not fit (dev: below)
                 D.check_task_labels(train, self.pair[0].config.num_labels)
             ev = self._classifier_eval(job.data) if head == "classifier" else None
@@ -188,7 +189,7 @@ class Pipeline:
             task = None
         if not align:
             raise DataError("no alignment data")
-        return Prepared(align, ev, D.content_hash(align), D.content_hash(ev.batches), task)
+        return Prepared(align, ev, D.content_hash(align), _eval_hash(ev), task)
 
     def _prepare_eval_only(self) -> Prepared:
         """No alignment data (weight matching needs none): evaluation from ``eval_data`` alone."""
@@ -201,7 +202,7 @@ class Pipeline:
             blocks = D.text_data(self.tokenizer, job.eval_data, self.block, spec.table.block_specials,
                                  job.eval_blocks * self.block)[0][: job.eval_blocks]  # as for activation matching
             ev = self._mlm_eval(blocks) if spec.evaluation == "mlm" else causal_evalset(blocks, spec.inputs)
-        return Prepared([], ev, D.content_hash([]), D.content_hash(ev.batches), None)
+        return Prepared([], ev, D.content_hash([]), _eval_hash(ev), None)
 
     def _classifier_eval(self, folder: str | None) -> EvalSet:
         """A classifier aligned on plain text is evaluated on a task folder's dev.tsv when one is
@@ -210,11 +211,11 @@ class Pipeline:
             return EvalSet("none", [], self.spec.inputs)
         if not D.is_task_folder(folder):
             raise DataError(f"a classifier is evaluated on a GLUE-format task folder (dev.tsv): {folder} is not one")
-        dev = D.read_task(folder, "dev")
+        dev = D.read_task(folder, "dev", self.job.glue_task)
         D.check_task_labels(dev, self.pair[0].config.num_labels)
         dev = self._eval_cut(dev)
         return EvalSet("classification", D.task_batches(self.tokenizer, dev, 32, self.block), self.spec.inputs,
-                       regression=dev.regression)
+                       regression=dev.regression, metrics=dev.metrics if dev.glue else ())
 
     def _eval_cut(self, dev: D.Task) -> D.Task:
         """The first ``eval_examples`` examples of a task (all of them when it is 0)."""
@@ -222,7 +223,7 @@ class Pipeline:
         if not n:
             return dev
         return D.Task(dev.name, dev.texts_a[:n], dev.texts_b[:n] if dev.texts_b else None, dev.labels[:n],
-                      dev.regression, dev.num_labels)
+                      dev.regression, dev.num_labels, glue=dev.glue)
 
     def _mlm_eval(self, blocks) -> EvalSet:
         if len(blocks) == 0:
@@ -471,6 +472,12 @@ def work_model(model_a, model_b, device):
     work = copy.deepcopy(model_a).to(device)
     state = lambda m: {k: v.detach().to(device) for k, v in m.state_dict().items()}  # noqa: E731
     return work, state(model_a), state(model_b)
+
+
+def _eval_hash(ev: EvalSet) -> str:
+    """The evaluation set's cache identity: its batches, and the GLUE metrics when it has them
+    (curves without them keep their earlier keys)."""
+    return D.content_hash([ev.batches, list(ev.metrics)] if ev.metrics else ev.batches)
 
 
 def permutations_tensors(al: Alignment) -> dict[str, torch.Tensor]:

@@ -53,6 +53,8 @@ CASES = {
     "gpt2-lm-untied-h3-dk12": ("GPT2LMHeadModel", "gpt2", dict(n_embd=36, n_head=3, n_layer=3,
                                                                tie_word_embeddings=False, **GPT)),
     "gpt2-base-h7-dk3": ("GPT2Model", "gpt2", dict(n_embd=21, n_head=7, n_inner=29, n_layer=2, **GPT)),
+    "gpt2-cls-h5-dk6": ("GPT2ForSequenceClassification", "gpt2", dict(n_embd=30, n_head=5, n_inner=37, n_layer=2,
+                                                                      num_labels=3, pad_token_id=0, **GPT)),
     "electra-gen-tied-e16-h5-dk6": ("ElectraForMaskedLM", "electra",
                                     dict(embedding_size=16, hidden_size=30, num_attention_heads=5, intermediate_size=37,
                                          num_hidden_layers=2, **BERTLIKE)),

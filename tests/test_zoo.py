@@ -284,7 +284,7 @@ def test_parameter_count_and_size_budget():
     """The size budget of the bundled family, from parameter counts (fp16: 2 bytes each)."""
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
 
-    from permerge.zoo.train import Recipe, parameter_count
+    from permerge.training import Recipe, parameter_count
 
     for r in (Recipe(hidden=16, heads=2, ffn=24, layers=1), Recipe()):
         cfg = BertConfig(vocab_size=8192, **r.model_config())
@@ -323,7 +323,7 @@ def test_build_bad_flags(tmp_path, capsys, flags, msg):
 
 def test_build_defaults_are_the_recipe():
     from permerge.zoo import build
-    from permerge.zoo.train import Recipe
+    from permerge.training import Recipe
 
     args = build.parse_args([])
     assert build.recipe_from_args(args) == Recipe(layers=4, hidden=256, heads=4, ffn=1024, dropout=0.1, steps=3000,
@@ -336,7 +336,7 @@ def test_window_sampling():
     import numpy as np
     import torch
 
-    from permerge.zoo.train import BatchSampler
+    from permerge.training import BatchSampler
 
     stream = np.arange(10, 1010, dtype=np.uint16)
     s = BatchSampler(stream, "window", 6, torch.Generator().manual_seed(0), cls=2, sep=3)
@@ -351,8 +351,8 @@ def test_window_sampling():
 _TOK_SCRIPT = """
 import sys
 from pathlib import Path
-from permerge.zoo import train
-train.train_tokenizer(Path(sys.argv[1]), Path(sys.argv[2]), vocab_size=1200, log=lambda *a: None)
+from permerge.zoo import tokenizer
+tokenizer.train_tokenizer(Path(sys.argv[1]), Path(sys.argv[2]), vocab_size=1200, log=lambda *a: None)
 """
 
 
@@ -371,7 +371,7 @@ def test_tokenizer_training_is_reproducible(tmp_path):
     tj = json.loads((outs[0] / "tokenizer.json").read_text())
     assert tj["normalizer"]["strip_accents"] is None and tj["normalizer"]["lowercase"] is True
     vocab = tj["model"]["vocab"]
-    from permerge.zoo.train import SPECIAL_TOKENS, canonical_vocab
+    from permerge.zoo.tokenizer import SPECIAL_TOKENS, canonical_vocab
 
     assert [t for t, i in sorted(vocab.items(), key=lambda kv: kv[1])][:5] == SPECIAL_TOKENS
     assert canonical_vocab(vocab) == vocab
@@ -396,7 +396,7 @@ def test_full_tokenizer_matches_committed(tmp_path):
     family built by this code carries it byte for byte.  The family bundled before training was
     made deterministic carries one random draw of the trainer's tie-breaking: the same settings,
     and the same pieces but for a handful decided by ties (6 of 8192 when this was written)."""
-    from permerge.zoo.train import canonical_vocab, train_tokenizer
+    from permerge.zoo.tokenizer import canonical_vocab, train_tokenizer
 
     train_tokenizer(_CORPUS, tmp_path / "tok", log=lambda *a: None)
     built = (tmp_path / "tok" / "tokenizer.json").read_bytes()

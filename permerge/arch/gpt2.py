@@ -3,18 +3,19 @@
 each block's second norm and at each block's output, and every norm reading the stream (ln_1,
 ln_2, ln_f) takes the stream's permutation on its gamma and beta.  ``c_attn`` is one Conv1D
 holding Q, K and V side by side, so the attention permutation is tiled three times on its output
-axis; Conv1D weights are stored [in, out].  The LM head is tied to ``wte``.  Text blocks carry no
+axis; Conv1D weights are stored [in, out].  The LM head is tied to ``wte``; the sequence
+classifier's ``score`` (no bias) reads the final state of the last non-pad token.  Text blocks carry no
 special tokens."""
 from __future__ import annotations
 
-from .spec import Capture, Family, conv1d, embedding, norm
+from .spec import Capture, Family, conv1d, embedding, linear, norm
 
 _H = "{base}h.{l}"
 
 GPT2 = Family(
     name="gpt2",
     model_types=("gpt2",),
-    classes={"GPT2LMHeadModel": "causal-lm", "GPT2Model": "base"},
+    classes={"GPT2LMHeadModel": "causal-lm", "GPT2ForSequenceClassification": "classifier", "GPT2Model": "base"},
     base="transformer",
     sizes=lambda c: dict(layers=c.n_layer, hidden=c.n_embd, heads=c.n_head,
                          intermediate=c.n_inner or 4 * c.n_embd, embedding=c.n_embd),
@@ -32,7 +33,9 @@ GPT2 = Family(
            conv1d("ff-in", f"{_H}.mlp.c_fc", "ff", "res.att"),
            conv1d("ff-out", f"{_H}.mlp.c_proj", "res.ff", "ff")),
     final=(norm("norm", "{base}ln_f", "last"),),
-    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),)},
+    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),),
+           # the classifier reads the last non-pad token's final state: only its input columns move
+           "classifier": (linear("classifier", "score", None, "last", bias=False),)},
     captures={"res.emb": Capture("{base}drop", "output"),
               "att": Capture(f"{_H}.attn.c_proj", "input"),
               "ff": Capture(f"{_H}.mlp.c_proj", "input"),

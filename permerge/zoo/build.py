@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
-    from .train import SAMPLINGS, Recipe
+    from ..training import SAMPLINGS, Recipe
 
     d = Recipe()
     p = _Parser(prog="python -m permerge zoo build", description=__doc__.split("\n\n")[0])
@@ -110,7 +110,7 @@ def parse_args(argv=None):
 
 
 def recipe_from_args(args):
-    from .train import Recipe
+    from ..training import Recipe
 
     r = Recipe(**{k: getattr(args, k) for k in RECIPE_FLAGS})
     try:
@@ -154,7 +154,7 @@ def _stream_cache(build: Path, tok_dir: Path, train_tokens: int) -> Path:
 def _training_stream(build: Path, tok_dir: Path, train_tokens: int, log):
     import numpy as np
 
-    from . import train
+    from .. import training as train
 
     corpus_txt = build / "corpus" / "train.txt"
     if not corpus_txt.exists():
@@ -218,6 +218,23 @@ def _pretrain_parallel(args, seeds: list[int], log) -> dict[str, float]:
     return timings
 
 
+def _finetune(train, task: str, task_dir: Path, base: Path, seed: int, out: Path, args, device: str) -> dict:
+    """One bundled classifier: ``permerge.training.finetune`` with the family's recipe (the head from
+    ``HEAD_SEED`` for every base seed, sequences of at most 128 tokens, dropout 0.1), saved in
+    float16 with the zoo's record and card."""
+    recipe = train.FinetuneRecipe(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=32,
+                                  max_len=train.SEQ_LEN, dropout=0.1)
+    res = train.finetune(str(base), task_dir, head_seed=train.HEAD_SEED, seed=seed, recipe=recipe, device=device,
+                         log=_log, stage=f"{task}-seed{seed}")
+    base_meta = json.loads((base / "permerge.json").read_text())
+    meta = {**res.meta, "task": task, "base": base.name, "config": base_meta["config"],
+            "base_recipe": base_meta.get("recipe"), "dtype_saved": "float16",
+            "data": f"data/tasks/{task}/train.tsv ({res.meta['train_examples']} rows); dev.tsv "
+                    f"({res.meta['metrics']['dev_examples']} rows)"}
+    train.save_checkpoint(res.model, res.tokenizer, out, meta, train.zoo_classifier_card(out.name, meta))
+    return meta
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.table:
@@ -256,7 +273,8 @@ def main(argv=None) -> int:
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        from . import train
+        from .. import training as train
+        from . import tokenizer as zoo_tokenizer
 
         device = train.resolve_device(args.device)
         _log(f"[device] {train.device_name(device)}")
@@ -281,7 +299,7 @@ def main(argv=None) -> int:
         corpus_txt = build / "corpus" / "train.txt"
         if not corpus_txt.exists():
             raise PermergeError(f"{corpus_txt} is missing: run the corpus stage first")
-        train.train_tokenizer(corpus_txt, tok_dir, log=_log)
+        zoo_tokenizer.train_tokenizer(corpus_txt, tok_dir, log=_log)
         timings["tokenizer"] = time.time() - t
 
     if "pack" in stages:
@@ -349,8 +367,7 @@ def main(argv=None) -> int:
                 if not base.exists():
                     raise PermergeError(f"{base} is missing: pre-train seed {seed} first")
                 ts = time.time()
-                train.finetune(task, data / "tasks" / task, base, seed, ckpts / f"{task}-seed{seed}",
-                               epochs=args.finetune_epochs, lr=args.finetune_lr, device=device, log=_log)
+                _finetune(train, task, data / "tasks" / task, base, seed, ckpts / f"{task}-seed{seed}", args, device)
                 timings[f"finetune {task} seed {seed}"] = time.time() - ts
         timings["finetune"] = time.time() - t
 

@@ -12,7 +12,7 @@ are checked before training (from the parameter count) and again at the end.
 
 Every seed's training loop ends at the latest ``--time-budget`` seconds after the step started
 (start-up time included; the learning-rate schedule is compressed to fit the time left, see
-``train.pretrain``), then it is evaluated and archived; a seed still running ``--deadline``
+``permerge.training.pretrain``), then it is evaluated and archived; a seed still running ``--deadline``
 seconds after the start is stopped, so the step cannot overrun.  Exit status 0 when every seed was written, 1
 when some failed (the others' archives are still there), 2 for bad input (one line, before any
 training).
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
-    from .train import SAMPLINGS, Recipe
+    from ..training import SAMPLINGS, Recipe
 
     d = Recipe()
     p = _Parser(prog="python -m permerge.zoo.gpu_step", description=__doc__.split("\n\n")[0])
@@ -107,7 +107,7 @@ def _worker(args) -> int:
     import numpy as np
     import torch
 
-    from . import train
+    from .. import training as train
 
     from transformers.utils import logging as hf_logging
 
@@ -203,7 +203,7 @@ def main(argv=None) -> int:
     if not deadline > 0:
         raise PermergeError("--deadline must be positive")
     manifest = P.read_manifest(args.pack)  # verifies every file's checksum
-    from .train import parameter_count
+    from ..training import parameter_count
 
     vocab = json.loads((args.pack / P.TOKENIZER_DIR / "tokenizer.json").read_text())["model"]["vocab"]
     weights = 2 * parameter_count(recipe, vocab=len(vocab))

@@ -1,6 +1,8 @@
-"""Tokenizer training, MLM pre-training, MLM evaluation and classifier fine-tuning.
+"""Training: MLM pre-training (the bundled family's recipe), MLM evaluation, fine-tuning any supported
+base into a sequence classifier, and the records (``permerge.json``) and cards of what they write.
 
-Imported lazily by ``permerge.zoo.build`` (torch/transformers are heavy imports).
+``permerge finetune`` and ``permerge zoo build`` call this module; it imports torch, so import it
+lazily where start-up time matters.
 """
 from __future__ import annotations
 
@@ -81,84 +83,6 @@ def parameter_count(recipe: Recipe, vocab: int = 8192, num_labels: int | None = 
     else:
         head = h * h + h + h * num_labels + num_labels  # pooler + classifier
     return emb + L * layer + head
-
-
-# ----------------------------------------------------------------------------- tokenizer
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def canonical_vocab(vocab: dict[str, int]) -> dict[str, int]:
-    """Deterministic ids for a WordPiece vocabulary: the special tokens first (in SPECIAL_TOKENS
-    order), then word-initial pieces, then ``##`` continuations, each sorted by code point.
-
-    The ``tokenizers`` WordPiece trainer numbers its alphabet in the iteration order of a
-    hash map whose seed changes with every process, and breaks ties between merges of equal count
-    by those ids, so the *set* of pieces is reproducible but their ids are not (two runs on the
-    same corpus differed in 123-160 ids).  WordPiece tokenisation is greedy longest-match over
-    the set, so renumbering changes no segmentation.
-    """
-    rest = [t for t in vocab if t not in SPECIAL_TOKENS]
-    rest.sort(key=lambda t: (t.startswith("##"), t))
-    return {t: i for i, t in enumerate(SPECIAL_TOKENS + rest)}
-
-
-def train_tokenizer(corpus: Path, out: Path, vocab_size: int = 8192, max_chars: int = 25_000_000,
-                    log=print) -> dict:
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
-
-    def setup(tok):
-        # strip_accents=None: BERT's rule (strip accents when lowercasing), and what transformers
-        # writes back when a BertTokenizerFast is saved, so the saved file is stable under load/save
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=None, lowercase=True)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece(prefix="##")
-        return tok
-
-    def lines():
-        n = 0
-        with open(corpus, encoding="utf-8") as f:
-            for line in f:
-                n += len(line)
-                if n > max_chars:
-                    return
-                yield line
-
-    tok = setup(Tokenizer(models.WordPiece(unk_token="[UNK]")))
-    # The trainer numbers the "##x" continuation characters in the order of a hash map seeded per
-    # process and breaks ties between equally frequent merges by those numbers, which changes the
-    # merges (and so the pieces) from run to run.  Registering every continuation character up
-    # front, in code-point order, fixes all their numbers; they are in the vocabulary anyway.
-    cont: set[str] = set()
-    for line in lines():
-        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line)):
-            cont.update(word[1:])
-    fixed = SPECIAL_TOKENS + ["##" + c for c in sorted(cont)]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=fixed,
-                                        continuing_subword_prefix="##", show_progress=False)
-    tok.train_from_iterator(lines(), trainer=trainer)
-    # a fresh tokenizer with the trained pieces, canonical ids and only the real special tokens
-    tok = setup(Tokenizer(models.WordPiece(vocab=canonical_vocab(tok.get_vocab()), unk_token="[UNK]",
-                                           continuing_subword_prefix="##", max_input_chars_per_word=100)))
-    tok.add_special_tokens(SPECIAL_TOKENS)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
-    fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=True, model_max_length=SEQ_LEN,
-                             unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-                             cls_token="[CLS]", mask_token="[MASK]")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fast.save_pretrained(tmp)
-    # save once more through a load, as every checkpoint does, so that the tokenizer files here
-    # are byte for byte the ones the checkpoints carry
-    load_tokenizer(tmp).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    log(f"  tokenizer: {tok.get_vocab_size()} entries -> {out}")
-    return {"vocab_size": tok.get_vocab_size()}
 
 
 def load_tokenizer(path: Path):
@@ -272,7 +196,7 @@ def mlm_loss(model, inp, chosen, labels):
 
 def resolve_device(device: str) -> str:
     """auto -> cuda when present; PermergeError (one line, exit 2) for cuda without a GPU."""
-    from ..pipeline import resolve_device as _resolve
+    from .pipeline import resolve_device as _resolve
 
     return _resolve(device)
 
@@ -465,135 +389,340 @@ A CPU-budget model for offline demos and tests, far weaker than a real BERT; see
 
 
 # ----------------------------------------------------------------------------- fine-tuning
-def read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
-    lines = path.read_text(encoding="utf-8").rstrip("\n").split("\n")
-    header = lines[0].split("\t")
-    rows = [ln.split("\t") for ln in lines[1:]]
-    return header, rows
+HEAD_SEED = 12345  # the bundled classifiers' head initialisation (the same for every base seed of a task)
 
 
-def _encode_task(tokenizer, header, rows):
-    if header == ["sentence", "label"]:
-        enc = tokenizer([r[0] for r in rows], truncation=True, max_length=SEQ_LEN, padding="max_length",
-                        return_tensors="pt")
-    else:
-        enc = tokenizer([r[0] for r in rows], [r[1] for r in rows], truncation=True, max_length=SEQ_LEN,
-                        padding="max_length", return_tensors="pt")
-    labels = torch.tensor([int(r[-1]) for r in rows])
-    return enc, labels
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """Fine-tuning knobs.  The paper (Verma & Elbayad 2024) states only that the classification
+    head (pooler and classifier) is initialised at random, identically for every base; the rest
+    is the usual BERT GLUE recipe (Devlin et al. 2019): AdamW at 2e-5, batch 32, 3 epochs,
+    sequences of at most 128 tokens, 10% linear warm-up then linear decay, weight decay 0.01,
+    gradient clipping at 1.0, dropout as the base's config has it."""
+    epochs: float = 3.0
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_len: int = 128
+    warmup: float = 0.1  # fraction of the steps
+    weight_decay: float = 0.01
+    max_examples: int | None = None  # the first N training examples (None: all)
+    dropout: float | None = None  # hidden and attention dropout (None: the base's)
+
+    def validate(self) -> None:
+        if not self.epochs > 0:
+            raise ValueError(f"--epochs must be positive (got {self.epochs})")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive (got {self.lr})")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.max_len < 8:
+            raise ValueError(f"--max-len must be at least 8 (got {self.max_len})")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"--warmup must be a fraction in [0, 1) (got {self.warmup})")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"--max-examples must be at least 1 (got {self.max_examples})")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1) (got {self.dropout})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned classifier in memory: the model (on the CPU, float32), its tokenizer, and its
+    record (what ``write_classifier`` stores as ``permerge.json``)."""
+    model: object
+    tokenizer: object
+    meta: dict
+
+
+_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                   "resid_pdrop", "attn_pdrop", "embd_pdrop", "summary_first_dropout")
+
+
+def _classifier_class(cfg) -> str:
+    """The sequence-classification class of a base's family (permerge.arch), or PermergeError."""
+    from .arch import SUPPORTED_MODEL_TYPES
+    from .errors import PermergeError
+
+    fam = SUPPORTED_MODEL_TYPES.get(cfg.model_type)
+    if fam is None:
+        raise PermergeError(f"cannot fine-tune a {cfg.model_type!r} model: supported families are "
+                            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}")
+    cls = [c for c, h in fam.classes.items() if h == "classifier"]
+    if not cls:
+        raise PermergeError(f"the {fam.name} family has no sequence classifier in permerge's tables "
+                            "(permerge/arch/); it cannot be fine-tuned into one")
+    arch = (cfg.architectures or [""])[0]
+    if arch in fam.classes and fam.head_of(arch) == "classifier" or arch.endswith("ForSequenceClassification"):
+        raise PermergeError(f"the base is already a classifier ({arch}); fine-tune a base with an MLM or "
+                            "causal-LM head")
+    return cls[0]
+
+
+def head_prefixes(model_type: str) -> list[str]:
+    """The modules of a family's classification head (its table's ``classifier`` weights, e.g.
+    ``bert.pooler.dense`` and ``classifier``): re-initialised from the head seed even where the base
+    has them (a MultiBERTs checkpoint carries a trained pooler; the paper starts the pooler at random)."""
+    from .arch import SUPPORTED_MODEL_TYPES
+
+    fam = SUPPORTED_MODEL_TYPES[model_type]
+    return [p.template.replace("{base}", f"{fam.base}.") for p in fam.heads.get("classifier", ())]
+
+
+def head_init(model, new_keys, head_seed: int) -> list[str]:
+    """Re-initialise a classifier's head (``new_keys``: the keys missing from the base's weights
+    and the family's head modules, ``head_prefixes``) from ``head_seed`` alone, in the model's parameter order: weight
+    matrices from N(0, initializer_range), biases 0, norm weights 1.  The same seed gives the same
+    head for every base of one architecture and size (the paper's setting).  Returns the keys."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    g = torch.Generator().manual_seed(int(head_seed))
+    done = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name not in new_keys:
+                continue
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+            done.append(name)
+    return done
+
+
+def _task_examples(task, max_examples=None):
+    n = len(task.texts_a) if max_examples is None else min(max_examples, len(task.texts_a))
+    return task.texts_a[:n], (task.texts_b[:n] if task.texts_b else None), task.labels[:n]
+
+
+def _encode(tokenizer, a, b, max_len):
+    return tokenizer(a, b, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
 
 
 @torch.no_grad()
-def eval_classifier(model, enc, labels, device="cpu", batch=128) -> dict:
+def evaluate_classifier(model, tokenizer, task, device="cpu", batch=64, max_len=128, precision="fp32") -> dict:
+    """Dev loss (cross-entropy, MSE for regression), accuracy and the task's GLUE metrics."""
+    from .glue import compute
+
     model.eval()
-    tot, correct = 0.0, 0
-    for i in range(0, len(labels), batch):
-        n_tok = int(enc["attention_mask"][i:i + batch].sum(1).max())
-        kw = {k: v[i:i + batch, :n_tok].to(device) for k, v in enc.items()}
-        y = labels[i:i + batch].to(device)
-        logits = model(**kw).logits.float()
-        tot += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(-1) == y).sum().item()
-    return {"dev_loss": tot / len(labels), "dev_accuracy": correct / len(labels), "dev_examples": len(labels)}
+    a, b, y = _task_examples(task)
+    tot, outs = 0.0, []
+    use_amp = precision == "bf16" and str(device).startswith("cuda")
+    for i in range(0, len(a), batch):
+        enc = _encode(tokenizer, a[i:i + batch], b[i:i + batch] if b else None, max_len)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(**enc).logits.float()
+        yy = torch.tensor(y[i:i + batch], device=device)
+        if task.regression:
+            tot += torch.nn.functional.mse_loss(logits.squeeze(-1), yy.float(), reduction="sum").item()
+            outs.append(logits.squeeze(-1).cpu().double())
+        else:
+            tot += torch.nn.functional.cross_entropy(logits, yy.long(), reduction="sum").item()
+            outs.append(logits.argmax(-1).cpu())
+    out = torch.cat(outs).numpy()
+    labels = np.asarray(y)
+    metrics = {"dev_loss": tot / len(y), "dev_examples": len(y)}
+    names = ["accuracy"] + [m for m in task.metrics if m != "accuracy"] if not task.regression else list(task.metrics)
+    metrics.update({f"dev_{k}": v for k, v in compute(names, labels, out, task.regression).items()})
+    return metrics
 
 
-HEAD_SEED = 12345  # same pooler+classifier initialisation for every fine-tune of a task
+def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, seed: int = 0,
+             recipe: FinetuneRecipe = FinetuneRecipe(), glue_task: str | None = None, device: str = "auto",
+             progress=None, log=None, stage: str = "fine-tuning") -> FineTuned:
+    """Fine-tune ``base`` (a checkpoint with an MLM or causal-LM head, a local folder or a hub id)
+    into its family's sequence classifier on the task folder ``task_dir`` (GLUE-format: train.tsv
+    and dev.tsv, or a GLUE task as distributed; ``permerge.data.read_task``).
 
+    The classification head (the family's head modules, ``head_prefixes``, and whatever else the
+    base lacks) comes from ``head_seed`` alone (``head_init``), the data order and dropout from
+    ``seed``.  On a GPU the
+    forwards run under bf16 autocast, on the CPU in float32.  ``progress(stage, step, steps)`` is
+    called after every optimizer step (and may raise to cancel).  The dev metrics are measured at
+    the end and kept in the record."""
+    import transformers
 
-def finetune(task: str, task_dir: Path, base: Path, seed: int, out: Path, epochs: float = 2.0,
-             batch: int = 32, lr: float = 2e-4, device: str = "cpu", max_len: int | None = None,
-             log=print) -> dict:
-    from transformers import BertForSequenceClassification
+    from . import data as D
+    from .checkpoints import (_check_weight_files, _is_local, _load_tokenizer, downloads_allowed, quiet_transformers,
+                              read_config)
+    from .errors import DataError, PermergeError
+    from .pipeline import resolve_device
 
-    tokenizer = load_tokenizer(base)
-    header, train_rows = read_tsv(task_dir / "train.tsv")
-    _, dev_rows = read_tsv(task_dir / "dev.tsv")
-    num_labels = max(int(r[-1]) for r in train_rows + dev_rows) + 1
-    enc, labels = _encode_task(tokenizer, header, train_rows)
-    denc, dlabels = _encode_task(tokenizer, header, dev_rows)
-    # trim padding to the longest example (speed); positions stay <= 128
-    L = int(max(enc["attention_mask"].sum(1).max(), denc["attention_mask"].sum(1).max()))
-    enc = {k: v[:, :L] for k, v in enc.items()}
-    denc = {k: v[:, :L] for k, v in denc.items()}
+    try:
+        recipe.validate()
+    except ValueError as e:
+        raise PermergeError(str(e)) from None
+    quiet_transformers()
+    device = resolve_device(device)
+    cfg = read_config(str(base))
+    cls_name = _classifier_class(cfg)
+    train_task = D.read_task(task_dir, "train", glue_task)
+    glue = train_task.glue
+    dev_splits = ["dev"]
+    if glue == "MNLI":
+        dev_splits = [s for s in ("dev_matched", "dev_mismatched") if (Path(task_dir) / f"{s}.tsv").is_file()] or ["dev"]
+    devs = {s: D.read_task(task_dir, s, glue_task) for s in dev_splits}
+    regression = train_task.regression
+    if any(d.regression != regression for d in devs.values()):
+        raise DataError(f"{task_dir}: train.tsv and the dev file disagree on regression vs classes")
+    num_labels = 1 if regression else max([train_task.num_labels] + [d.num_labels for d in devs.values()])
+    a, b, y = _task_examples(train_task, recipe.max_examples)
 
-    model = BertForSequenceClassification.from_pretrained(
-        str(base), num_labels=num_labels, dtype=torch.float32,
-        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    # identical head init across base seeds: re-initialise pooler + classifier from HEAD_SEED
-    g = torch.Generator().manual_seed(HEAD_SEED)
-    std = model.config.initializer_range
-    with torch.no_grad():
-        for lin in (model.bert.pooler.dense, model.classifier):
-            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * std)
-            lin.bias.zero_()
+    local = _is_local(str(base))
+    target = str(Path(str(base)).expanduser()) if local else str(base)
+    if local:
+        _check_weight_files(Path(target))
+    tokenizer = _load_tokenizer(target, local, str(base))
+    if tokenizer is None:
+        raise PermergeError(f"{base} has no tokenizer files; fine-tuning reads the task's text through the base's "
+                            "tokenizer")
+    pad_note = None
+    if tokenizer.pad_token is None:  # GPT-2: no pad token; the classifier reads the last non-pad token
+        if tokenizer.eos_token is None:
+            raise PermergeError(f"the tokenizer of {base} has neither a pad nor an end-of-text token")
+        tokenizer.pad_token = tokenizer.eos_token
+        pad_note = f"pad token = end-of-text token {tokenizer.eos_token!r} (right padding)"
+    tokenizer.padding_side = "right"
+    max_len = recipe.max_len
+    positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if positions:
+        max_len = min(max_len, positions - (2 if cfg.model_type == "roberta" else 0))
+    kw = {"num_labels": num_labels, "pad_token_id": tokenizer.pad_token_id}
+    if regression:
+        kw["problem_type"] = "regression"
+    if recipe.dropout is not None:
+        kw.update({k: recipe.dropout for k in _DROPOUT_FIELDS if hasattr(cfg, k)})
+    torch.manual_seed(seed)  # dropout
+    try:
+        where = {} if local else {"local_files_only": not downloads_allowed()}
+        model, info = getattr(transformers, cls_name).from_pretrained(
+            target, dtype=torch.float32, trust_remote_code=False, output_loading_info=True, **kw, **where)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PermergeError(f"cannot load {base!r} as {cls_name}: {msg}") from None
+    prefixes = tuple(f"{h}." for h in head_prefixes(cfg.model_type))
+    new_keys = set(info.get("missing_keys", [])) | {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+    head_keys = head_init(model, new_keys, head_seed)
+    if not head_keys:
+        raise PermergeError(f"{base}: loading it as {cls_name} added no new weights; is it already a classifier?")
+    model.config.architectures = [cls_name]
+    if not regression and train_task.glue:
+        from .data import _LABEL_ORDERS  # string classes: keep their names in the config
+        for order in _LABEL_ORDERS:
+            if train_task.num_labels == len(order) and glue in ("MNLI", "QNLI", "RTE"):
+                if (glue == "MNLI") == (len(order) == 3):
+                    model.config.id2label = dict(enumerate(order))
+                    model.config.label2id = {v: k for k, v in enumerate(order)}
     model.to(device).train()
-    steps = int(math.ceil(len(labels) / batch) * epochs)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(1, steps // 10), steps))
-    gen = torch.Generator().manual_seed(2000 + seed)
+
+    n = len(a)
+    per_epoch = math.ceil(n / recipe.batch_size)
+    steps = max(1, int(math.ceil(per_epoch * recipe.epochs)))
+    warm = int(recipe.warmup * steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(max(1, warm), steps) if warm else
+                                              (lambda s: max(0.0, (steps - s) / steps)))
+    gen = torch.Generator().manual_seed(2000 + seed)  # data order
+    use_amp = device.startswith("cuda")
+    log = log or (lambda *_: None)
+    label_t = torch.tensor(y, dtype=torch.float if regression else torch.long)
     t0 = time.time()
-    losses = []
-    order = torch.randperm(len(labels), generator=gen)
-    pos = 0
+    losses: list[float] = []
+    order, pos, tokens = torch.randperm(n, generator=gen), 0, 0
     for step in range(steps):
-        if pos + batch > len(order):
-            order = torch.randperm(len(labels), generator=gen)
-            pos = 0
-        idx = order[pos:pos + batch]
-        pos += batch
-        n_tok = int(enc["attention_mask"][idx].sum(1).max())  # pad only to the batch's longest row
-        kw = {k: v[idx, :n_tok].to(device) for k, v in enc.items()}
-        out_ = model(**kw, labels=labels[idx].to(device))
+        if pos >= n:
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + recipe.batch_size].tolist()
+        pos += recipe.batch_size
+        enc = _encode(tokenizer, [a[i] for i in idx], [b[i] for i in idx] if b else None, max_len)
+        tokens += int(enc["attention_mask"].sum())
+        enc = {k: v.to(device, non_blocking=True) for k, v in enc.items()}
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(**enc).logits
+        yy = label_t[idx].to(device)
+        loss = (torch.nn.functional.mse_loss(logits.float().squeeze(-1), yy) if regression
+                else torch.nn.functional.cross_entropy(logits.float(), yy))
         opt.zero_grad(set_to_none=True)
-        out_.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(out_.loss.item())
-        if step % 50 == 0:
-            log(f"    {task} seed {seed} step {step:4d}/{steps} loss {np.mean(losses[-50:]):.3f} "
-                f"{time.time() - t0:.0f}s")
+        losses.append(loss.item())
+        if progress is not None:
+            progress(stage, step + 1, steps, loss=float(np.mean(losses[-20:])))
+        if step % 50 == 0 or step + 1 == steps:
+            log(f"    {stage} step {step + 1}/{steps} loss {np.mean(losses[-50:]):.3f} {time.time() - t0:.0f}s")
     wall = time.time() - t0
-    metrics = eval_classifier(model, denc, dlabels, device)
-    log(f"  {task}-seed{seed}: dev loss {metrics['dev_loss']:.3f} acc {metrics['dev_accuracy']:.3f} "
-        f"({steps} steps, {wall:.0f}s)")
-    base_meta = json.loads((base / "permerge.json").read_text())
+    metrics = {}
+    for s, d in devs.items():
+        m = evaluate_classifier(model, tokenizer, d, device, max_len=max_len, precision="bf16" if use_amp else "fp32")
+        # MNLI: the matched dev set under the plain names, the mismatched one with a suffix
+        metrics.update({f"{k}_mismatched": v for k, v in m.items()} if s == "dev_mismatched" and len(devs) > 1 else m)
+    model = model.to("cpu").float().eval()
+    base_cfg = model.config
     meta = {
-        "kind": "classifier", "task": task, "seed": seed,
-        "architecture": "BertForSequenceClassification (post-LN)",
-        "base": base.name, "num_labels": num_labels, "columns": header,
-        "head_init_seed": HEAD_SEED,
-        "config": base_meta["config"],
-        "base_recipe": base_meta.get("recipe"),
-        "finetune_recipe": {"epochs": epochs, "batch": batch, "lr": lr, "dropout": 0.1,
-                            "warmup": "10% of the steps, then linear decay", "head_init_seed": HEAD_SEED},
-        "data": f"data/tasks/{task}/train.tsv ({len(train_rows)} rows); dev.tsv ({len(dev_rows)} rows)",
-        "steps": steps, "epochs": epochs, "batch": batch, "lr": lr, "max_len": L,
-        "train_tokens": int(enc["attention_mask"].sum().item() * epochs),
+        "kind": "classifier", "task": Path(task_dir).name, "glue_task": glue, "seed": seed,
+        "architecture": cls_name, "base": str(base), "num_labels": num_labels, "regression": regression,
+        "head_init_seed": int(head_seed), "head_parameters": head_keys,
+        "finetune_recipe": recipe.to_dict(),
+        "data": f"{train_task.file} ({n} of {len(train_task.texts_a)} rows); "
+                + "; ".join(f"{Path(d.file).name} ({len(d.texts_a)} rows)" for d in devs.values()),
+        "steps": steps, "epochs": recipe.epochs, "batch": recipe.batch_size, "lr": recipe.lr, "max_len": max_len,
+        "train_examples": n, "train_tokens": tokens,
         "final_train_loss": float(np.mean(losses[-20:])),
         "metrics": metrics,
-        "device": device_name(device), "wall_time_s": round(wall, 1), "dtype_saved": "float16",
+        "config": {"hidden_size": getattr(base_cfg, "hidden_size", None), "layers": getattr(base_cfg, "num_hidden_layers", None),
+                   "vocab_size": base_cfg.vocab_size, "parameters": sum(p.numel() for p in model.parameters())},
+        "device": device_name(device), "autocast": "bf16" if use_amp else None,
+        "wall_time_s": round(wall, 1), "pad_token": pad_note,
     }
-    card = _clf_card(f"{task}-seed{seed}", meta)
-    save_checkpoint(model, tokenizer, out, meta, card)
-    return meta
+    shown = ", ".join(f"{k[4:]} {v:.3f}" for k, v in metrics.items() if k.startswith("dev_") and isinstance(v, float))
+    log(f"  {stage}: {shown} ({steps} steps, {wall:.0f}s)")
+    return FineTuned(model, tokenizer, meta)
 
 
-def _clf_card(name, meta):
+def write_classifier(result: FineTuned, out: str | Path, overwrite: bool = False, final: Path | None = None) -> Path:
+    """Save a fine-tuned classifier as an ordinary checkpoint folder (config.json, float32
+    safetensors, the tokenizer, permerge.json and a README.md card), atomically: written into a
+    temporary sibling and renamed into place (``permerge.outputs.staged``); an existing folder is
+    replaced only with ``overwrite`` and only when permerge wrote it."""
+    from .checkpoints import save_model
+    from .outputs import check_out, staged
+
+    final = final or check_out(out, overwrite)
+    with staged(final, overwrite) as tmp:
+        save_model(result.model, result.tokenizer, tmp)
+        (tmp / "permerge.json").write_text(json.dumps(result.meta, indent=2, default=float) + "\n")
+        (tmp / "README.md").write_text(classifier_card(final.name, result.meta))
+    return final
+
+
+def zoo_classifier_card(name: str, meta: dict) -> str:
+    """The card of a bundled classifier: the general card, and where the zoo's tasks are described."""
+    return (classifier_card(name, meta).rstrip("\n") + f"{meta.get('metrics_note', '')}\n\n"
+            "See `permerge/zoo/README.md` for the task construction and licenses.\n")
+
+
+def classifier_card(name: str, meta: dict) -> str:
     m = meta["metrics"]
+    shown = ", ".join(f"{k[4:].replace('_', ' ')} {v:.3f}" for k, v in m.items()
+                      if k.startswith("dev_") and isinstance(v, float))
+    r = meta.get("finetune_recipe", {})
     return f"""# {name}
 
-`BertForSequenceClassification` fine-tuned from `{meta['base']}` on the permerge zoo task
-`{meta['task']}` ({meta['num_labels']} labels; columns {', '.join(meta['columns'])}). Pooler and
-classifier were initialised from seed {meta['head_init_seed']}, identical for every base seed of
-this task. {_cfg_line(meta)}.
+`{meta['architecture']}` fine-tuned by `permerge finetune` from `{meta['base']}` on `{meta['task']}`
+({'GLUE ' + meta['glue_task'] if meta.get('glue_task') else 'task folder'}; {meta['num_labels']} output(s)).
+The new head weights ({', '.join(meta['head_parameters'])}) were initialised from head seed
+{meta['head_init_seed']}, identical for every base of this size; data order and dropout from seed {meta['seed']}.
 
-- {meta['steps']} steps x batch {meta['batch']} ({meta['epochs']} epochs, lr {meta['lr']}) on
-  {meta['device']} in {meta['wall_time_s']:.0f} s.
-- Final train loss {meta['final_train_loss']:.3f}; dev loss {m['dev_loss']:.3f},
-  dev accuracy {m['dev_accuracy']:.3f} on {m['dev_examples']} rows{meta.get('metrics_note', '')}.
-
-See `permerge/zoo/README.md` for the task construction and licenses.
+- {meta['steps']} steps x batch {meta['batch']} ({meta['epochs']} epochs of {meta['train_examples']} examples,
+  AdamW lr {meta['lr']}, {r.get('warmup', 0.1):.0%} warm-up then linear decay, max length {meta['max_len']})
+  on {meta['device']} in {meta['wall_time_s']:.0f} s.
+- Final train loss {meta['final_train_loss']:.3f}; dev: {shown} ({m.get('dev_examples', '?')} rows).
 """
 
 
@@ -615,12 +744,13 @@ def reevaluate(ckpt: Path, eval_blocks: np.ndarray | None, tasks_root: Path, dev
         card = _mlm_card(ckpt.name, meta)
         log(f"  {ckpt.name}: eval MLM loss {r['mlm_loss']:.3f} acc {r['mlm_accuracy']:.3f}")
     else:
+        from .data import read_task
+
         model = AutoModelForSequenceClassification.from_pretrained(str(ckpt), dtype=torch.float32).to(device)
-        header, rows = read_tsv(tasks_root / meta["task"] / "dev.tsv")
-        enc, labels = _encode_task(tokenizer, header, rows)
-        meta["metrics"] = eval_classifier(model, dict(enc), labels, device)
+        task = read_task(tasks_root / meta["task"], "dev")
+        meta["metrics"] = evaluate_classifier(model, tokenizer, task, device, max_len=meta.get("max_len", SEQ_LEN))
         meta["metrics_note"] = note
-        card = _clf_card(ckpt.name, meta)
+        card = zoo_classifier_card(ckpt.name, meta)
         log(f"  {ckpt.name}: dev loss {meta['metrics']['dev_loss']:.3f} "
             f"acc {meta['metrics']['dev_accuracy']:.3f}")
     tmp = ckpt / "permerge.json.tmp"
