@@ -547,7 +547,7 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     import transformers
 
     from . import data as D
-    from .checkpoints import (_check_weight_files, _is_local, _load_tokenizer, downloads_allowed, quiet_transformers,
+    from .checkpoints import (_check_weight_files, _folder, _load_tokenizer, check_regular_files, quiet_transformers,
                               read_config)
     from .errors import DataError, PermergeError
     from .pipeline import resolve_device
@@ -572,11 +572,11 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
     num_labels = 1 if regression else max([train_task.num_labels] + [d.num_labels for d in devs.values()])
     a, b, y = _task_examples(train_task, recipe.max_examples)
 
-    local = _is_local(str(base))
-    target = str(Path(str(base)).expanduser()) if local else str(base)
-    if local:
-        _check_weight_files(Path(target))
-    tokenizer = _load_tokenizer(target, local, str(base))
+    folder, _ = _folder(str(base), "all")  # a hub id: its snapshot (fetched when downloads are allowed)
+    target = str(folder)
+    check_regular_files(str(base), folder)
+    _check_weight_files(folder)
+    tokenizer = _load_tokenizer(target, str(base))
     if tokenizer is None:
         raise PermergeError(f"{base} has no tokenizer files; fine-tuning reads the task's text through the base's "
                             "tokenizer")
@@ -598,7 +598,7 @@ def finetune(base: str, task_dir: str | Path, *, head_seed: int = HEAD_SEED, see
         kw.update({k: recipe.dropout for k in _DROPOUT_FIELDS if hasattr(cfg, k)})
     torch.manual_seed(seed)  # dropout
     try:
-        where = {} if local else {"local_files_only": not downloads_allowed()}
+        where = {"local_files_only": True}
         model, info = getattr(transformers, cls_name).from_pretrained(
             target, dtype=torch.float32, trust_remote_code=False, output_loading_info=True, **kw, **where)
     except Exception as e:
