@@ -270,8 +270,8 @@ def _wait(at, state_key, timeout=90):
 
 
 def _wait_section(at, section, timeout=120):
-    run = at.session_state["run"]
-    _wait_job(at, lambda: at.session_state["results"][run.key][section], timeout)
+    _wait_job(at, lambda: next(s["key"] for s in reversed(at.session_state["results"]) if s["section"] == section),
+              timeout)
 
 
 @pytest.mark.slow

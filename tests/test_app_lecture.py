@@ -115,7 +115,7 @@ def residual_study(run, barriers: dict[str, float], se: float = 0.004):
     key = job_key("start_residual", job=run.job.to_dict(), options=[o.label() for o in opts], lambdas=run.lambdas)
     put(key, {"curves": [curve(o, barriers[o.label()], se) for o in opts],
               "about": work.about(run.job, None, run.lambdas, variants=[o.label() for o in opts])})
-    return {run.key: {"start_residual": key}}
+    return [{"section": "start_residual", "key": key, "label": "residual variants", "depends": {}, "recipe": None}]
 
 
 def test_start_page_derives_its_verdicts_from_the_figures_it_shows():
@@ -280,7 +280,8 @@ def test_classifier_section_marks_the_m_shape_and_keeps_its_curves_across_runs()
     put("tasks:lecture-test", cls_result())
     at = fresh()
     at.session_state["run"] = run
-    at.session_state["cls_key"] = "tasks:lecture-test"
+    at.session_state["results"] = [{"section": "classifiers", "key": "tasks:lecture-test", "label": "classifier curves",
+                                    "depends": {}, "recipe": None}]  # depends on nothing of the run
     at.run()
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
