@@ -27,7 +27,7 @@ PAGES = {
 page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
 
 from dashboard.state import (current_run, name_md, open_run, recent_runs, record_label,  # noqa: E402 (torch)
-                             run_id, sync_address)
+                             run_id, sync_address, top_progress)
 
 sync_address()
 with st.sidebar:
@@ -49,5 +49,8 @@ with st.sidebar:
                     st.rerun()
     presenter.toggle()
 presenter.bar(page.title)
+# every running job of this session, at the top of whichever page is shown (the run page shows its run there)
+top_progress(skip=(st.session_state["pending_run"].key,) if page.title == "Pick and run" and "pending_run" in st.session_state
+             else ())
 
 page.run()

@@ -431,6 +431,36 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
         poll()
 
 
+def _session_jobs() -> list[tuple[str, str]]:
+    """(job key, title) of this session's running jobs: its pending run and its studies."""
+    out = []
+    pending = st.session_state.get(PENDING_STATE)
+    if pending is not None:
+        out.append((pending.key, f"Aligning {pair_title(pending.job)}"))
+    out += [(s["key"], s.get("label", "study").capitalize()) for s in st.session_state.get(RESULTS_STATE, [])]
+    return [(k, t) for k, t in out if (h := jobs().get(k)) is not None and h.active]
+
+
+def top_progress(skip: tuple = ()) -> None:
+    """At the top of every page: one line per running job of this session (the whole job's share
+    and time left), wherever it was started; ``skip``: keys the page shows at its own top."""
+    if not [k for k, _ in _session_jobs() if k not in skip]:
+        return  # nothing running: no polling at all
+
+    @st.fragment(run_every=1.0)
+    def lines():
+        running = [(k, t) for k, t in _session_jobs() if k not in skip]
+        if not running:
+            st.rerun()  # the last one ended: the page draws its result
+        for key, title in running:
+            snap = jobs().get(key).snapshot()
+            frac = min(max(snap["fraction"], 0.0), 1.0)
+            text = overall_line(snap) if snap["info"].get("job") else describe(snap)
+            st.progress(frac, text=f"{title} — {text}")
+
+    lines()
+
+
 def latest_only(slot: str, key: str, fn, label: str, title: str):
     """Run ``fn`` as the page's one current job (the previous job in ``slot`` is forgotten: a group's
     matrices or weights can be large), show its progress, and return its result; the page stops

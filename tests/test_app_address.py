@@ -150,3 +150,35 @@ def test_a_variant_change_keeps_the_studies_that_do_not_depend_on_it():
     at.run()
     titles = [f.get("layout", {}).get("title", {}).get("text", "") for f in _specs(at)]
     assert not any(t.startswith("Fig. 4") for t in titles), titles
+
+
+def test_a_running_study_shows_its_whole_job_line_at_the_top_of_every_page():
+    import threading
+
+    from dashboard.state import jobs
+    from permerge.plan import JobPlan
+
+    run = fake_run(AlignOptions(), 0.6, 0.3, tag="top")
+    release = threading.Event()
+
+    def slow(progress):
+        plan = JobPlan([("load", "load", 0), ("vanilla curve", "curve", 100), ("aligned curve", "curve", 100)])
+        plan.report(progress, 1, "interpolation", 5, 10)
+        release.wait(30)
+        return {"curves": []}
+
+    key = "fig4:running-top-test"
+    jobs().forget(key)
+    jobs().submit(key, slow, "Fig. 4 variants")
+    try:
+        at = fresh()
+        at.session_state["run"] = run
+        at.session_state["results"] = [{"section": "fig4", "key": key, "label": "Fig. 4 variants", "depends": {},
+                                        "recipe": None}]
+        at._finished_page_script_hash = ""
+        at.run()  # Start here: not the page the study was started on
+        assert_clean(at)
+        lines = [p.proto.text for p in at.get("progress")]
+        assert any(t.startswith("Fig. 4 variants — stage 2 of 3") and "25% of the job done" in t for t in lines), lines
+    finally:
+        release.set()
