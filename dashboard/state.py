@@ -393,8 +393,10 @@ def _partial_chart(snap: dict) -> None:
     if not rows or len(rows) < 2:
         return
     df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
-    st.plotly_chart(plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far"),
-                    width="stretch", key=f"partial::{snap['key']}")
+    fig = plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far")
+    lo, hi = plots.live_range(df["loss"])
+    fig.update_xaxes(range=[-0.02, 1.02], autorange=False).update_yaxes(range=[lo, hi], autorange=False)
+    st.plotly_chart(fig, width="stretch", key=f"partial::{snap['key']}")
 
 
 def job_panel(key: str, title: str = "Working", where=None) -> None:

@@ -7,7 +7,7 @@ from dashboard.figures import fig_name, show_figure
 from dashboard.text import md, plot_text
 from permerge import plots, runs, zoo
 from permerge.align import VANILLA, AlignOptions
-from permerge.shapes import shapes_frame, table3, worse_pairs
+from permerge.shapes import one_pair_tasks, shapes_frame, table3, worse_pairs
 from permerge.study import FIG4, band, barriers_frame, curves_frame, family_pairs
 
 st.title("Interpolation")
@@ -167,7 +167,11 @@ else:
         st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned with "
                     f"{cls_opts[1].label()} (mean ± standard error over pairs; one pair has no standard error), which "
                     "pairs are M-shaped, and where alignment made a pair worse.")
-        st.dataframe(table3(curves_df, bars_df), width="stretch", hide_index=True)
+        t3 = table3(curves_df, bars_df)
+        st.dataframe(t3, width="stretch", hide_index=True)
+        if one_pair_tasks(t3):
+            st.caption(f"No standard error for {md(', '.join(one_pair_tasks(t3)))}: one pair per task, and a standard "
+                       "error over pairs needs at least two. Raise **Pairs per task** above for one.")
         worse = worse_pairs(bars_df)
         if worse:
             st.caption("Alignment raised the barrier of " + "; ".join(

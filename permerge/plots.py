@@ -42,7 +42,7 @@ METHOD_COLORS = {
     "res:last": "#e377c2",
     "res:all": "#17becf",
     "res:separate": "#bcbd22",
-    "FF + attn:head-perm + pooler": "#ff9896",
+    "FF + attn:head-perm + pooler": "#c51b7d",  # the classifiers' aligned curve: strong enough for a projector
     "weights: FF + attn:head-perm": "#393b79",  # weight matching (see weight_match.py)
     "weights: FF + attn:head-perm + res:all": "#6b6ecf",
 }
@@ -109,6 +109,18 @@ def _to_rgb(C: np.ndarray, zmin=-1.0, zmax=1.0) -> np.ndarray:
     lo = np.floor(t).astype(int).clip(0, len(RDBU) - 2)
     w = (t - lo)[..., None]
     return (stops[lo] * (1 - w) + stops[lo + 1] * w).round().astype(np.uint8)
+
+
+def live_range(values, min_span: float = 0.5) -> tuple[float, float]:
+    """A y range for a curve drawn while its points come in: the points with a margin, and at least
+    ``min_span`` wide (nats), so that two nearly equal end points are not stretched into a steep line."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.15 * (hi - lo), (min_span - (hi - lo)) / 2, 0.0)
+    return lo - pad, hi + pad
 
 
 def heatmap(C: np.ndarray, heads: int | None = None, title: str = "", max_pixels: int = 1024,

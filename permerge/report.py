@@ -115,7 +115,20 @@ def figure_image(fig, fmt: str = "png", width: int = 1100, scale: float = 2.0) -
         raise ValueError(f"unknown image format {fmt!r}")
     if image_renderer() is None:
         raise RuntimeError("PNG and SVG need Chrome or Chromium (kaleido renders with it); none was found")
-    return _render(fig.to_json(), fmt, width, scale if fmt == "png" else 1.0)
+    return _render(fig.to_json(), fmt, image_width(fig, width), scale if fmt == "png" else 1.0)
+
+
+def image_width(fig, width: int = 1100) -> int:
+    """The width an image of ``fig`` is drawn at: a square chart (a heatmap whose y axis is anchored to
+    its x axis) gets the width its height needs, plus the margins and the colour bar, so that no wide
+    gap opens between the matrix and its colour bar."""
+    layout = fig.layout
+    if getattr(layout.yaxis, "scaleanchor", None) == "x":
+        m = layout.margin
+        height = int(layout.height or 520)
+        plot = height - int(m.t if m.t is not None else 80) - int(m.b if m.b is not None else 80)
+        return min(width, plot + int(m.l if m.l is not None else 80) + int(m.r if m.r is not None else 80) + 120)
+    return width
 
 
 # --- the lecture pack ---------------------------------------------------------------------------------
