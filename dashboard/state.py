@@ -392,11 +392,19 @@ def _partial_chart(snap: dict) -> None:
     rows = snap["info"].get("rows")
     if not rows or len(rows) < 2:
         return
-    df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
-    fig = plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far")
-    lo, hi = plots.live_range(df["loss"])
-    fig.update_xaxes(range=[-0.02, 1.02], autorange=False).update_yaxes(range=[lo, hi], autorange=False)
-    st.plotly_chart(fig, width="stretch", key=f"partial::{snap['key']}")
+    sig = (snap["key"], snap["info"].get("method", ""), len(rows))
+    kept = st.session_state.get("_partial_fig")
+    if kept is None or kept[0] != sig:  # built again only when new points came in
+        df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
+        fig = plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far")
+        lo, hi = plots.live_range(df["loss"])
+        fig.update_xaxes(range=[-0.02, 1.02], autorange=False).update_yaxes(range=[lo, hi], autorange=False)
+        kept = st.session_state["_partial_fig"] = (sig, fig)
+    st.plotly_chart(kept[1], width="stretch", key=f"partial::{snap['key']}")
+
+
+POLL_S = 1.0  # the progress line of a running job is read this often
+CHART_POLL_S = 3.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
 def job_panel(key: str, title: str = "Working", where=None) -> None:
@@ -406,7 +414,7 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
     if h is None or not h.active:
         return
 
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=POLL_S)
     def poll():
         snap = h.snapshot()
         if not h.active:
@@ -421,16 +429,22 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
             st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
                        + (f"; this stage: about {_fmt_s(eta)} left at the rate measured so far" if eta is not None else
                           "; time left: measuring …" if snap["total"] else ""))
-        _partial_chart(snap)
         if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()
             st.toast("Cancelling at the next step …")
 
+    @st.fragment(run_every=CHART_POLL_S)
+    def chart():  # apart from the line: a chart costs the server and the browser far more to redraw
+        if h.active:
+            _partial_chart(h.snapshot())
+
     if where is not None:
         with where:
             poll()
+            chart()
     else:
         poll()
+        chart()
 
 
 def _session_jobs() -> list[tuple[str, str]]:
