@@ -360,10 +360,14 @@ def band(df: pd.DataFrame, title: str = "", y_title: str = "loss") -> go.Figure:
 
 
 def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before vs after",
-               method: str | None = None) -> go.Figure:
+               method: str | None = None, view: str = "bars") -> go.Figure:
     """Fig. 5: mean correlation per layer (FF, attention) and per residual point, before and after
-    (df of ``study.layer_correlations``).  "before" has vanilla's colour, "after" the colour of
-    ``method`` (the default alignment's when not given)."""
+    (df of ``study.layer_correlations``), as grouped bars per layer (``view="bars"``, the paper's
+    figure; error bars when ``df`` has ``before_se`` / ``after_se``, e.g. the standard error over
+    several pairs) or as lines (``view="lines"``).  "before" has vanilla's colour, "after" the colour
+    of ``method`` (the default alignment's when not given)."""
+    if view not in ("bars", "lines"):
+        raise ValueError(f"unknown view {view!r}: bars or lines")
     after_color = method_color(method) if method else ALIGNED_COLOR
     kinds = [k for k in ("ff", "att", "res", "pooler") if k in set(df["kind"])]
     names = {"ff": "feed-forward", "att": "attention", "res": "residual stream", "pooler": "pooler"}
@@ -379,14 +383,20 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
             g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
             x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
         for what, color, dash in (("before", VANILLA_COLOR, "dot"), ("after", after_color, "solid")):
-            fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
-                                     showlegend=col == 1, line=dict(color=color, dash=dash),
-                                     customdata=np.stack([g["group"], g["aligned"].astype(str)], axis=1),
-                                     hovertemplate="%{customdata[0]}<br>" + what +
-                                                   " %{y:.3f}<br>aligned: %{customdata[1]}<extra></extra>"),
-                          row=1, col=col)
+            custom = np.stack([g["group"], g["aligned"].astype(str)], axis=1)
+            hover = "%{customdata[0]}<br>" + what + " %{y:.3f}<br>aligned: %{customdata[1]}<extra></extra>"
+            if view == "bars":
+                se = g.get(f"{what}_se")
+                fig.add_trace(go.Bar(x=x, y=g[what], name=what, legendgroup=what, showlegend=col == 1,
+                                     marker_color=color, customdata=custom, hovertemplate=hover,
+                                     error_y=dict(type="data", array=list(se), visible=True) if se is not None else None),
+                              row=1, col=col)
+            else:
+                fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
+                                         showlegend=col == 1, line=dict(color=color, dash=dash),
+                                         customdata=custom, hovertemplate=hover), row=1, col=col)
     fig.update_yaxes(title="mean correlation", row=1, col=1)
-    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=70, b=50),
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=70, b=50), barmode="group",
                       legend=dict(orientation="h", y=-0.2))
     return fig
 

@@ -56,3 +56,16 @@ def test_a_heatmap_image_has_its_colour_bar_next_to_it():
 def test_table3_names_the_tasks_with_one_pair():
     table = pd.DataFrame({"task": ["style", "topic"], "pairs": [1, 3]})
     assert shapes.one_pair_tasks(table) == ["style"]
+
+
+def test_feature_correlation_as_grouped_bars_with_standard_errors_or_as_lines():
+    df = pd.DataFrame([{"group": f"ff.{i}", "kind": "ff", "layer": i, "point": None, "position": None,
+                        "before": 0.1, "after": 0.5, "aligned": True, "before_se": 0.01, "after_se": 0.02}
+                       for i in range(3)])
+    bars = plots.layer_corr(df)
+    assert [t.type for t in bars.data] == ["bar", "bar"] and bars.layout.barmode == "group"
+    assert list(bars.data[1].error_y.array) == [0.02] * 3
+    lines = plots.layer_corr(df.drop(columns=["before_se", "after_se"]), view="lines")
+    assert [t.type for t in lines.data] == ["scatter", "scatter"]
+    with pytest.raises(ValueError):
+        plots.layer_corr(df, view="pie")
