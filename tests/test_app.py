@@ -154,9 +154,10 @@ def test_run_then_every_page(tmp_path):
     from permerge import plots
 
     fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
-    after = {t.line.color for t in fig.data if t.name == "after"}
+    assert {t.type for t in fig.data} == {"bar"}  # grouped bars per layer by default
+    after = {t.marker.color for t in fig.data if t.name == "after"}
     assert after == {plots.method_color("FF + attn:head-perm + res:separate")}  # the shown options' colour
-    before = {t.line.color for t in fig.data if t.name == "before"}
+    before = {t.marker.color for t in fig.data if t.name == "before"}
     assert before == {plots.method_color("vanilla")}
 
     at.switch_page("pages/interpolation.py").run()
