@@ -10,7 +10,8 @@ st.set_page_config(page_title="permerge", page_icon=":material/merge:", layout="
 
 # Sections of the navigation; a new page is one more st.Page in one of these lists.
 # A shareable link with settings in the address (?tokens=...) opens the run page; otherwise start here.
-settings_link = len(st.query_params) > 0
+# The address also names the session's run (?run=<id>): a reload, a second tab or a bookmark finds it.
+settings_link = any(k != "run" for k in st.query_params)  # ?run=<id> names a run: any page
 PAGES = {
     "Align": [st.Page("pages/start.py", title="Start here", icon=":material/school:", default=not settings_link),
               st.Page("pages/run.py", title="Pick and run", icon=":material/play_arrow:", default=settings_link)],
@@ -28,8 +29,10 @@ PAGES = {
 }
 page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
 
-from dashboard.state import current_run, name_md  # noqa: E402 (imports torch: after the navigation)
+from dashboard.state import (current_run, name_md, open_run, recent_runs, record_label,  # noqa: E402 (torch)
+                             run_id, sync_address, top_progress)
 
+sync_address()
 with st.sidebar:
     run = current_run()
     if run is None:
@@ -39,7 +42,18 @@ with st.sidebar:
                    f"{run.options.label()}, {run.lambdas} λ points", unsafe_allow_html=True)
         if not run.options.function_preserving:
             st.caption("⚠ not function-preserving")
+    others = [r for r in recent_runs(6) if run is None or r.id != run_id(run)][:5]
+    if others:
+        with st.expander("Recent runs", icon=":material/history:"):
+            for rec in others:
+                if st.button(record_label(rec), key=f"recent::{rec.id}", width="stretch",
+                             help=f"Open this run (address ?run={rec.id}); its studies come back with it."):
+                    open_run(rec.id)
+                    st.rerun()
     presenter.toggle()
 presenter.bar(page.title)
+# every running job of this session, at the top of whichever page is shown (the run page shows its run there)
+top_progress(skip=(st.session_state["pending_run"].key,) if page.title == "Pick and run" and "pending_run" in st.session_state
+             else ())
 
 page.run()

@@ -14,7 +14,15 @@ pages use (permerge.work), on the bundled default pair with the dashboard's defa
 The floor printed beside them is two forward passes over the alignment data, measured in the same
 run, so that a reader can tell a slow (or busy) machine from a slow program.
 
+With ``--browser`` it measures the first complete result in a real browser against the command line
+instead: a fresh `streamlit run app.py` (empty cache, warmed up by loading the run page) driven by
+headless Chromium through Selenium, from the click on Run alignment to the result drawn, between two
+runs of `permerge interpolate` on the same job (empty cache each); ``--busy N`` keeps N other
+processes busy meanwhile.  It prints each time, the browser-versus-command-line ratio, and the share
+of the job's time the progress reporting took on the work thread.
+
     python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 64] [--no-idle | --idle-only]
+    python bench/bench_dashboard.py --browser [--repeats 1] [--busy 2]
 """
 from __future__ import annotations
 
@@ -90,6 +98,177 @@ def idle_cpu(seconds: float = 20.0, watcher: str | None = None) -> float:
         proc.wait(10)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float]:
+    """(wall time, CPU seconds) of `permerge interpolate` on the bundled default pair (empty cache),
+    start-up included."""
+    import resource
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "permerge", "interpolate", f"zoo:{zoo.DEFAULT_PAIR[0]}", f"zoo:{zoo.DEFAULT_PAIR[1]}",
+               "--data", "zoo:align.txt", "--eval-data", "zoo:eval.txt", "--tokens", str(tokens), "--lambdas",
+               str(lambdas), "--eval-blocks", str(blocks), "--device", "cpu", "--cache-dir", f"{d}/cache",
+               "--out", f"{d}/out", "--quiet"]
+        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants."""
+    hz, total, todo = os.sysconf("SC_CLK_TCK"), 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(f[11]) + int(f[12])) / hz
+            for t in Path(f"/proc/{p}/task").iterdir():
+                kids = (t / "children").read_text().split()
+                todo += [int(k) for k in kids]
+        except OSError:
+            continue
+    return total
+
+
+def browser_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
+    """(seconds from the click on Run alignment to the result drawn, CPU seconds of the server and of
+    the browser meanwhile)
+    in headless Chromium, on a fresh server with an empty cache, warmed up first (its first page load
+    imports torch, as a running dashboard already has)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        raise SystemExit("error: --browser needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+                                   "--server.port", str(port), "--server.headless", "true",
+                                   "--browser.gatherUsageStats", "false"],
+                                  cwd=ROOT, env={**env, "PERMERGE_CACHE": f"{d}/cache"},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = chromium
+        for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                  f"--user-data-dir={d}/profile"):
+            opts.add_argument(a)
+        drv = None
+        try:
+            url = f"http://127.0.0.1:{port}"
+            t0 = time.time()
+            while time.time() - t0 < 60:
+                try:
+                    urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.3)
+            drv = webdriver.Chrome(service=Service(driver), options=opts)
+            drv.get(f"{url}/?tokens={tokens}&lambdas={lambdas}&eval_blocks={blocks}&device=cpu")
+
+            def body():
+                try:
+                    return drv.find_element(By.TAG_NAME, "body").text
+                except Exception:
+                    return ""
+
+            def until(cond, timeout, what):
+                t = time.time()
+                while time.time() - t < timeout:
+                    if cond():
+                        return
+                    time.sleep(0.25)
+                raise SystemExit(f"error: the browser did not show {what} in {timeout} s")
+
+            until(lambda: "Compatible" in body() and "Run alignment" in body(), 120, "the run page")
+            time.sleep(1.0)  # the page settles (its script run ends)
+
+            button = next(b for b in drv.find_elements(By.TAG_NAME, "button") if "Run alignment" in b.text)
+            c0, b0, t0 = _cpu_seconds(server.pid), _cpu_seconds(drv.service.process.pid), time.perf_counter()
+            button.click()
+            until(lambda: "Barrier, vanilla averaging" in body(), 1200, "the result")
+            seconds = time.perf_counter() - t0
+            return seconds, _cpu_seconds(server.pid) - c0, _cpu_seconds(drv.service.process.pid) - b0
+        finally:
+            if drv is not None:
+                drv.quit()
+            server.terminate()
+            server.wait(10)
+
+
+def reporting_share(job: Job, options: AlignOptions, lambdas: int) -> float:
+    """Share of a cold run's time (empty cache) spent in its progress reporting on the work thread:
+    the job manager's callback with the job plan, polled once a second as a page does."""
+    from dashboard.state import describe, overall_line  # noqa: F401 (what the page runs per poll, no Streamlit call)
+
+    spent = [0.0]
+    with tempfile.TemporaryDirectory() as d:
+        reg, mgr = PipelineRegistry(ResultCache(d)), JobManager()
+        inner = work.pair_work(reg, job, options, lambdas)
+
+        def timed(progress):
+            def cb(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return progress(*a, **k)
+                finally:
+                    spent[0] += time.perf_counter() - t
+            return inner(cb)
+
+        t0 = time.perf_counter()
+        h = mgr.submit("share", timed)
+        while h.active:
+            t = time.perf_counter()
+            snap = h.snapshot()
+            if snap["info"].get("job"):
+                overall_line(snap)
+            describe(snap)
+            spent[0] += time.perf_counter() - t
+            time.sleep(1.0)
+        total = time.perf_counter() - t0
+    return spent[0] / total
+
+
+def browser_main(args) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        load = os.getloadavg()
+        rows = []
+        for _ in range(args.repeats):
+            before, cli_cpu = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            browser, cpu, cpu_browser = browser_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            after, cli_cpu2 = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            rows.append((before, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after))
+        a, b = zoo.default_pair()
+        job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
+                  eval_blocks=args.eval_blocks, device="cpu")
+        share = reporting_share(job, AlignOptions(), args.lambdas)
+    finally:
+        for p in busy:
+            p.terminate()
+    print(f"# first complete result, browser vs command line (bundled default pair, {args.tokens} tokens, "
+          f"{args.lambdas} lambdas, {args.eval_blocks} evaluation blocks, CPU; {os.cpu_count()} CPUs, {platform.machine()}; "
+          f"{args.busy} extra busy processes; load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f})")
+    print("| CLI before (s) | CLI CPU, mean (s) | browser: click to result (s) | server CPU (s) | Chromium CPU (s) "
+          "| CLI after (s) | ratio to the CLIs' mean |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for before, cli_cpu, browser, cpu, cpu_browser, after in rows:
+        print(f"| {before:.1f} | {cli_cpu:.1f} | {browser:.1f} | {cpu:.1f} | {cpu_browser:.1f} | {after:.1f} "
+              f"| {browser / ((before + after) / 2):.2f}x |")
+    print(f"progress reporting on the work thread (callbacks and the page's once-a-second reading): {share:.2%} of the job")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=16384)
@@ -99,7 +278,14 @@ def main(argv=None):
     ap.add_argument("--no-idle", action="store_true", help="skip the idle-server measurement")
     ap.add_argument("--idle-only", action="store_true",
                     help="only the idle server, with the project's config and with file watching on")
+    ap.add_argument("--browser", action="store_true",
+                    help="the first complete result in headless Chromium against `permerge interpolate`")
+    ap.add_argument("--repeats", type=int, default=1, help="--browser: measurements (each between two CLI runs)")
+    ap.add_argument("--busy", type=int, default=0, help="--browser: other busy processes meanwhile")
     args = ap.parse_args(argv)
+    if args.browser:
+        browser_main(args)
+        return
     if args.idle_only:
         print(f"idle server, % of one core over 20 s: {idle_cpu():.1f} % (fileWatcherType none), "
               f"{idle_cpu(watcher='auto'):.1f} % (fileWatcherType auto); load average {os.getloadavg()[0]:.1f}")

@@ -76,10 +76,19 @@ def lecture_pack_button(run) -> None:
     run so far (Fig. 4, the methods tables, the amount of data) is looked up now; the file itself is
     made only when the button is pressed (the run's curves and Fig. 5 come from the cache then)."""
     from dashboard.state import jobs, name, recall, registry, short
-    from permerge import work
+    from permerge import views, work
 
     manager, reg = jobs(), registry()
-    keys = {section: recall(section, run) for section in ("fig4", "methods", "amount")}
+    sections = ("fig4", "methods", "amount", "start_residual", "matchers", "classifiers")
+    keys = {section: recall(section, run) for section in sections}
+    full_paths = st.checkbox("Full local paths in the lecture pack", key="pack_full_paths",
+                             help="Off: checkpoints and data by their names (zoo:mlm-seed1, the folder and file "
+                                  "name), so that the pack can be handed out.")
+
+    def shown(path):
+        if path is None or path == "":
+            return path
+        return str(path) if full_paths else (name(path) if name(path).startswith("zoo:") else work.data_label(path))
 
     def done(key):
         h = manager.get(key) if key else None
@@ -88,29 +97,42 @@ def lecture_pack_button(run) -> None:
     def make() -> bytes:
         res = done(run.key) or work.pair_work(reg, run.job, run.options, run.lambdas)(_quiet)
         layers = work.alignment_work(reg, run.job, run.options)(_quiet)["frame"]
-        fig4, methods, amount = (done(keys[s]) for s in ("fig4", "methods", "amount"))
+        fig4, methods, amount, residual, matchers, classifiers = (done(keys[s]) for s in sections)
+        try:  # the first attention group's heatmaps (statistics and permutations from the cache)
+            corr = views.correlation_work(reg, run.job, run.options, None)(_quiet)
+            g = corr["spec_group"]
+            heatmap = {"group": corr["group"], "C": corr["C"], "after": corr["after"],
+                       "heads": g.heads if g.kind == "att" else None}
+        except Exception:  # e.g. weight matching without statistics: the pack says it is missing
+            heatmap = None
         curves = None
         if res.get("vanilla") is not None:
             curves = [res["vanilla"]] + ([res["aligned"]] if res["aligned"] is not res["vanilla"] else [])
-        about = dict(res["about"], pair=f"{name(run.job.model_a)} | {name(run.job.model_b)}")
-        settings = {"checkpoint A": run.job.model_a, "checkpoint B": run.job.model_b,
-                    **{k: v for k, v in run.job.to_dict().items() if k not in ("model_a", "model_b")},
+        about = dict(res["about"], pair=f"{shown(run.job.model_a)} | {shown(run.job.model_b)}")
+        settings = {"checkpoint A": shown(run.job.model_a), "checkpoint B": shown(run.job.model_b),
+                    **{k: (shown(v) if k in ("data", "eval_data") else v)
+                       for k, v in run.job.to_dict().items() if k not in ("model_a", "model_b")},
                     "options": run.options.label(), "function-preserving": run.options.function_preserving,
                     "λ points": run.lambdas}
         html = report.lecture_pack(
-            pair=(name(run.job.model_a), name(run.job.model_b)), about=work.describe_about(about),
+            pair=(shown(run.job.model_a), shown(run.job.model_b)), about=work.describe_about(about),
             settings=settings, curves=curves, check=res.get("check"),
             function_preserving=run.options.function_preserving,
             fig4=fig4["curves"] if fig4 else None, layers=layers,
-            methods=methods["bars"] if methods else None, amount=amount["frame"] if amount else None)
+            methods=methods["bars"] if methods else None, amount=amount["frame"] if amount else None,
+            heatmap=heatmap, residual=residual["curves"] if residual else None,
+            matchers=matchers if matchers else None, classifiers=classifiers if classifiers else None)
         return html.encode()
 
-    have = [label for label, s in (("Fig. 4", "fig4"), ("Tables 1 and 2", "methods"), ("Fig. 7", "amount"))
+    have = [label for label, s in (("Fig. 4", "fig4"), ("Tables 1 and 2", "methods"), ("Fig. 7", "amount"),
+                                   ("the residual verdict", "start_residual"), ("the matcher comparison", "matchers"),
+                                   ("the classifier curves and Table 3", "classifiers"))
             if done(keys[s]) is not None]
     st.download_button("Lecture pack (.html)", data=make, file_name=report.pack_file_name(
         (short(run.job.model_a), short(run.job.model_b)), run.options.label()), mime=MIME["html"],
         on_click="ignore", type="primary", icon=":material/co_present:", key="dl::lecture-pack",
-        help="The run's curves, the B′ check and Fig. 5 always; "
+        help="The run's curves, the B′ check, Fig. 5 and a group's correlation heatmaps always; "
              + (", ".join(have) + " as computed on their pages." if have else
-                "Fig. 4, Tables 1 and 2 and Fig. 7 once computed on their pages."))
+                "Fig. 4, Tables 1 and 2, Fig. 7, the residual verdict, the matcher comparison and the classifier "
+                "curves once computed on their pages."))
 

@@ -16,9 +16,9 @@ TOUR = [
     ("pages/permutation.py", "See the permutation",
      "Follow the outlined row: unit i of B′ is unit perm[i] of B, moved with its row and its column, so B′ "
      "still computes exactly what B computes."),
-    ("pages/correlations.py", "Correlations",
+    ("pages/correlations.py", "Correlations",  # the page tells the measured share (``tell``)
      "Compare the left and right heatmaps: after alignment each unit of A sits on the diagonal with the unit "
-     "of B it correlates best with."),
+     "of B it was matched to."),
     ("pages/interpolation.py", "Interpolation",
      "Compare the grey curve (vanilla averaging) with the aligned one: the vertical bars are the two barriers, "
      "and the lower the better."),
@@ -32,10 +32,27 @@ CSS = """
 html { font-size: 21px; }
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"],
 header[data-testid="stHeader"], [data-testid="stToolbar"] { display: none !important; }
-.block-container, [data-testid="stMainBlockContainer"] { padding-top: 1.2rem; max-width: 96vw; }
-.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.5rem 0.9rem; }
+.block-container, [data-testid="stMainBlockContainer"] { padding-top: 6.2rem; max-width: 96vw; }
+.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.4rem 0.9rem;
+                         position: fixed; top: 0.3rem; left: 2vw; right: 2vw; z-index: 1000; box-sizing: border-box;
+                         box-shadow: 0 2px 6px rgba(0, 0, 0, 0.15); }
+[data-testid="stPlotlyChart"] { scroll-margin-top: 6.5rem; }
 </style>
 """
+TEXT = "_presenter_text"  # session_state: the tour bar's sentence slot of this script run
+
+# Scrolls the step's chart (the page's first chart) under the tour bar once it is drawn; runs once
+# per page visit (the frame's text changes with the page and the visit).
+SCROLL = """<script>
+const doc = window.parent.document; let tries = 0;
+const go = () => { const c = doc.querySelector('[data-testid="stPlotlyChart"]');
+  const bar = doc.querySelector('.st-key-presenter_bar');
+  const main = doc.querySelector('[data-testid="stMain"]') || doc.scrollingElement;
+  if (c) { const below = bar ? bar.getBoundingClientRect().bottom + 8 : 0;
+           main.scrollBy(0, c.getBoundingClientRect().top - below); }
+  else if (tries++ < 60) { setTimeout(go, 250); } };
+setTimeout(go, 300);
+</script><!-- %s -->"""
 
 
 def presenting() -> bool:
@@ -68,10 +85,12 @@ def bar(title: str) -> None:
     with st.container(key="presenter_bar"):
         text, buttons = st.columns([3, 2], vertical_alignment="center")
         with text:
+            slot = st.empty()
+            st.session_state[TEXT] = slot
             if k is None:
-                st.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
+                slot.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
             else:
-                st.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {TOUR[k][2]}")
+                slot.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {TOUR[k][2]}")
         with buttons:
             back, nxt, leave = st.columns(3)
             if back.button("Back", shortcut="Left", disabled=not k, width="stretch",
@@ -85,3 +104,26 @@ def bar(title: str) -> None:
                             help="Back to the normal view with the sidebar"):
                 st.session_state[STATE] = False
                 st.rerun()
+    scroll_to_chart(title)
+
+
+def tell(title: str, sentence: str) -> None:
+    """In the presenter view, the tour bar of page ``title`` says ``sentence``: what to look at, with
+    the figures the page has just measured (called by the page once it has them)."""
+    k = step_of(title)
+    slot = st.session_state.get(TEXT)
+    if presenting() and k is not None and slot is not None:
+        slot.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {sentence}")
+
+
+def scroll_to_chart(title: str) -> None:
+    """In the presenter view, brings the step's chart into view under the tour bar (once per visit)."""
+    if not presenting() or step_of(title) is None:
+        return
+    import streamlit.components.v1 as components
+
+    visit = st.session_state.get("_presenter_visit", (None, 0))
+    if visit[0] != title:
+        visit = (title, visit[1] + 1)
+        st.session_state["_presenter_visit"] = visit
+    components.html(SCROLL % f"{title} {visit[1]}", height=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from permerge import safeio, work, zoo
+from permerge import runs, safeio, work, zoo
 from permerge.bidi import escape_bidi
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
@@ -28,7 +28,8 @@ from .text import md
 RUN_PAGE = "pages/run.py"
 RUN_STATE = "run"  # session_state key of the finished run shown by every page
 PENDING_STATE = "pending_run"
-RESULTS_STATE = "results"  # {run key: {section: job key}}: a study's result belongs to one run
+RESULTS_STATE = "results"  # [study]: each with the job key, recipe and what it depends on (see start)
+RUN_PARAM = "run"  # the page address's run id (?run=<id>)
 FORM_STATE = "run_form"  # the Pick-and-run form's values, kept while other pages are shown
 
 ATTENTION_LABELS = {"vanilla": "vanilla (plain average)", "monotonic": "monotonic (head j ↔ head j)",
@@ -149,32 +150,126 @@ def about_caption(about: dict) -> None:
     st.caption("Computed for " + md(work.describe_about(a)) + ".")
 
 
-# --- results kept per run ------------------------------------------------------------------------------
+# --- results kept by what they depend on ----------------------------------------------------------------
+# A study is kept in the session (and in the run's record on disk, ``permerge.runs``) with the parts of the
+# run it depends on; it belongs to every run that agrees with it there, so a new residual variant keeps the
+# studies that do not depend on the options.
 
-def remember(section: str, run: Run, key: str) -> None:
-    st.session_state.setdefault(RESULTS_STATE, {}).setdefault(run.key, {})[section] = key
+def _studies() -> list:
+    return st.session_state.setdefault(RESULTS_STATE, [])
+
+
+def _entry(section: str, run: Run) -> dict | None:
+    for s in reversed(_studies()):
+        if s["section"] == section and runs.belongs(s.get("depends") or {}, run.job, run.options, run.lambdas):
+            return s
+    return None
 
 
 def recall(section: str, run: Run) -> str | None:
-    return st.session_state.get(RESULTS_STATE, {}).get(run.key, {}).get(section)
+    """The job key of the study ``section`` computed last for a run like ``run`` (None if none)."""
+    s = _entry(section, run)
+    return s["key"] if s else None
 
 
-def start(section: str, run: Run, key: str, fn, label: str) -> None:
-    jobs().submit(key, fn, label)
-    remember(section, run, key)
+def start(section: str, run: Run, key: str, recipe: dict, label: str, depends: dict) -> None:
+    """Starts a study (``recipe``: ``permerge.runs.recipe``) that depends on ``depends`` of the run
+    (``permerge.runs.depends``) and keeps it with the run, in the session and on disk."""
+    jobs().submit(key, runs.cook(registry(), recipe), label)
+    study = {"section": section, "key": key, "label": label, "depends": depends, "recipe": recipe}
+    studies = [s for s in _studies() if (s["section"], s["key"]) != (section, key)]
+    st.session_state[RESULTS_STATE] = studies + [study]
+    rec = runs.load(run_id(run))
+    if rec is not None:
+        runs.add_study(rec, study)
+        runs.save(rec)
 
 
-def section_result(section: str, run: Run, title: str):
+def _ensure(study: dict) -> None:
+    """A study this server has not got (e.g. after a restart) is rebuilt from its recipe; its stages
+    come from the result cache."""
+    if jobs().get(study["key"]) is None and study.get("recipe"):
+        try:
+            fn = runs.cook(registry(), study["recipe"])
+        except Exception as e:  # a damaged record: said once, not retried
+            st.error(f"The study {md(study.get('label', ''))} cannot be restored: {md(e)}")
+            return
+        jobs().submit(study["key"], fn, study.get("label", ""))
+
+
+def section_result(section: str, run: Run, title: str, where=None):
     """Progress while the run's job for ``section`` runs; its result once done (None otherwise).
-    Results of another run are never returned: they are kept under that run's key."""
-    key = recall(section, run)
-    if key is None:
+    Results of another run are never returned: a study is found only by what it depends on."""
+    study = _entry(section, run)
+    if study is None:
         return None
-    job_panel(key, title)
+    _ensure(study)
+    key = study["key"]
+    job_panel(key, title, where=where)
     res = job_outcome(key)
     if res is not None and "about" in res and res["about"].get("model_a") not in (None, "", run.job.model_a):
         return None  # defensive: a result always names its pair
     return res
+
+
+# --- a run is an address: ?run=<id> --------------------------------------------------------------------
+
+def run_id(run: Run) -> str:
+    return runs.run_id(run.key)
+
+
+def make_current(run: Run) -> None:
+    """``run`` becomes the session's run: its record is written (with the session's studies that
+    belong to it) and the page address names it."""
+    st.session_state[RUN_STATE] = run
+    rec = runs.load(run_id(run)) or runs.Record(run_id(run), run.key, run.job, run.options, run.lambdas)
+    rec.form = dict(run.form)
+    for s in runs.studies_for(rec, _studies()):
+        runs.add_study(rec, s)
+    runs.save(rec)
+    st.query_params[RUN_PARAM] = rec.id
+
+
+def _from_record(rec) -> Run:
+    return Run(rec.job, rec.options, rec.lambdas, rec.key, dict(rec.form))
+
+
+def open_run(rid: str) -> bool:
+    """Makes the run of a saved id the session's run, with its studies; False for an unknown id."""
+    rec = runs.load(rid)
+    if rec is None:
+        return False
+    st.session_state[RUN_STATE] = _from_record(rec)
+    st.session_state[FORM_STATE] = dict(rec.form)  # the run page shows this run's settings
+    for k, v in rec.form.items():
+        st.session_state[k] = v
+    known = {(s["section"], s["key"]) for s in _studies()}
+    st.session_state[RESULTS_STATE] = _studies() + [s for s in rec.studies if (s["section"], s["key"]) not in known]
+    st.query_params[RUN_PARAM] = rec.id
+    return True
+
+
+def sync_address() -> None:
+    """Called first on every page: an address naming a run opens it in a new session (reload, second
+    tab, bookmark); otherwise the address names the session's run."""
+    rid = st.query_params.get(RUN_PARAM)
+    run = current_run()
+    if run is None and rid is not None:
+        if not open_run(rid):
+            st.warning(f"The address names run {md(rid)}, which this server does not know (its cache folder "
+                       "may have been cleared): run it again on Pick and run.")
+            del st.query_params[RUN_PARAM]
+    elif run is not None and rid != run_id(run):
+        st.query_params[RUN_PARAM] = run_id(run)
+
+
+def recent_runs(n: int = 6) -> list:
+    """The runs saved last (``permerge.runs.Record``), newest first."""
+    return runs.recent(n)
+
+
+def record_label(rec) -> str:
+    return f"{name(rec.job.model_a)} | {name(rec.job.model_b)}: {rec.options.label()}, {rec.lambdas} λ"
 
 
 def run_result(run: Run):
@@ -349,9 +444,19 @@ def _partial_chart(snap: dict) -> None:
     rows = snap["info"].get("rows")
     if not rows or len(rows) < 2:
         return
-    df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
-    st.plotly_chart(plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far"),
-                    width="stretch", key=f"partial::{snap['key']}")
+    sig = (snap["key"], snap["info"].get("method", ""), len(rows))
+    kept = st.session_state.get("_partial_fig")
+    if kept is None or kept[0] != sig:  # built again only when new points came in
+        df = pd.DataFrame(rows).assign(method=snap["info"].get("method", ""), function_preserving=True)
+        fig = plots.curves(df, "loss", title=f"{snap['info'].get('method', '')}: {len(rows)} λ points so far")
+        lo, hi = plots.live_range(df["loss"])
+        fig.update_xaxes(range=[-0.02, 1.02], autorange=False).update_yaxes(range=[lo, hi], autorange=False)
+        kept = st.session_state["_partial_fig"] = (sig, fig)
+    st.plotly_chart(kept[1], width="stretch", key=f"partial::{snap['key']}")
+
+
+POLL_S = 1.0  # the progress line of a running job is read this often
+CHART_POLL_S = 3.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
 def job_panel(key: str, title: str = "Working", where=None) -> None:
@@ -361,7 +466,7 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
     if h is None or not h.active:
         return
 
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=POLL_S)
     def poll():
         snap = h.snapshot()
         if not h.active:
@@ -376,16 +481,52 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
             st.caption(f"elapsed {_fmt_s(snap['elapsed_s'])}"
                        + (f"; this stage: about {_fmt_s(eta)} left at the rate measured so far" if eta is not None else
                           "; time left: measuring …" if snap["total"] else ""))
-        _partial_chart(snap)
         if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()
             st.toast("Cancelling at the next step …")
 
+    @st.fragment(run_every=CHART_POLL_S)
+    def chart():  # apart from the line: a chart costs the server and the browser far more to redraw
+        if h.active:
+            _partial_chart(h.snapshot())
+
     if where is not None:
         with where:
             poll()
+            chart()
     else:
         poll()
+        chart()
+
+
+def _session_jobs() -> list[tuple[str, str]]:
+    """(job key, title) of this session's running jobs: its pending run and its studies."""
+    out = []
+    pending = st.session_state.get(PENDING_STATE)
+    if pending is not None:
+        out.append((pending.key, f"Aligning {pair_title(pending.job)}"))
+    out += [(s["key"], s.get("label", "study").capitalize()) for s in st.session_state.get(RESULTS_STATE, [])]
+    return [(k, t) for k, t in out if (h := jobs().get(k)) is not None and h.active]
+
+
+def top_progress(skip: tuple = ()) -> None:
+    """At the top of every page: one line per running job of this session (the whole job's share
+    and time left), wherever it was started; ``skip``: keys the page shows at its own top."""
+    if not [k for k, _ in _session_jobs() if k not in skip]:
+        return  # nothing running: no polling at all
+
+    @st.fragment(run_every=1.0)
+    def lines():
+        running = [(k, t) for k, t in _session_jobs() if k not in skip]
+        if not running:
+            st.rerun()  # the last one ended: the page draws its result
+        for key, title in running:
+            snap = jobs().get(key).snapshot()
+            frac = min(max(snap["fraction"], 0.0), 1.0)
+            text = overall_line(snap) if snap["info"].get("job") else describe(snap)
+            st.progress(frac, text=f"{title} — {text}")
+
+    lines()
 
 
 def latest_only(slot: str, key: str, fn, label: str, title: str):

@@ -1,8 +1,10 @@
 """Correlation matrices of one permutation group, before and after alignment."""
 import streamlit as st
 
+from dashboard import presenter
 from dashboard.state import about_caption, job_key, latest_only, pair_title, registry, require_run
 from dashboard.figures import fig_name, show_figure
+from dashboard.text import md
 from permerge import plots, views
 
 st.title("Correlations")
@@ -82,6 +84,9 @@ st.caption(("Clustered: rows and columns are in the same new order, so the diago
 show_figure(plots.diagonal_histogram(after, C, f"{group}: matched pairs against all other pairs"),
             fig_name(run, "matched-pairs-histogram", group))
 ds = views.diagonal_summary(after)
+presenter.tell("Correlations", f"Left and right heatmaps of {md(group)}: after alignment each unit of A sits on the "
+               f"diagonal with its matched unit of B (mean correlation {res.corr_before:.2f} → {res.corr_after:.2f}); "
+               f"for {ds['share_row_best']:.0%} of A's units that is also the unit of B it correlates best with.")
 st.caption(
     f"How the diagonal stands out, even where the picture cannot show it. Red: the {d} matched pairs after "
     f"alignment (mean {ds['mean_matched']:.3f}). Blue: every other pair of units (mean {ds['mean_other']:.3f}, "

@@ -3,9 +3,9 @@ import dataclasses
 
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, pair_title, registry, require_run, section_result, start
+from dashboard.state import about_caption, job_key, pair_title, require_run, section_result, start
 from dashboard.figures import fig_name, show_figure
-from permerge import plots, work
+from permerge import plots, runs
 from permerge.compare import matcher_options
 from permerge.study import data_amount_job
 
@@ -16,6 +16,7 @@ st.markdown(
     "plotted against the tokens seen, with vanilla averaging (no alignment) as the dashed reference "
     "(paper Fig. 7). No second pass over the data is needed beyond the one for the amount chosen here.")
 run = require_run("the data-amount study")
+session_run = run  # the study is kept with the session's run (its own options)
 if run.options.matcher == "weight":  # weight matching reads no data: the study is of activation matching
     run = dataclasses.replace(run, options=matcher_options(run.options)[0])
     st.caption("This run used weight matching, which reads no data: shown here is activation matching with the "
@@ -27,12 +28,13 @@ tokens = c1.number_input("Alignment tokens (the whole pass)", MIN_TOKENS, MAX_TO
                          min(max(int(run.job.tokens or 16384), MIN_TOKENS), MAX_TOKENS), step=8192,
                          help="The snapshots are fractions of this pass, cut in batches small enough that the "
                               "first snapshots differ (at least 64 batches).")
-lambdas = c2.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)
+lambdas = c2.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, help="The run's λ points by default.")
 job = data_amount_job(run.job, int(tokens))
 key = job_key("data_amount", job=job.to_dict(), options=run.options.to_dict(), lambdas=int(lambdas))
 if st.button("Compute", type="primary"):
-    start("amount", run, key, work.data_amount_work(registry(), job, run.options, int(lambdas)), "amount of data")
-res = section_result("amount", run, "Amount of data")
+    start("amount", session_run, key, runs.recipe("data_amount_work", job=job, options=run.options, lambdas=int(lambdas)),
+          "amount of data", runs.depends(run.job, session_run.options))
+res = section_result("amount", session_run, "Amount of data")
 if res is None:
     st.info(f"Press **Compute** to evaluate {run.options.label()} at every data snapshot of a statistics pass over "
             f"up to {int(tokens):,} tokens of this run's data ({pair_title(run.job)}).")

@@ -31,8 +31,10 @@ job_panel(key, "Solving / loading the alignment")
 res = job_outcome(key)
 if res is not None:
     df = res["frame"]
-    show_figure(plots.layer_corr(df, method=options.label()),
-                fig_name(run, "fig5-feature-correlation", "shown-" + options.label()), df)
+    view = st.radio("View", ["bars", "lines"], horizontal=True, key="features_view",
+                    help="Grouped bars per layer, before and after (the paper's Fig. 5), or lines.")
+    show_figure(plots.layer_corr(df, method=options.label(), view=view),
+                fig_name(run, "fig5-feature-correlation", "shown-" + options.label(), view), df)
     if not df["aligned"].all():
         st.caption("Groups that these options leave alone (identity) have equal before and after: "
                    + ", ".join(df.loc[~df["aligned"], "group"]) + ".")

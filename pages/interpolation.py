@@ -1,14 +1,14 @@
 """Loss and pseudo-perplexity along lambda: this pair, the paper's Fig. 4 variants, a family of pairs, classifiers."""
 import streamlit as st
 
-from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, name, pair_title, pick_pairs,
-                             registry, require_run, run_result, section_result, start, study_base)
+from dashboard.state import (about_caption, job_key, name, pair_title, pick_pairs, recall, require_run, run_result,
+                             section_result, start, study_base)
 from dashboard.figures import fig_name, show_figure
 from dashboard.finetune import classifier_tasks, make_pair_panel, user_pairs
 from dashboard.text import md, plot_text
-from permerge import plots, work, zoo
+from permerge import plots, runs, zoo
 from permerge.align import VANILLA, AlignOptions
-from permerge.shapes import shapes_frame, table3, worse_pairs
+from permerge.shapes import one_pair_tasks, shapes_frame, table3, worse_pairs
 from permerge.study import FIG4, band, barriers_frame, curves_frame, family_pairs
 
 st.title("Interpolation")
@@ -54,7 +54,8 @@ if is_mlm:
                 "same statistics (only the assignments and the curves are new).")
     key4 = job_key("fig4", job=run.job.to_dict(), lambdas=run.lambdas)
     if st.button("Compute the Fig. 4 variants", key="fig4_btn"):
-        start("fig4", run, key4, work.curves_work(registry(), run.job, FIG4, run.lambdas), "Fig. 4 variants")
+        start("fig4", run, key4, runs.recipe("curves_work", job=run.job, options=FIG4, lambdas=run.lambdas),
+              "Fig. 4 variants", runs.depends(run.job, lambdas=run.lambdas))
     res4 = section_result("fig4", run, "Fig. 4 variants")
     if res4 is not None:
         show_curves(res4["curves"], "Fig. 4", "fig4")
@@ -68,7 +69,8 @@ st.markdown("Each curve is the mean over pairs with a shaded ± standard-error b
 pairs = pick_pairs(run, "fam")
 if pairs:
     c1, c2 = st.columns(2)
-    fam_lambdas = c1.number_input("λ points", 3, 41, 11, step=2, key="fam_lambdas")
+    fam_lambdas = c1.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, key="fam_lambdas",
+                                  help="The run's λ points by default.")
     choices = {o.label(): o for o in FIG4 + [run.options] if o.function_preserving or o == run.options}
     picked = c2.multiselect("Variants", list(choices), default=["vanilla", AlignOptions().label()], key="fam_opts")
     st.caption("Pairs: " + "; ".join(f"{md(name(a))} | {md(name(b))}" for a, b in pairs))
@@ -77,7 +79,8 @@ if pairs:
     keyf = job_key("family", base=base.to_dict(), pairs=pairs, options=[o.label() for o in opts],
                    lambdas=int(fam_lambdas))
     if st.button("Compute the curves over pairs", key="fam_btn", disabled=not opts):
-        start("family", run, keyf, work.family_work(registry(), base, pairs, opts, int(fam_lambdas)), "pairs")
+        start("family", run, keyf, runs.recipe("family_work", base=base, pairs=pairs, options=opts,
+                                                lambdas=int(fam_lambdas)), "pairs", runs.depends(run.job))
     resf = section_result("family", run, "Curves over pairs")
     if resf is not None:
         curves_df, bars_df = resf["curves"], resf["bars"]
@@ -125,20 +128,19 @@ else:
                                   key="cls_tasks", help="Your pairs' tasks, then the tasks whose bundled classifiers "
                                                         "learned (dev accuracy at least 0.15 above chance).")
     n_cls = c2.number_input("Pairs per task", 1, max(len(p) for p in task_pairs.values()), 1, key="cls_pairs")
-    cls_lambdas = c3.number_input("λ points", 3, 41, 11, step=2, key="cls_lambdas")
+    cls_lambdas = c3.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, key="cls_lambdas",
+                                  help="The run's λ points by default.")
     sel = {t: task_pairs[t][: int(n_cls)] for t in picked_tasks}
     cls_opts = [VANILLA, AlignOptions(ff=True, attention="head-perm", pooler=True)]
     keyc = job_key("tasks", tasks=sel, tokens=run.job.tokens, device=run.job.device, lambdas=int(cls_lambdas))
     if st.button("Compute the classifier curves", key="cls_btn", disabled=not sel):
-        jobs().submit(keyc, work.tasks_work(registry(), sel, {t: task_dirs[t] for t in sel}, run.job.tokens,
-                                            run.job.device, cls_opts, int(cls_lambdas), None), "classifier curves")
-        st.session_state["cls_key"] = keyc
+        start("classifiers", run, keyc, runs.recipe(
+            "tasks_work", tasks=sel, task_dirs={t: str(task_dirs[t]) for t in sel}, tokens=run.job.tokens,
+            device=run.job.device, options=cls_opts, lambdas=int(cls_lambdas), eval_examples=None),
+            "classifier curves", {})
     # Classifier curves belong to their tasks and settings, not to the run: kept across runs.
-    shown_key = keyc if jobs().get(keyc) is not None else st.session_state.get("cls_key")
-    resc = None
-    if shown_key is not None:
-        job_panel(shown_key, "Classifier curves")
-        resc = job_outcome(shown_key)
+    shown_key = recall("classifiers", run)
+    resc = section_result("classifiers", run, "Classifier curves")
     if resc is not None:
         if shown_key != keyc:
             st.caption("Shown: the classifier curves computed last in this session; the settings above differ "
@@ -174,7 +176,11 @@ else:
         st.markdown("**Paper Table 3 on these pairs**: barrier per task, vanilla against aligned with "
                     f"{cls_opts[1].label()} (mean ± standard error over pairs; one pair has no standard error), which "
                     "pairs are M-shaped, and where alignment made a pair worse.")
-        st.dataframe(table3(curves_df, bars_df), width="stretch", hide_index=True)
+        t3 = table3(curves_df, bars_df)
+        st.dataframe(t3, width="stretch", hide_index=True)
+        if one_pair_tasks(t3):
+            st.caption(f"No standard error for {md(', '.join(one_pair_tasks(t3)))}: one pair per task, and a standard "
+                       "error over pairs needs at least two. Raise **Pairs per task** above for one.")
         worse = worse_pairs(bars_df)
         if worse:
             st.caption("Alignment raised the barrier of " + "; ".join(

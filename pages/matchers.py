@@ -1,10 +1,10 @@
 """Activation matching against weight matching on the run's pair: barriers, curves, agreement."""
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, name, pair_title, registry, require_run, section_result, start
+from dashboard.state import about_caption, job_key, name, pair_title, require_run, section_result, start
 from dashboard.figures import fig_name, show_figure
 from dashboard.text import md, plot_text
-from permerge import plots, plots_matchers, work
+from permerge import plots, plots_matchers, runs
 from permerge.compare import matcher_options
 
 st.title("Activation vs weight matching")
@@ -22,10 +22,11 @@ if not run.options.aligns_anything:
     st.info("The run aligns nothing (vanilla): choose components to align on Pick and run to compare the matchers.")
     st.stop()
 
-lambdas = st.number_input("λ points", 3, 41, min(int(run.lambdas), 11), step=2)
+lambdas = st.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, help="The run's λ points by default.")
 key = job_key("matchers", job=run.job.to_dict(), options=act.to_dict(), lambdas=int(lambdas))
 if st.button("Compare the matchers", type="primary"):
-    start("matchers", run, key, work.matchers_work(registry(), run.job, run.options, int(lambdas)), "matcher comparison")
+    start("matchers", run, key, runs.recipe("matchers_work", job=run.job, options=run.options, lambdas=int(lambdas)),
+          "matcher comparison", runs.depends(run.job, run.options))
 
 res = section_result("matchers", run, "Matcher comparison")
 if res is None:

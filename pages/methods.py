@@ -2,11 +2,10 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import (about_caption, job_key, name, pick_pairs, registry, require_run, section_result, start,
-                             study_base)
+from dashboard.state import about_caption, job_key, name, pick_pairs, require_run, section_result, start, study_base
 from dashboard.figures import fig_name, show_figure
 from dashboard.text import md
-from permerge import plots, work
+from permerge import plots, runs
 from permerge.study import TABLE1, TABLE2, methods_table
 
 st.title("Methods")
@@ -22,14 +21,15 @@ pairs = pick_pairs(run, "methods", max_default=3)
 if not pairs:
     st.stop()
 c1, c2 = st.columns(2)
-lambdas = c1.number_input("λ points", 3, 41, 11, step=2)
+lambdas = c1.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, help="The run's λ points by default.")
 which = c2.multiselect("Tables", ["Table 1", "Table 2"], default=["Table 1", "Table 2"])
 st.caption("Pairs: " + "; ".join(f"{md(name(a))} | {md(name(b))}" for a, b in pairs))
 options = (TABLE1 if "Table 1" in which else []) + (TABLE2 if "Table 2" in which else [])
 base = study_base(run)
 key = job_key("methods", base=base.to_dict(), pairs=pairs, options=[o.label() for o in options], lambdas=int(lambdas))
 if st.button("Compute the tables", type="primary", disabled=not options):
-    start("methods", run, key, work.family_work(registry(), base, pairs, options, int(lambdas)), "methods tables")
+    start("methods", run, key, runs.recipe("family_work", base=base, pairs=pairs, options=options, lambdas=int(lambdas)),
+          "methods tables", runs.depends(run.job))
 
 res = section_result("methods", run, "Methods tables")
 if res is None:

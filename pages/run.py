@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
-                             config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
+                             config_summary, job_key, job_outcome, job_panel, jobs, make_current, name, name_md, pair_check,
                              pair_facts, pair_title, registry, residual_labels)
 from dashboard.deadline import within_deadline
 from dashboard.figures import fig_name, show_figure
@@ -290,7 +290,7 @@ if pending is not None:
     if h is not None and h.active:
         job_panel(pending.key, f"Aligning {pair_title(pending.job)}", where=top)
     elif h is not None and h.state == "done":
-        ss[RUN_STATE] = pending
+        make_current(pending)  # the address names it now (?run=<id>)
         del ss[PENDING_STATE]
         st.rerun()  # so that the sidebar, drawn before this page, shows the new run too
     else:

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from permerge import plots, verdicts, work
+from permerge import plots, runs, verdicts
 from permerge.study import TABLE2, barriers_frame, curves_frame, table_label
-from dashboard.state import about_caption, current_run, job_key, jobs, pair_title, registry, section_result, start
+from dashboard.state import about_caption, current_run, job_key, jobs, pair_title, section_result, start
 from dashboard.figures import fig_name, show_figure
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
@@ -124,8 +124,8 @@ else:
     if st.button("Measure the residual variants on this pair", key="start_residual_btn",
                  help="Identity, First, Last and All (residual stream only, as in Table 2), and this run's own "
                       "options without the residual permutation when it has one; from this run's statistics."):
-        start("start_residual", run, key, work.curves_work(registry(), run.job, opts, run.lambdas),
-              "residual variants")
+        start("start_residual", run, key, runs.recipe("curves_work", job=run.job, options=opts, lambdas=run.lambdas),
+              "residual variants", runs.depends(run.job, run.options if own else None, run.lambdas))
     found = section_result("start_residual", run, "Residual variants on this pair")
     if found is None:
         st.markdown("**What this pair shows:** not measured yet; the button above computes it.")

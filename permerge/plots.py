@@ -42,7 +42,7 @@ METHOD_COLORS = {
     "res:last": "#e377c2",
     "res:all": "#17becf",
     "res:separate": "#bcbd22",
-    "FF + attn:head-perm + pooler": "#ff9896",
+    "FF + attn:head-perm + pooler": "#c51b7d",  # the classifiers' aligned curve: strong enough for a projector
     "weights: FF + attn:head-perm": "#393b79",  # weight matching (see weight_match.py)
     "weights: FF + attn:head-perm + res:all": "#6b6ecf",
 }
@@ -109,6 +109,18 @@ def _to_rgb(C: np.ndarray, zmin=-1.0, zmax=1.0) -> np.ndarray:
     lo = np.floor(t).astype(int).clip(0, len(RDBU) - 2)
     w = (t - lo)[..., None]
     return (stops[lo] * (1 - w) + stops[lo + 1] * w).round().astype(np.uint8)
+
+
+def live_range(values, min_span: float = 0.5) -> tuple[float, float]:
+    """A y range for a curve drawn while its points come in: the points with a margin, and at least
+    ``min_span`` wide (nats), so that two nearly equal end points are not stretched into a steep line."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return 0.0, 1.0
+    lo, hi = float(v.min()), float(v.max())
+    pad = max(0.15 * (hi - lo), (min_span - (hi - lo)) / 2, 0.0)
+    return lo - pad, hi + pad
 
 
 def heatmap(C: np.ndarray, heads: int | None = None, title: str = "", max_pixels: int = 1024,
@@ -348,10 +360,14 @@ def band(df: pd.DataFrame, title: str = "", y_title: str = "loss") -> go.Figure:
 
 
 def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before vs after",
-               method: str | None = None) -> go.Figure:
+               method: str | None = None, view: str = "bars") -> go.Figure:
     """Fig. 5: mean correlation per layer (FF, attention) and per residual point, before and after
-    (df of ``study.layer_correlations``).  "before" has vanilla's colour, "after" the colour of
-    ``method`` (the default alignment's when not given)."""
+    (df of ``study.layer_correlations``), as grouped bars per layer (``view="bars"``, the paper's
+    figure; error bars when ``df`` has ``before_se`` / ``after_se``, e.g. the standard error over
+    several pairs) or as lines (``view="lines"``).  "before" has vanilla's colour, "after" the colour
+    of ``method`` (the default alignment's when not given)."""
+    if view not in ("bars", "lines"):
+        raise ValueError(f"unknown view {view!r}: bars or lines")
     after_color = method_color(method) if method else ALIGNED_COLOR
     kinds = [k for k in ("ff", "att", "qk", "res", "pooler") if k in set(df["kind"])]
     names = {"ff": "feed-forward", "att": "attention", "qk": "query/key (RoPE)", "res": "residual stream",
@@ -368,14 +384,20 @@ def layer_corr(df: pd.DataFrame, title: str = "Mean feature correlation, before 
             g = g.sort_values("layer", na_position="first")  # a group outside the layers (ELECTRA's emb) first
             x = [f"layer {int(v)}" if pd.notna(v) else n for v, n in zip(g["layer"], g["group"])]
         for what, color, dash in (("before", VANILLA_COLOR, "dot"), ("after", after_color, "solid")):
-            fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
-                                     showlegend=col == 1, line=dict(color=color, dash=dash),
-                                     customdata=np.stack([g["group"], g["aligned"].astype(str)], axis=1),
-                                     hovertemplate="%{customdata[0]}<br>" + what +
-                                                   " %{y:.3f}<br>aligned: %{customdata[1]}<extra></extra>"),
-                          row=1, col=col)
+            custom = np.stack([g["group"], g["aligned"].astype(str)], axis=1)
+            hover = "%{customdata[0]}<br>" + what + " %{y:.3f}<br>aligned: %{customdata[1]}<extra></extra>"
+            if view == "bars":
+                se = g.get(f"{what}_se")
+                fig.add_trace(go.Bar(x=x, y=g[what], name=what, legendgroup=what, showlegend=col == 1,
+                                     marker_color=color, customdata=custom, hovertemplate=hover,
+                                     error_y=dict(type="data", array=list(se), visible=True) if se is not None else None),
+                              row=1, col=col)
+            else:
+                fig.add_trace(go.Scatter(x=x, y=g[what], mode="lines+markers", name=what, legendgroup=what,
+                                         showlegend=col == 1, line=dict(color=color, dash=dash),
+                                         customdata=custom, hovertemplate=hover), row=1, col=col)
     fig.update_yaxes(title="mean correlation", row=1, col=1)
-    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=70, b=50),
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=70, b=50), barmode="group",
                       legend=dict(orientation="h", y=-0.2))
     return fig
 

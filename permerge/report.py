@@ -116,7 +116,20 @@ def figure_image(fig, fmt: str = "png", width: int = 1100, scale: float = 2.0) -
         raise ValueError(f"unknown image format {fmt!r}")
     if image_renderer() is None:
         raise RuntimeError("PNG and SVG need Chrome or Chromium (kaleido renders with it); none was found")
-    return _render(fig.to_json(), fmt, width, scale if fmt == "png" else 1.0)
+    return _render(fig.to_json(), fmt, image_width(fig, width), scale if fmt == "png" else 1.0)
+
+
+def image_width(fig, width: int = 1100) -> int:
+    """The width an image of ``fig`` is drawn at: a square chart (a heatmap whose y axis is anchored to
+    its x axis) gets the width its height needs, plus the margins and the colour bar, so that no wide
+    gap opens between the matrix and its colour bar."""
+    layout = fig.layout
+    if getattr(layout.yaxis, "scaleanchor", None) == "x":
+        m = layout.margin
+        height = int(layout.height or 520)
+        plot = height - int(m.t if m.t is not None else 80) - int(m.b if m.b is not None else 80)
+        return min(width, plot + int(m.l if m.l is not None else 80) + int(m.r if m.r is not None else 80) + 120)
+    return width
 
 
 # --- the lecture pack ---------------------------------------------------------------------------------
@@ -157,11 +170,16 @@ BAR_COLUMNS = {"barrier_se": "± s.e.", "barrier_lambda": "at λ", "loss_a": "lo
 def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: list | None, check: dict | None,
                  function_preserving: bool, fig4: list | None = None, layers: pd.DataFrame | None = None,
                  methods: pd.DataFrame | None = None, amount: pd.DataFrame | None = None,
+                 heatmap: dict | None = None, residual: list | None = None, matchers: dict | None = None,
+                 classifiers: dict | None = None,
                  version: str = __version__, created: datetime | None = None) -> str:
     """One static HTML page of a run: the loss curves and barriers, the B′ equivalence verdict, the
     paper's Fig. 4 (components), Fig. 5 (feature correlation per layer), Tables 1 and 2 (methods)
-    and Fig. 7 (amount of data) on this pair when they were computed, captions, the settings and
-    permerge's version.  ``pair``: display names of A and B; ``about``: one line saying what the
+    and Fig. 7 (amount of data) on this pair when they were computed, one group's correlation heatmaps
+    before and after (``heatmap``: group, C, after, heads), the residual variants against Identity with
+    their verdict (``residual``: ``CurveResult`` objects), the matcher comparison (``matchers``: the
+    Activation-vs-weight page's result), the classifier curves and Table 3 (``classifiers``: curves and
+    bars frames with a task column), captions, the settings and permerge's version.  ``pair``: display names of A and B; ``about``: one line saying what the
     results belong to; ``curves``: the run's vanilla and aligned ``CurveResult`` objects (None: no
     evaluation data); ``methods``: the per-pair barrier table of the Methods page.  Every string is
     escaped; plotly.js is inlined once, so the page needs no network."""
@@ -280,6 +298,69 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
         body.append(_table(amount))
     else:
         body.append(_missing("Fig. 7", "open Amount of data and press “Compute”"))
+
+    # correlation heatmaps of one group
+    body.append("<h2>Correlation heatmaps</h2>")
+    if heatmap:
+        g = heatmap["group"]
+        body.append(figure(plots.heatmap(heatmap["C"], heatmap.get("heads"), title=pt(f"{g}: before (B in its own order)"))))
+        body.append(figure(plots.heatmap(heatmap["after"], heatmap.get("heads"), title=pt(f"{g}: after (B′ = B permuted)"),
+                                         x_title="matched unit of B′")))
+        body.append(f'<p class="caption">Correlation of every unit of A (rows) with every unit of B (columns) on the '
+                    f"alignment data, group {_e(g)}: before, B's units in their own order; after, reordered by the "
+                    "permutation, so that the matched pairs lie on the diagonal.</p>")
+    else:
+        body.append(_missing("The correlation heatmaps", "open Correlations"))
+
+    # the residual stream on this pair
+    body.append("<h2>The residual stream on this pair</h2>")
+    if residual:
+        from .study import TABLE2 as _T2, table_label
+
+        rbars = {c.method: c.barrier for c in residual}
+        rses = {c.method: c.barrier_se for c in residual}
+        named = [o for o in _T2 if o.function_preserving]
+        rows_r = verdicts.residual_rows(rbars, named[0].label(), {o.label(): table_label(o) for o in named[1:]}, rses)
+        summary = verdicts.residual_summary(rows_r)
+        body.append(_table(barriers_frame(residual)[["method", "barrier", "barrier_se", "barrier_lambda"]]
+                           .rename(columns=BAR_COLUMNS)))
+        body.append(f'<div class="verdict warn">{_e(summary["sentence"])}. This {_e(summary["paper"])}.</div>'
+                    if summary["sentence"] else '<p class="missing">No residual variant was measured.</p>')
+    else:
+        body.append(_missing("The residual verdict", "open Start here and press “Measure the residual variants on "
+                                                     "this pair”"))
+
+    # activation against weight matching
+    body.append("<h2>Activation vs weight matching</h2>")
+    if matchers:
+        df, bars = matchers["curves"], matchers["bars"]
+        body.append(figure(plots.curves(df, "loss", bars, title=pt(f"Activation vs weight matching on {a} vs {b}"))))
+        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]].rename(columns=BAR_COLUMNS)))
+    else:
+        body.append(_missing("The matcher comparison", "open Activation vs weight matching and press “Compare the "
+                                                        "matchers”"))
+
+    # classifiers (Fig. 8, Table 3)
+    body.append("<h2>Paper Fig. 8 and Table 3: fine-tuned classifiers</h2>")
+    if classifiers:
+        from .shapes import one_pair_tasks, table3
+
+        cdf, cbars = classifiers["curves"], classifiers["bars"]
+        for task in dict.fromkeys(cdf["task"]):
+            for pair_name in dict.fromkeys(cdf.loc[cdf["task"] == task, "pair"]):
+                one = cdf[(cdf["task"] == task) & (cdf["pair"] == pair_name)]
+                b3 = cbars[(cbars["task"] == task) & (cbars["pair"] == pair_name)]
+                body.append(figure(plots.curves(one, "loss", b3, title=pt(f"{task}, pair {pair_name}: dev-set loss"),
+                                                y_title="dev-set loss")))
+        t3 = table3(cdf, cbars)
+        body.append(_table(t3))
+        single = one_pair_tasks(t3)
+        body.append('<p class="caption">Table 3: barrier per task, vanilla against aligned, mean ± standard error '
+                    "over pairs." + (f" No standard error for {_e(', '.join(single))}: one pair per task, and a "
+                                     "standard error over pairs needs at least two." if single else "") + "</p>")
+    else:
+        body.append(_missing("The classifier curves and Table 3", "open Interpolation and press “Compute the "
+                                                                   "classifier curves”"))
 
     body.append("<h2>Settings</h2>")
     rows = pd.DataFrame([{"setting": k, "value": "" if v is None else str(v)} for k, v in settings.items()])

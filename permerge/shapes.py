@@ -74,6 +74,11 @@ def shapes_frame(curves: pd.DataFrame, value: str = "loss") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=keys + ["dips", "dip_losses", "m_shaped", "shape"])
 
 
+def one_pair_tasks(table: pd.DataFrame) -> list[str]:
+    """The tasks of a Table 3 with one pair: no standard error over pairs there."""
+    return [str(t) for t, n in zip(table["task"], table["pairs"]) if int(n) < 2]
+
+
 def _pm(m: float, se: float) -> str:
     if m != m:
         return "-"

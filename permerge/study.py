@@ -182,13 +182,16 @@ def data_amount_job(job: Job, tokens: int) -> Job:
 def data_amount(pipe: Pipeline, options: AlignOptions, lambdas: int = 21, progress=None) -> pd.DataFrame:
     """Barrier against the amount of alignment data: one curve per prefix snapshot of the same pass."""
     stats = pipe.stats(progress)
-    rows = []
-    for f in sorted(set(stats.snapshots) | {1.0}):
-        c = pipe.curve(options, lambdas, fraction=f, progress=progress)
-        rows.append({"fraction": f, "tokens": stats.snapshot_tokens.get(f, stats.tokens), "barrier": c.barrier,
-                     "barrier_se": c.barrier_se, "barrier_lambda": c.barrier_lambda, "method": c.method})
-    van = pipe.curve(VANILLA, lambdas, progress=progress)
-    return pd.DataFrame(rows).assign(vanilla_barrier=van.barrier)
+    curves = [pipe.curve(options, lambdas, fraction=f, progress=progress) for f in sorted(set(stats.snapshots) | {1.0})]
+    return data_amount_frame(pipe, curves, pipe.curve(VANILLA, lambdas, progress=progress))
+
+
+def data_amount_frame(pipe: Pipeline, curves: list[CurveResult], vanilla: CurveResult) -> pd.DataFrame:
+    """One row per data snapshot's curve: tokens seen, barrier, its standard error and lambda."""
+    stats = pipe.stats_info()
+    rows = [{"fraction": c.fraction, "tokens": stats["snapshot_tokens"].get(c.fraction, stats["tokens"]), "barrier": c.barrier,
+             "barrier_se": c.barrier_se, "barrier_lambda": c.barrier_lambda, "method": c.method} for c in curves]
+    return pd.DataFrame(rows).assign(vanilla_barrier=vanilla.barrier)
 
 
 def layer_correlations(alignment: Alignment, spec) -> pd.DataFrame:

@@ -11,9 +11,16 @@ from pathlib import Path
 from .align import VANILLA, AlignOptions
 from .hub import fetch_for_run
 from .pipeline import Job, permutations_tensors
-from .plan import JobPlan, forward_tokens
-from .study import (PipelineRegistry, data_amount, family_curves, layer_correlations, pair_curves, pair_name,
+from .plan import History, JobPlan, forward_tokens
+from .study import (PipelineRegistry, data_amount_frame, family_curves, layer_correlations, pair_name,
                     short_names)
+
+
+# The B′ check in token-forwards per probe token: B and B′ in float32, then float64 copies of both
+# (measured on the bundled pair on the CPU: 1.5 to 2.4 s against 0.12 ms per evaluated token-forward,
+# about 13 to 20 forwards of its 1,024 probe tokens).
+CHECK_FORWARDS = 16
+HISTORY = History()  # rates and check durations measured by this process's jobs, for the next jobs' time left
 
 
 def about(job: Job, options: AlignOptions | None = None, lambdas: int | None = None, **extra) -> dict:
@@ -97,6 +104,7 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         plan.reach(len(plan.stages) - 1)
         plan.report(progress, len(plan.stages) - 1, "checking B′ against B", 0, 0)
         check = pipe.function_check(options, progress=plan.callback(progress, len(plan.stages) - 1, steps))
+        plan.finish()
         stats = None if weight else pipe.stats_info()
         tokens = stats["tokens"] if stats else 0
         return {"vanilla": van, "aligned": aligned, "check": check, "tokens": tokens,
@@ -117,7 +125,7 @@ def pair_plan(job: Job, options: AlignOptions, lambdas: int) -> JobPlan:
     stages.append(("vanilla curve", "curve", 0))
     if options != VANILLA:
         stages.append((f"{options.label()} curve", "curve", 0))
-    return JobPlan(stages + [("B′ check", "check", 0)])
+    return JobPlan(stages + [("B′ check", "check", 0)], HISTORY)
 
 
 def size_pair_plan(plan: JobPlan, pipe, lambdas: int) -> None:
@@ -130,13 +138,45 @@ def size_pair_plan(plan: JobPlan, pipe, lambdas: int) -> None:
     for k, s in enumerate(plan.stages):
         if s.kind == "curve":
             plan.set_units(k, per_curve)
+        elif s.kind == "check":  # B and B′ on the probe batch, in float32 and again in float64 copies
+            plan.set_units(k, CHECK_FORWARDS * forward_tokens([pipe.probe_batch()]))
+
+
+def planned_curves(pipe, items: list[tuple[AlignOptions, float]], lambdas: int, progress) -> list:
+    """The curves of ``items`` ((options, fraction of the statistics) each) on one pair, as one job
+    with one progress line: loading, the statistics pass when an item needs it and it is not cached,
+    one stage per curve sized in token-forwards (its assignments run inside it)."""
+    plan = JobPlan([("loading checkpoints and data", "load", 0)], HISTORY)
+    plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+    prep = pipe.prepared
+    per_curve = 0 if prep.evalset.kind == "none" else lambdas * forward_tokens(prep.evalset.batches)
+    stages = [("loading checkpoints and data", "load", 0)]
+    if any(o.matcher != "weight" and o != VANILLA for o, _ in items):
+        cached = pipe.stats_key in pipe.cache
+        stages.append(("statistics pass", "statistics", 0 if cached else 2 * forward_tokens(prep.align_batches)))
+    first = len(stages)
+    for o, f in items:
+        stages.append((f"{o.label()} curve" + (f" ({f:.0%} of the data)" if f < 1 else ""), "curve", per_curve))
+    plan = JobPlan(stages, HISTORY)
+    routes = {"statistics": 1} if first > 1 else {}
+    out = []
+    for k, (o, f) in enumerate(items):
+        cb = plan.callback(progress, first + k, routes)
+
+        def sub(stage, done, total, _cb=cb, _k=k, **info):
+            _cb(stage, done, total, overall=(_k, len(items)), **info)
+
+        out.append(pipe.curve(o, lambdas, fraction=f, progress=sub))
+        plan.reach(min(first + k + 1, len(stages) - 1))
+    plan.finish()
+    return out
 
 
 def curves_work(registry: PipelineRegistry, job: Job, options: list[AlignOptions], lambdas: int):
-    """Curves of several options on one pair (e.g. the paper's Fig. 4 variants)."""
+    """Curves of several options on one pair (e.g. the paper's Fig. 4 variants), as one job."""
     def work(progress):
         pipe = registry.get(job)
-        return {"curves": pair_curves(pipe, options, lambdas, progress=progress),
+        return {"curves": planned_curves(pipe, [(o, 1.0) for o in options], lambdas, progress),
                 "about": about(job, None, lambdas, variants=[o.label() for o in options],
                                tokens_used=tokens_used(pipe))}
     return work
@@ -146,11 +186,12 @@ def family_work(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, st
                 lambdas: int):
     """Curves and barriers over many pairs with the data and settings of ``base``."""
     def work(progress):
-        plan = JobPlan(family_stages(pairs, options))
+        plan = JobPlan(family_stages(pairs, options), HISTORY)
         plan.report(progress, 0, "loading checkpoints and data", 0, 0)
         size_family_plan(plan, 0, registry, base, pairs, options, lambdas)
         curves, bars = family_curves(registry, base, pairs, options, lambdas,
                                      progress=family_progress(plan, progress, len(options)))
+        plan.finish()
         return {"curves": curves, "bars": bars,
                 "about": about(base, None, lambdas, pairs=", ".join(pair_name(a, b) for a, b in pairs))}
     return work
@@ -171,7 +212,7 @@ def tasks_work(registry: PipelineRegistry, tasks: dict[str, list[tuple[str, str]
         for task, pairs in tasks.items():
             offsets[task] = len(stages)
             stages += family_stages(pairs, options, f"{task}: ")
-        plan = JobPlan(stages)
+        plan = JobPlan(stages, HISTORY)
         plan.report(progress, 0, "loading checkpoints and data", 0, 0)
         for task, pairs in tasks.items():
             size_family_plan(plan, offsets[task], registry, task_base(task), pairs, options, lambdas)
@@ -239,8 +280,10 @@ def family_progress(plan: JobPlan, progress, n_options: int, offset: int = 0):
 def data_amount_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambdas: int):
     """Barrier against the amount of alignment data, from the prefix snapshots of ``job``'s pass."""
     def work(progress):
-        return {"frame": data_amount(registry.get(job), options, lambdas, progress=progress),
-                "about": about(job, options, lambdas)}
+        pipe = registry.get(job)
+        fractions = sorted(set(float(f) for f in job.fractions) | {1.0})
+        curves = planned_curves(pipe, [(options, f) for f in fractions] + [(VANILLA, 1.0)], lambdas, progress)
+        return {"frame": data_amount_frame(pipe, curves[:-1], curves[-1]), "about": about(job, options, lambdas)}
     return work
 
 
@@ -282,7 +325,7 @@ def matchers_work(registry: PipelineRegistry, job: Job, options: AlignOptions, l
     def work(progress):
         pipe = registry.get(job)
         act, wgt = matcher_options(options)
-        results = pair_curves(pipe, [VANILLA, act, wgt], lambdas, progress=progress)
+        results = planned_curves(pipe, [(VANILLA, 1.0), (act, 1.0), (wgt, 1.0)], lambdas, progress)
         al_w = pipe.alignment(wgt)
         return {"curves": curves_frame(results), "bars": barriers_frame(results),
                 "agreement": agreement(pipe.alignment(act), al_w, pipe.spec),

@@ -154,9 +154,10 @@ def test_run_then_every_page(tmp_path):
     from permerge import plots
 
     fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
-    after = {t.line.color for t in fig.data if t.name == "after"}
+    assert {t.type for t in fig.data} == {"bar"}  # grouped bars per layer by default
+    after = {t.marker.color for t in fig.data if t.name == "after"}
     assert after == {plots.method_color("FF + attn:head-perm + res:separate")}  # the shown options' colour
-    before = {t.line.color for t in fig.data if t.name == "before"}
+    before = {t.marker.color for t in fig.data if t.name == "before"}
     assert before == {plots.method_color("vanilla")}
 
     at.switch_page("pages/interpolation.py").run()
@@ -270,8 +271,8 @@ def _wait(at, state_key, timeout=90):
 
 
 def _wait_section(at, section, timeout=120):
-    run = at.session_state["run"]
-    _wait_job(at, lambda: at.session_state["results"][run.key][section], timeout)
+    _wait_job(at, lambda: next(s["key"] for s in reversed(at.session_state["results"]) if s["section"] == section),
+              timeout)
 
 
 @pytest.mark.slow

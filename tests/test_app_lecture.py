@@ -115,7 +115,7 @@ def residual_study(run, barriers: dict[str, float], se: float = 0.004):
     key = job_key("start_residual", job=run.job.to_dict(), options=[o.label() for o in opts], lambdas=run.lambdas)
     put(key, {"curves": [curve(o, barriers[o.label()], se) for o in opts],
               "about": work.about(run.job, None, run.lambdas, variants=[o.label() for o in opts])})
-    return {run.key: {"start_residual": key}}
+    return [{"section": "start_residual", "key": key, "label": "residual variants", "depends": {}, "recipe": None}]
 
 
 def test_start_page_derives_its_verdicts_from_the_figures_it_shows():
@@ -280,7 +280,8 @@ def test_classifier_section_marks_the_m_shape_and_keeps_its_curves_across_runs()
     put("tasks:lecture-test", cls_result())
     at = fresh()
     at.session_state["run"] = run
-    at.session_state["cls_key"] = "tasks:lecture-test"
+    at.session_state["results"] = [{"section": "classifiers", "key": "tasks:lecture-test", "label": "classifier curves",
+                                    "depends": {}, "recipe": None}]  # depends on nothing of the run
     at.run()
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
@@ -349,7 +350,8 @@ def test_job_plan_counts_stages_and_the_time_left_for_the_whole_job(monkeypatch)
     assert s["stage"] == 3 and s["name"] == "curve 1" and s["fraction"] == pytest.approx((100 + 10) / 200)
     now[0] += 1.0
     cb("interpolation", 2, 5)  # 10 curve units in 1 s: the curves' own rate
-    assert seen[-1]["eta_s"] == pytest.approx((30 + 50) * 0.1)
+    # and curve 2's lead-in, as long as curve 1's (from the last statistics event to its first point: 1 s)
+    assert seen[-1]["eta_s"] == pytest.approx((30 + 50) * 0.1 + 1.0)
 
 
 def test_family_progress_maps_study_events_to_stages():
@@ -476,3 +478,51 @@ def test_run_page_shows_the_current_runs_residual():
     run = Run(run.job, run.options, run.lambdas, run.key, {"residual": "all", "attention": "head-perm", "ff": True})
     at = with_run(run, "pages/run.py")
     assert [s for s in at.selectbox if s.label == "Residual stream"][0].value == "all"
+
+
+def test_the_share_of_a_job_never_goes_back(monkeypatch):
+    """An assignment solved inside a curve's stage (a study's variant) does not move that stage's share:
+    before, 3/3 assignments read as the whole curve done, and the curve's first point took it back."""
+    import permerge.plan as plan_mod
+    from permerge.work import family_progress, family_stages
+
+    now = [1000.0]
+    monkeypatch.setattr(plan_mod.time, "time", lambda: now[0])
+    opts = [VANILLA, AlignOptions()]
+    plan = JobPlan(family_stages([("a", "b"), ("a", "c")], opts))
+    for k, s in enumerate(plan.stages):
+        plan.set_units(k, 100 if s.kind == "statistics" else 50)
+    shares = []
+    cb = family_progress(plan, lambda stage, d, t, **k: shares.append(k["job"]["fraction"]), len(opts))
+    for stage, done, total, curve in (("pair 1/2: statistics", 4, 4, 0), ("pair 1/2: interpolation", 5, 5, 0),
+                                      ("pair 1/2: assignment", 3, 3, 1), ("pair 1/2: interpolation", 1, 5, 1),
+                                      ("pair 1/2: interpolation", 3, 5, 1), ("pair 2/2: statistics", 1, 4, 2),
+                                      ("pair 2/2: assignment", 2, 3, 3), ("pair 2/2: interpolation", 1, 5, 3)):
+        now[0] += 1.0
+        cb(stage, done, total, overall=(curve, 4))
+    assert shares == sorted(shares), shares
+    assert shares[3] == pytest.approx((100 + 50 + 10) / 400)  # the first point of the aligned curve, not 3/3
+
+
+def test_a_check_measured_by_an_earlier_job_counts_in_the_next_jobs_time_left(monkeypatch):
+    import permerge.plan as plan_mod
+    from permerge.plan import History
+
+    now = [1000.0]
+    monkeypatch.setattr(plan_mod.time, "time", lambda: now[0])
+    history = History()
+    stages = [("load", "load", 0), ("curve", "curve", 100), ("B′ check", "check", 0)]
+    first = JobPlan(stages, history)
+    for done in (1, 2, 3):
+        now[0] += 1.0
+        first.report(None, 1, "interpolation", done, 10)
+    first.reach(2)
+    now[0] += 4.0  # the check takes 4 s
+    first.finish()
+    assert history["durations"]["check"] == pytest.approx(4.0) and history["rates"]["curve"] == pytest.approx(0.1)
+    second, seen = JobPlan(stages, history), []
+    second.report(lambda *a, **k: seen.append(k["job"]), 0, "loading", 0, 0)
+    assert seen[-1]["eta_s"] == pytest.approx(100 * 0.1 + 4.0)  # known before this job measured anything
+    without = JobPlan(stages)  # no history: unknown until measured
+    without.report(lambda *a, **k: seen.append(k["job"]), 0, "loading", 0, 0)
+    assert seen[-1]["eta_s"] is None

@@ -238,3 +238,29 @@ def test_export_page_for_a_classifier_run_without_labels_and_its_folder_rules(tm
         assert any("Cannot export there" in e.value and "exports folder" in e.value for e in at.error), bad
         assert not any("Saved to" in s.value for s in at.success), bad  # no stale success under a refusal
     assert not (exports.parent / "escape").exists() and not (exports.parent / "outside").exists()
+
+
+def test_lecture_pack_has_heatmaps_residual_verdict_matchers_and_classifiers():
+    import numpy as np
+
+    from permerge.report import lecture_pack
+    from permerge.study import TABLE2, barriers_frame, curves_frame
+
+    residual = [_curve(o.label(), top=t) for o, t in zip([o for o in TABLE2 if o.function_preserving],
+                                                         (0.6, 0.5, 0.7, 0.3))]
+    match = [_curve("vanilla"), _curve("FF + attn:head-perm", top=0.2), _curve("weights: FF + attn:head-perm", top=0.3)]
+    cls = [_curve("vanilla", top=0.3), _curve("FF + attn:head-perm + pooler", top=0.25)]
+    ccurves = curves_frame(cls, pair="style-seed1 | style-seed2").assign(task="style")
+    cbars = barriers_frame(cls, pair="style-seed1 | style-seed2").assign(task="style")
+    page = lecture_pack(pair=("zoo:mlm-seed1", "zoo:mlm-seed2"), about="pair x | y", settings={"data": "bundled align.txt"},
+                        curves=None, check=None, function_preserving=True,
+                        heatmap={"group": "att.0", "C": np.eye(8), "after": np.eye(8), "heads": 2},
+                        residual=residual, matchers={"curves": curves_frame(match), "bars": barriers_frame(match)},
+                        classifiers={"curves": ccurves, "bars": cbars})
+    assert "att.0: before (B in its own order)" in page and "att.0: after" in page
+    assert "First helps" in page and "Last hurts" in page  # the residual verdict from its figures
+    assert "Activation vs weight matching on zoo:mlm-seed1 vs zoo:mlm-seed2" in page
+    assert "style, pair style-seed1 | style-seed2: dev-set loss" in page
+    assert "No standard error for style: one pair per task" in page
+    assert "Not computed for this run yet" not in page.split("<h2>Correlation heatmaps")[1]  # the new sections are all there
+

@@ -215,7 +215,8 @@ def _curves_df(methods):
 def _trace_color(fig, name):
     for t in fig.data:
         if t.name == name or (t.name or "").startswith(name):
-            return t.line.color if t.line.color else t.marker.color
+            line = getattr(t, "line", None)  # a bar (the per-layer chart's bars) has its colour on the marker
+            return line.color if line is not None and line.color else t.marker.color
     raise AssertionError(f"no trace {name}")
 
 

@@ -171,7 +171,13 @@ def test_classifier_curves_with_their_dips(server, browser):
     assert _chosen_tasks(drv) == ["paraphrase"]
     assert drv.find_element(By.CSS_SELECTOR, 'input[aria-label="Pairs per task"]').get_attribute("value") == "1"
     values = [e.get_attribute("value") for e in drv.find_elements(By.CSS_SELECTOR, 'input[aria-label="λ points"]')]
-    assert values and values[-1] == "11", values  # the classifier section's (the last on the page)
+    assert values and values[-1] == "3", values  # the classifier section's (the last on the page): the run's λ points
+    field = drv.find_elements(By.CSS_SELECTOR, 'input[aria-label="λ points"]')[-1]
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys("11", Keys.ENTER)
+    wait_for(drv, lambda: drv.find_elements(By.CSS_SELECTOR, 'input[aria-label="λ points"]')[-1]
+             .get_attribute("value") == "11", 15, "11 λ points for the classifiers")
+    idle(drv, 30)
 
     click_text(drv, "button", "Compute the classifier curves")
     wait_for(drv, lambda: _chart_titled(drv, CLS_TITLE), 240, "the paraphrase classifier chart")

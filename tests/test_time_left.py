@@ -1,0 +1,72 @@
+"""Honest time left, on the bundled pair: a whole run (statistics, assignments, the vanilla and the
+aligned curve, the B′ check) through the job manager, as the dashboard runs it; once 20 %, 40 % and
+60 % of the job are done, the time left it shows is within 30 % of what the job then takes, and the
+share done never goes back.  Real models on the CPU, so marked slow."""
+import time
+
+import pytest
+
+from conftest import HAVE_PAIR
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("app_env"),
+              pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")]
+
+
+def test_time_left_after_a_fifth_of_a_run_is_within_30_percent():
+    from permerge import work, zoo
+    from permerge.align import AlignOptions
+    from permerge.cache import ResultCache
+    from permerge.jobs import JobManager
+    from permerge.pipeline import Job
+    from permerge.study import PipelineRegistry
+
+    work.HISTORY.clear()  # a fresh server: nothing measured by an earlier job
+    paths = {e["name"]: e["path"] for e in zoo.list_checkpoints()}
+    job = Job(model_a=paths[zoo.DEFAULT_PAIR[0]], model_b=paths[zoo.DEFAULT_PAIR[1]], data=str(zoo.align_text()),
+              eval_data=str(zoo.eval_text()), tokens=16384, eval_blocks=32, device="cpu")
+    h = JobManager().submit("pair", work.pair_work(PipelineRegistry(ResultCache()), job, AlignOptions(), 21))
+    seen = []  # (time, share done, time left shown)
+    while h.active:
+        snap = h.snapshot()
+        seen.append((time.time(), snap["fraction"], snap["job_eta_s"]))
+        time.sleep(0.1)
+    end = time.time()
+    assert h.state == "done", h.error
+    shares = [f for _, f, _ in seen]
+    assert shares == sorted(shares), "the share done went back"
+    report = []
+    for mark in (0.2, 0.4, 0.6):
+        t, f, eta = next(x for x in seen if x[1] >= mark)
+        actual = end - t
+        report.append(f"{f:.0%}: shown {eta:.1f} s, took {actual:.1f} s")
+        assert eta is not None and abs(eta - actual) <= 0.3 * actual, report
+    print("; ".join(report))
+
+
+@pytest.mark.parametrize("study", ["fig4", "amount", "matchers"])
+def test_every_study_reports_one_whole_job_line_that_never_goes_back(study):
+    """Fig. 4 (and the Start page's residual button), the amount of data and the matcher comparison:
+    every progress event carries the whole job's plan (stage k of n, share done), and the share only grows."""
+    from permerge import work, zoo
+    from permerge.align import AlignOptions
+    from permerge.cache import ResultCache
+    from permerge.pipeline import Job
+    from permerge.study import FIG4, PipelineRegistry, snapshot_batch_size
+
+    paths = {e["name"]: e["path"] for e in zoo.list_checkpoints()}
+    job = Job(model_a=paths[zoo.DEFAULT_PAIR[0]], model_b=paths[zoo.DEFAULT_PAIR[1]], data=str(zoo.align_text()),
+              eval_data=str(zoo.eval_text()), tokens=2048, eval_blocks=2, device="cpu",
+              batch_size=snapshot_batch_size(2048) if study == "amount" else 16)
+    reg = PipelineRegistry(ResultCache())
+    fn = {"fig4": lambda: work.curves_work(reg, job, FIG4, 3),
+          "amount": lambda: work.data_amount_work(reg, job, AlignOptions(), 3),
+          "matchers": lambda: work.matchers_work(reg, job, AlignOptions(), 3)}[study]()
+    events = []
+    fn(lambda stage, done, total, **info: events.append((stage, info.get("job"))))
+    assert events and all(plan is not None for _, plan in events), [s for s, p in events if p is None]
+    shares = [plan["fraction"] for _, plan in events]
+    assert shares == sorted(shares)
+    stages = {plan["stages"] for _, plan in events[1:]}
+    expected = {"fig4": 1 + 1 + 4, "amount": 1 + 1 + 6, "matchers": 1 + 1 + 3}[study]
+    assert stages == {expected}, stages  # loading, the statistics pass, one stage per curve
+    assert any(plan["eta_s"] is not None for _, plan in events)
