@@ -126,6 +126,9 @@ def test_pick_page_states_the_estimate_and_applies_quick_settings(monkeypatch):
         pytest.skip("the bundled pair is not built")
     slow = Rates(forward=1e5, product=1e5, float64=1e5, assign_512=1.0)  # a machine slow enough to need them
     monkeypatch.setattr(E, "calibrate", lambda *a, **k: slow)
+    import dashboard.estimate as DE  # rates calibrated by an earlier page in this process stay cached there
+
+    monkeypatch.setattr(DE, "_rates", lambda *a, **k: slow)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run().switch_page("pages/run.py").run()
     assert not at.exception, [e.value for e in at.exception]
     info = [i.value for i in at.info if "Estimated for these settings" in i.value]

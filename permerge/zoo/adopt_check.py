@@ -33,7 +33,7 @@ def verifier(eval_text: Path | None):
         import numpy as np
 
         from ..checkpoints import load_checkpoint
-        from . import train
+        from .. import training as train
 
         try:
             ck = load_checkpoint(str(folder))
