@@ -41,15 +41,17 @@ header[data-testid="stHeader"], [data-testid="stToolbar"] { display: none !impor
 """
 TEXT = "_presenter_text"  # session_state: the tour bar's sentence slot of this script run
 
-# Scrolls the step's chart (the page's first chart) under the tour bar once it is drawn; runs once
+# Scrolls the step's chart (the page's first chart) under the tour bar once it is drawn, and keeps it there
+# for the first seconds while the bar's sentence and the charts above settle; runs once
 # per page visit (the frame's text changes with the page and the visit).
 SCROLL = """<script>
-const doc = window.parent.document; let tries = 0;
+const doc = window.parent.document; let tries = 0, settle = 0;
 const go = () => { const c = doc.querySelector('[data-testid="stPlotlyChart"]');
   const bar = doc.querySelector('.st-key-presenter_bar');
   const main = doc.querySelector('[data-testid="stMain"]') || doc.scrollingElement;
   if (c) { const below = bar ? bar.getBoundingClientRect().bottom + 8 : 0;
-           main.scrollBy(0, c.getBoundingClientRect().top - below); }
+           main.scrollBy(0, c.getBoundingClientRect().top - below);
+           if (settle++ < 6) { setTimeout(go, 400); } }  /* again while the bar's sentence and charts settle */
   else if (tries++ < 60) { setTimeout(go, 250); } };
 setTimeout(go, 300);
 </script><!-- %s -->"""

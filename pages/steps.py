@@ -1,9 +1,11 @@
 """The loss barrier along training steps: two runs compared step by step, series side by side."""
+import dataclasses
+
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, registry, require_run, section_result, start, study_base
+from dashboard.state import about_caption, job_key, require_run, section_result, start, study_base
 from dashboard.figures import fig_name, show_figure
-from permerge import plots_steps, steps
+from permerge import plots_steps, runs, steps
 from permerge.errors import PermergeError
 
 st.title("Training steps")
@@ -33,13 +35,15 @@ for col, (label, what) in zip(st.columns(2), DEFAULTS):
                 problems.append(str(e))
 for p in problems:
     st.error(p)
-lambdas = st.number_input("λ points", 3, 41, min(11, run.lambdas), step=2)
+lambdas = st.number_input("λ points", 3, max(41, run.lambdas), run.lambdas, step=2, help="The run's λ points by default.")
 st.caption(f"Options: {run.options.label()} (from this run), with vanilla averaging as the reference.")
 base = study_base(run)
 key = job_key("steps", base=base.to_dict(), series=[s.__dict__ for s in series], options=run.options.to_dict(),
               lambdas=int(lambdas))
 if st.button("Compute", type="primary", disabled=bool(problems) or not series):
-    start("steps", run, key, steps.steps_work(registry(), base, series, run.options, int(lambdas)), "training steps")
+    start("steps", run, key, runs.recipe("steps_work", base=base, series=[dataclasses.asdict(s) for s in series],
+                                         options=run.options, lambdas=int(lambdas)),
+          "training steps", runs.depends(run.job, run.options))
 
 res = section_result("steps", run, "Training steps")
 if res is None:

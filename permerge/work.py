@@ -333,3 +333,12 @@ def matchers_work(registry: PipelineRegistry, job: Job, options: AlignOptions, l
                 "methods": [act.label(), wgt.label()],
                 "about": {**about(job, None, lambdas), "options": f"{act.label()} vs {wgt.label()}"}}
     return work
+
+
+def steps_work(registry: PipelineRegistry, base: Job, series: list, options: AlignOptions, lambdas: int):
+    """The barrier along training steps (``permerge.steps``); ``series`` as ``StepSeries`` or as the
+    dicts a run record keeps."""
+    from .steps import StepSeries, steps_work as along_steps
+
+    series = [s if isinstance(s, StepSeries) else StepSeries(**s) for s in series]
+    return along_steps(registry, base, series, options, lambdas)

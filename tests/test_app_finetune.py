@@ -52,7 +52,9 @@ def test_make_a_fine_tuned_pair_then_table3(tmp_path):
     at.number_input(key="cls_lambdas").set_value(3)
     at.run()
     [b for b in at.button if b.label == "Compute the classifier curves"][0].click().run()
-    _wait(at.session_state["cls_key"])
+    from dashboard.state import RESULTS_STATE
+
+    _wait([s["key"] for s in at.session_state[RESULTS_STATE] if s["section"] == "classifiers"][-1])
     at.run()
     assert_clean(at)
 

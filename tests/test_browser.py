@@ -20,13 +20,15 @@ SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver")
 
-pytestmark = [
+# The marks of every real-browser test module (the ones that run on the bundled pair add NEEDS_PAIR).
+BROWSER_MARKS = [
     pytest.mark.browser,
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                        reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
-    pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built"),
 ]
+NEEDS_PAIR = pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built")
+pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
 DEADLINE_S = 420  # the user flow below (two pairs); server start (30 s) and warm-up (60 s) are bounded apart
 
 
@@ -40,13 +42,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def serve_dashboard(env: dict, log_dir: Path):
+    """``streamlit run app.py`` on a free loopback port with ``env``: yields its address once healthy,
+    then stops it and checks that its log holds no traceback."""
     port = free_port()
-    env = {**os.environ, "PERMERGE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models; a browser shares the CPUs
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    log = open(log_dir / "streamlit.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"],
@@ -76,6 +76,14 @@ def server(tmp_path_factory):
     text = log.read()
     log.close()
     assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    env = {**os.environ, "PERMERGE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # tiny models; a browser shares the CPUs
+    yield from serve_dashboard(env, tmp_path_factory.mktemp("log"))
 
 
 @pytest.fixture(scope="module")

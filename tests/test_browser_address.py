@@ -7,17 +7,10 @@ import time
 
 import pytest
 
-from conftest import HAVE_PAIR
-from test_browser import (CHROMIUM, DRIVER, assert_no_exception, browser, click_text, goto, idle,  # noqa: F401
+from test_browser import (BROWSER_MARKS, NEEDS_PAIR, assert_no_exception, browser, click_text, goto, idle,  # noqa: F401
                           plotly_count, server, shot, title_is, wait_for)
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                       reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
-    pytest.mark.skipif(not HAVE_PAIR, reason="the bundled default pair (mlm-seed1, mlm-seed2) is not built"),
-]
+pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
 
 
 def body(drv) -> str:

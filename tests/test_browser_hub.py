@@ -3,8 +3,6 @@ download size shown, the download's progress in the job's progress line, the res
 dashboard (`streamlit run app.py`) runs with HF_ENDPOINT at tests/hubserver.py and an empty HF_HOME.
 Needs Debian's `chromium` and `chromium-driver`; skipped with a reason when they are absent."""
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -12,14 +10,9 @@ import pytest
 from conftest import ROOT, free_port, write_text
 from hubserver import LoopbackHub
 from published import write_multiberts
-from test_browser import CHROMIUM, DRIVER, browser, click_text, idle, shot, wait_for  # noqa: F401  (fixture)
+from test_browser import BROWSER_MARKS, browser, click_text, idle, serve_dashboard, shot, wait_for  # noqa: F401
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                       reason="chromium and chromedriver not installed (apt-get install -y chromium chromium-driver)"),
-]
+pytestmark = BROWSER_MARKS
 MB = "google/multiberts-seed_{}"
 
 
@@ -37,41 +30,11 @@ def hubsite(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hubsite):
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
                                                             "PERMERGE_ALLOW_DOWNLOADS")}
     env.update({"PERMERGE_CACHE": str(tmp_path_factory.mktemp("cache")), "HF_ENDPOINT": hubsite.url,
                 "HF_HOME": str(tmp_path_factory.mktemp("hf")), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
-                             "--server.port", str(port), "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    t0 = time.time()
-    while time.time() - t0 < 30:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
-    else:
-        proc.terminate()
-        pytest.fail("streamlit did not start in 30 s")
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.seek(0)
-    text = log.read()
-    log.close()
-    assert "Traceback" not in text, text[-4000:]
+    yield from serve_dashboard(env, tmp_path_factory.mktemp("log"))
 
 
 def _body(drv) -> str:

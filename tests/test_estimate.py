@@ -106,7 +106,10 @@ def test_estimate_against_a_measured_run(tmp_path):
     a = save_checkpoint(make_model(1, **kw), tmp_path / "a")
     b = save_checkpoint(make_model(2, **kw), tmp_path / "b")
     text = write_text(tmp_path / "t.txt", n_words=20000)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # a clean environment: variables other tests of the suite may have left must not change the child
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    env = {**{k: os.environ[k] for k in keep if k in os.environ}, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(a), str(b), str(text), "4096"], capture_output=True,
                          text=True, timeout=600, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -649,7 +649,7 @@ def test_export_page_writes_safely_through_a_job(tiny_mlm_pair, tmp_path, monkey
     def save(path=None, replace=False):
         if path is not None:
             at.text_input[0].set_value(str(path))
-        at.checkbox[0].set_value(replace)
+        [c for c in at.checkbox if c.label.startswith("Replace an earlier export")][0].set_value(replace)
         at.run()
         [x for x in at.button if x.label == "Save merged model"][0].click().run()
         assert not at.exception, [e.value for e in at.exception]

@@ -51,12 +51,13 @@ def test_every_study_reports_one_whole_job_line_that_never_goes_back(study):
     from permerge.align import AlignOptions
     from permerge.cache import ResultCache
     from permerge.pipeline import Job
-    from permerge.study import FIG4, PipelineRegistry, snapshot_batch_size
+    from permerge.study import FIG4, PipelineRegistry, data_amount_job
 
     paths = {e["name"]: e["path"] for e in zoo.list_checkpoints()}
     job = Job(model_a=paths[zoo.DEFAULT_PAIR[0]], model_b=paths[zoo.DEFAULT_PAIR[1]], data=str(zoo.align_text()),
-              eval_data=str(zoo.eval_text()), tokens=2048, eval_blocks=2, device="cpu",
-              batch_size=snapshot_batch_size(2048) if study == "amount" else 16)
+              eval_data=str(zoo.eval_text()), tokens=2048, eval_blocks=2, device="cpu", batch_size=16)
+    if study == "amount":  # the study's own pass: small batches, and the data-fraction snapshots it keeps
+        job = data_amount_job(job, 2048)
     reg = PipelineRegistry(ResultCache())
     fn = {"fig4": lambda: work.curves_work(reg, job, FIG4, 3),
           "amount": lambda: work.data_amount_work(reg, job, AlignOptions(), 3),
