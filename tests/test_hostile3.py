@@ -11,22 +11,9 @@ import pytest
 
 from conftest import VOCAB, WORDS, write_text
 from permerge.cli import main
+from test_hostile import one_line_error, run  # noqa: F401  (the same one-line-error helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*argv, cache=None):
-    extra = ["--cache-dir", str(cache)] if cache else ["--no-cache"]
-    return main([*map(str, argv), *extra, "--quiet"])
-
-
-def one_line_error(capsys, argv, pattern, cache=None):
-    code = run(*argv, cache=cache)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("error: "), err
-    assert pattern in err[0], err[0]
-    return err[0]
 
 
 def _release(fifo: Path) -> None:
