@@ -27,6 +27,7 @@ from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # n
 from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_into,
                           interpolate_state, lambda_grid)
+from .memory import release_large_blocks
 from .permute import equivalence, logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision, stats_bytes
 
@@ -115,6 +116,7 @@ class Pipeline:
     # --- stages --------------------------------------------------------------------------
     @cached_property
     def pair(self):
+        release_large_blocks()  # a stage's large tensors go back to the system when freed (memory.py)
         t = time.perf_counter()
         a, b = load_pair(self.job.model_a, self.job.model_b)
         check_tokenizers(a, b)  # one tokenizer for the pair, its ids within the embeddings

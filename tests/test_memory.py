@@ -4,7 +4,11 @@ every correlation matrix at once, interpolation does not clone the states, the f
 one model copy at a time, large statistics are released once aligned and large cache values are
 streamed.  The measured figures of a MultiBERTs-size pair are bench/bench_real.py's."""
 import gc
+import os
+import subprocess
+import sys
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from conftest import make_model, random_batches
 from permerge.arch import spec_for
 from permerge.stats import DATA_FRACTIONS, collect_stats, stats_bytes
 
+ROOT = Path(__file__).resolve().parents[1]
 KW = dict(hidden_size=24, num_attention_heads=3, intermediate_size=40, num_hidden_layers=2)
 
 
@@ -180,3 +185,63 @@ def test_large_cache_values_are_streamed_and_read_back(tmp_path, monkeypatch, st
     for g, s in value["points"].items():
         for k, v in s.items():
             assert np.array_equal(np.asarray(back["points"][g][k]), np.asarray(v))
+
+
+# A child process that frees 8 MiB blocks after a freed 16 MiB one (which moves glibc's adaptive mmap
+# threshold up to 16 MiB) while the last block stays alive, and prints how much of its resident
+# memory the frees gave back.
+_FREED_BLOCKS = r"""
+import sys
+from permerge.memory import release_large_blocks
+import torch
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+print("threshold", release_large_blocks())
+big = torch.ones(4 << 20)  # 16 MiB
+del big
+base = rss()
+blocks = [torch.ones(2 << 20) for _ in range(40)]  # 40 x 8 MiB = 320 MiB
+held = rss() - base
+last = blocks[-1]
+del blocks
+print("kept", (rss() - base) / held)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc: Linux only")
+@pytest.mark.parametrize("setting", ["default", "off"])
+def test_freed_large_tensors_go_back_to_the_system(setting):
+    """permerge fixes glibc's mmap threshold (permerge/memory.py), so that large tensors a stage frees
+    leave the process; with the setting off (glibc's adaptive threshold) the same frees keep them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PERMERGE_MMAP_THRESHOLD", None)
+    if setting == "off":
+        env["PERMERGE_MMAP_THRESHOLD"] = "0"
+    out = subprocess.run([sys.executable, "-c", _FREED_BLOCKS], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = dict(line.split() for line in out.stdout.splitlines())
+    kept = float(got["kept"])
+    if setting == "default":
+        assert got["threshold"] == str(4 << 20)
+        assert kept < 0.1, kept  # 39 of the 40 blocks went back
+    else:
+        assert got["threshold"] == "None"
+        assert kept > 0.5, kept  # glibc kept them in its heap: the reason for the setting
+
+
+def test_the_job_runners_fix_the_threshold(monkeypatch, tiny_mlm_pair):
+    """The command line and every pipeline (the dashboard's jobs, the benchmarks) set it before loading."""
+    from permerge import cli, memory, pipeline
+
+    calls = []
+    monkeypatch.setattr(cli, "release_large_blocks", lambda: calls.append("cli"))
+    monkeypatch.setattr(pipeline, "release_large_blocks", lambda: calls.append("pipeline"))
+    assert cli.main(["zoo", "list"]) == 0 and calls == ["cli"]
+    a, b, text = tiny_mlm_pair
+    pipeline.Pipeline(pipeline.Job(str(a), str(b), data=str(text))).pair
+    assert calls == ["cli", "pipeline"]
+    assert memory.MMAP_THRESHOLD == 4 << 20
