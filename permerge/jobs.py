@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import gc
 import threading
 import time
 import traceback
@@ -160,5 +161,8 @@ class JobManager:
             h.state, h.error = "error", f"{type(e).__name__}: {e}"
         finally:
             h.finished = time.time()
+            # the dashboard's server runs no collection after each script run (.streamlit/config.toml):
+            # one full collection per job returns what the job left in reference cycles
+            gc.collect()
             with _LIVE_LOCK:
                 _LIVE.pop(threading.current_thread(), None)

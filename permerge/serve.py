@@ -41,7 +41,8 @@ def streamlit_argv(app: Path, host: str = "127.0.0.1", port: int = 8501, allowed
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--server.fileWatcherType", "none", "--server.enableCORS", "true",
             "--server.enableXsrfProtection", "true", "--browser.gatherUsageStats", "false",
-            "--browser.serverAddress", browser, "--client.toolbarMode", "minimal"]
+            "--browser.serverAddress", browser, "--client.toolbarMode", "minimal",
+            "--runner.postScriptGC", "false"]
     for h in hosts:
         argv += ["--server.allowedHosts", h]
     for h in sorted(set(allowed_hosts) - set(LOOPBACK_NAMES)):  # the WebSocket's Origin check

@@ -331,6 +331,28 @@ def test_idle_server_does_not_watch_files():
     assert cfg["server"]["fileWatcherType"] == "none"
 
 
+def test_no_full_garbage_collection_after_each_script_run():
+    """A running job's progress line reruns part of the page every second or two; Streamlit's
+    collection after each run (a full gc.collect over torch's and transformers' objects, a tenth of
+    a second or more holding the interpreter lock) slowed the job itself.  Off in the checkout's
+    config, and `permerge dashboard` passes every setting of that config on its command line."""
+    import tomllib
+
+    from permerge import serve
+
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["runner"]["postScriptGC"] is False
+    argv = serve.streamlit_argv(ROOT / "app.py")
+    given = {}
+    for k, v in zip(argv[5::2], argv[6::2]):
+        given.setdefault(k, []).append(v)
+    for section, options in cfg.items():
+        for name, value in options.items():
+            want = [str(x) for x in value] if isinstance(value, list) else [str(value).lower() if isinstance(value, bool)
+                                                                            else str(value)]
+            assert given.get(f"--{section}.{name}") == want, (section, name, given.get(f"--{section}.{name}"))
+
+
 def test_statistics_precision_is_offered_and_reaches_the_job(monkeypatch):
     """The run page offers the statistics-pass precision and the job it starts carries the choice."""
     from dashboard import state
