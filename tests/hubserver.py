@@ -12,8 +12,10 @@ client calls to download a model (read from its code: ``HfApi.model_info`` and
   ``EntryNotFound`` (404), ``GatedRepo`` (403).
 
 Every request is logged (method, path, Range header) so a test can assert what was fetched.
-``drop_after[(repo, file)] = n`` makes the next full GET of that file send ``n`` bytes of its body
-and close the connection (a transfer broken off mid-file); ``throttle`` slows every body down.  The
+``drop_after[(repo, file)] = n`` makes the next GET of that file (whole or a range) send ``n``
+bytes of its body and close the connection (a transfer broken off mid-file); ``drop_every`` does
+so for every GET of it (a line that keeps failing, until the test removes the entry);
+``throttle`` slows every body down.  The
 server runs on 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -60,6 +62,7 @@ class LoopbackHub:
         self.repos: dict[str, Repo] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.drop_after: dict[tuple[str, str], int] = {}
+        self.drop_every: dict[tuple[str, str], int] = {}
         self.throttle: float = 0.0  # seconds of pause after every 64 kB of a file's body (a slow link)
         self._lock = threading.Lock()
         self._server = None
@@ -201,7 +204,9 @@ class LoopbackHub:
         h.end_headers()
         if head:
             return
-        cut = self.drop_after.pop((repo_id, name), None) if status == 200 else None
+        cut = self.drop_after.pop((repo_id, name), None)
+        if cut is None:
+            cut = self.drop_every.get((repo_id, name))
         if cut is not None:
             h.wfile.write(body[:cut])
             h.wfile.flush()
