@@ -187,8 +187,8 @@ def test_hub_list_sizes_and_cached_state(loopback, capsys):
     # a family the Hub does not have (here: the loopback): the listing goes on and says why
     assert main(["hub", "list", "polypythias", "--allow-downloads"]) == 0
     out = capsys.readouterr().out
-    assert out.count("download size unknown (cannot download checkpoint 'EleutherAI/pythia-") == 5, out
-    assert "@step137000': no such repository on the Hub" in out, out
+    assert out.count("download size unknown (cannot download checkpoint 'EleutherAI/pythia-") == 7, out
+    assert "@step143000': no such repository on the Hub" in out, out
     H.allow_downloads(True)
     try:
         H.resolve(MB.format(0))
@@ -211,6 +211,26 @@ def test_hub_list_marks_families_without_a_table():
     assert family("polypythias").hub_id("70m", "4", "step0") == "EleutherAI/pythia-70m-seed4@step0"
     with pytest.raises(Exception, match="no step"):
         family("multiberts").hub_id("base", "7", "20k")  # steps exist for seeds 0-4 only
+
+
+def test_catalogue_names_as_published():
+    """The names the publishers list: PolyPythias' 154 step branches (named ones, then every 1,000)
+    and its data-seed / weight-seed runs; the ten CRFM runs, small and medium, with 609 branches each."""
+    from permerge.catalogue import family
+
+    pp = family("polypythias")
+    steps = pp.steps("70m", "3")
+    assert len(steps) == 154 and steps[:3] == ["step0", "step1", "step2"] and steps[10:12] == ["step512", "step1000"]
+    assert steps[-1] == "step143000" and len(set(steps)) == 154
+    assert pp.hub_id("160m-data-seed", "2", "step1000") == "EleutherAI/pythia-160m-data-seed2@step1000"
+    assert pp.hub_id("160m-weight-seed", "3") == "EleutherAI/pythia-160m-weight-seed3"
+    assert pp.seeds("160m-data-seed") == ["1", "2", "3"] and pp.seeds("410m") == [str(s) for s in range(1, 10)]
+    crfm = family("crfm-gpt2")
+    assert crfm.seeds("small") == crfm.seeds("medium") == ["21", "49", "81", "343", "777"]
+    medium = crfm.steps("medium", "343")
+    assert len(medium) == 609 and medium[0] == "checkpoint-0" and medium[-1] == "checkpoint-400000"
+    assert "checkpoint-1950" in medium and "checkpoint-19900" in medium and "checkpoint-20500" not in medium
+    assert crfm.hub_id("medium", "777", "checkpoint-300000") == "stanford-crfm/eowyn-gpt2-medium-x777@checkpoint-300000"
 
 
 
