@@ -329,8 +329,7 @@ class _Report:
         if self.bar_cls is not None:
             if new_file or self.bar is None:
                 self.close()
-                self.bar = self.bar_cls(total=self.size, initial=have, desc=self.name, unit="B", unit_scale=True,
-                                        unit_divisor=1024)
+                self.bar = self.bar_cls(total=self.size, initial=have, desc=self.name, unit="B", unit_scale=True)
             else:
                 self.bar.update(have - self.have)
         self.have = have

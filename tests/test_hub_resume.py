@@ -143,3 +143,68 @@ def test_a_blob_already_in_the_cache_is_kept(loopback, layouts, downloads):
     after = blob.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert (folder / WEIGHTS).resolve() == blob.resolve()
+
+
+def test_a_server_that_ignores_the_range_gets_a_clean_restart(loopback, layouts, downloads):
+    repo, source = MB.format(0), (layouts["mb0"] / WEIGHTS).read_bytes()
+    part = H.partial_path(repo, _etag(source))
+    part.parent.mkdir(parents=True)
+    part.write_bytes(source[:5000])  # a good beginning, but the server sends the whole file again
+    loopback.ignore_ranges = True
+    folder = H.fetch(H.plan(repo))
+    assert _gets(loopback) == ["bytes=5000-"], _gets(loopback)
+    assert (folder / WEIGHTS).read_bytes() == source  # not the first 5,000 bytes twice
+
+
+def test_a_disk_that_fills_up_mid_file_gives_one_line_and_keeps_the_partial(loopback, layouts, tmp_path, capsys,
+                                                                            monkeypatch):
+    import builtins
+    import errno
+
+    from permerge.cli import main
+
+    repo, source = MB.format(0), (layouts["mb0"] / WEIGHTS).read_bytes()
+    part = H.partial_path(repo, _etag(source))
+
+    class Full:  # a file on a disk with room for 300,000 bytes of the partial
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            room = 300_000 - self.fh.tell()
+            if len(data) > room:
+                self.fh.write(data[:max(room, 0)])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+    def full_open(path, mode="r", *a, **kw):
+        fh = builtins.open(path, mode, *a, **kw)
+        return Full(fh) if str(path).endswith(H.PARTIAL_SUFFIX) and "b" in mode and mode != "rb" else fh
+
+    monkeypatch.setattr(H, "open", full_open, raising=False)
+    argv = ["align", repo, MB.format(1), "--data", layouts["text"], "--out", tmp_path / "o", "--allow-downloads",
+            "--no-cache", "--quiet"]
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: not enough free disk"), err
+    assert "filled up while pytorch_model.bin was downloading" in err[0] and str(part) in err[0], err[0]
+    assert part.stat().st_size == 300_000 and part.read_bytes() == source[:300_000]
+    monkeypatch.delattr(H, "open")  # room again: the next run goes on from there
+    H._plans.clear()
+    loopback.log.clear()
+    H.allow_downloads(True)
+    try:
+        folder = H.resolve(repo)
+    finally:
+        H._allowed.set(None)
+    assert _gets(loopback) == ["bytes=300000-"], _gets(loopback)
+    assert (folder / WEIGHTS).read_bytes() == source
