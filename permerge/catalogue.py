@@ -55,13 +55,12 @@ class Family:
             return []
         if seed is not None and "seeds" in st and int(seed) not in st["seeds"]:
             return []
-        if "values" in st:
-            return list(st["values"])
-        out = []
-        for lo, hi, step in st["schedule"]:
-            out += [st["format"].format(n=n) for n in range(lo, hi, step)]
-        last = st["schedule"][-1][1]
-        return out + [st["format"].format(n=last)]
+        out = list(st.get("values", []))  # named one by one, then (or else) a schedule [from, to, every]
+        if "schedule" in st:
+            for lo, hi, step in st["schedule"]:
+                out += [st["format"].format(n=n) for n in range(lo, hi, step)]
+            out.append(st["format"].format(n=st["schedule"][-1][1]))
+        return out
 
     def repo(self, size: str, seed: str) -> str:
         s = self.entry["sizes"][size]

@@ -11,9 +11,13 @@ TensorFlow, Flax, ONNX or other files.  Everything is read from the snapshot fol
 (``.../snapshots/<sha>/``), so what is cached and computed is keyed by the commit and the content,
 never by a branch name.
 
-The real ``huggingface_hub`` client does the transfers (its cache, ETags, ``X-Repo-Commit``, range
-requests that resume a transfer the server broke off); ``HF_ENDPOINT`` points it at a mirror and
-``HF_HOME`` / ``HF_HUB_CACHE`` at another cache, read at each call.
+The real ``huggingface_hub`` client reads the file list and each file's metadata (URL, ETag,
+size, commit, with the token and headers it would send); permerge then fetches each file itself
+with HTTP range requests into ``blobs/<etag>.permerge-partial`` of the repository's cache folder,
+which Cancel, an error or a killed process leave in place and the next run continues from its
+size; a complete file is checked and moved into the client's layout, where the client (and
+``local_files_only=True``) finds it.  ``HF_ENDPOINT`` points at a mirror and ``HF_HOME`` /
+``HF_HUB_CACHE`` at another cache, read at each call.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import CheckpointError, PermergeError
+from .errors import CheckpointError, PermergeError, warn
 
 ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -276,64 +280,247 @@ def _write_ref(p: HubPlan) -> None:
         pass  # the snapshot is usable by its commit all the same
 
 
-def fetch(p: HubPlan, names=None, progress=None, bar=None) -> Path:
+def fetch(p: HubPlan, names=None, progress=None, bar=None, say=None, received=None) -> Path:
     """Download the plan's files that are not cached (only ``names`` when given) and return the
     snapshot folder.  ``progress(done_bytes, total_bytes, file)`` is called as bytes arrive (it may
-    raise to cancel; the file being fetched is dropped, those complete stay in the cache); ``bar``
-    is a tqdm class for a progress bar (the command line)."""
-    from huggingface_hub import hf_hub_download
+    raise to cancel: the file being fetched stays as a partial download that the next fetch goes
+    on from, those complete are in the cache); ``bar`` is a tqdm class for a progress bar (the
+    command line); ``say`` takes a line of news (else it is a warning); ``received``, a one-item
+    list, counts the bytes that came over the network in this call (for a speed)."""
+    from huggingface_hub.utils import build_hf_headers
 
     _refresh_cached(p)
     todo = [f for f in p.missing if names is None or f.name in names]
     total = sum(f.size or 0 for f in todo)
     check_disk(p)  # room for the whole checkpoint, before even its config is fetched
-    done = [0]
+    headers = build_hf_headers()  # the token, user agent and headers the client itself would send
+    done = 0
     for f in todo:
-        cls = _reporting_tqdm(progress, done, total, f.name, bar)
+        report = _Report(progress, done, total, f.name, f.size, bar, received)
         try:
-            hf_hub_download(p.repo_id, f.name, revision=p.commit, cache_dir=str(cache_dir()), endpoint=endpoint(),
-                            tqdm_class=cls)
+            _transfer(p, f.name, headers, report, say)
         except PermergeError:  # ours: a one-line error, or Cancel from the progress callback
             raise
         except Exception as e:
             raise _hub_error(p.source, e) from None
-        done[0] += f.size or 0
+        finally:
+            report.close()
+        done += f.size or 0
         f.cached = True
     _write_ref(p)
     return repo_folder(p.repo_id) / "snapshots" / p.commit
 
 
-def _reporting_tqdm(progress, done: list, total: int, name: str, bar):
-    """A tqdm class for the Hub client's transfer of one file that reports bytes to ``progress``
-    and, on the command line, draws ``bar`` (a tqdm class) with bytes, speed and time left."""
-    from tqdm import tqdm as base
+class _Report:
+    """Bytes of one file as they arrive: to ``progress`` (at most every PROGRESS_EVERY_S, and at
+    the first bytes and the last) and to a tqdm bar (bytes, speed, time left) that starts at the
+    bytes a partial download already holds."""
 
-    parent = bar or base
+    def __init__(self, progress, base: int, total: int, name: str, size: int | None, bar, received):
+        self.progress, self.base, self.total, self.name, self.size = progress, base, total, name, size
+        self.bar_cls, self.bar, self.received = bar, None, received
+        self.have, self.last = 0, None
 
-    class Reporting(parent):
-        def __init__(self, *a, **kw):
-            kw.pop("name", None)
-            kw["desc"] = name
-            kw["disable"] = bar is None
-            super().__init__(*a, **kw)
-            self._base, self._got = done[0], int(kw.get("initial") or 0)
+    def __call__(self, have: int, new_file: bool = False) -> None:
+        import time
 
-        def update(self, n=1):
-            out = super().update(n)  # a disabled bar does not count: count here
-            self._got += int(n or 0)
-            if progress is not None:
-                progress(self._base + self._got, total, name)
-            return out
+        if self.received is not None and not new_file and have > self.have:
+            self.received[0] += have - self.have
+        if self.bar_cls is not None:
+            if new_file or self.bar is None:
+                self.close()
+                self.bar = self.bar_cls(total=self.size, initial=have, desc=self.name, unit="B", unit_scale=True)
+            else:
+                self.bar.update(have - self.have)
+        self.have = have
+        now = time.monotonic()
+        if self.progress is not None and (new_file or self.last is None or have == self.size
+                                          or now - self.last >= PROGRESS_EVERY_S):
+            self.last = None if new_file else now
+            self.progress(self.base + have, self.total, self.name)
 
-        # Xet transfers report network bytes beside the bytes written; with these two methods the
-        # client keeps one bar (the bytes written), so nothing is counted twice.
-        def update_transfer(self, n=1):
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- resumable transfers ----------------------------------------------------------------------
+# permerge fetches each file itself, so that a transfer broken off by Cancel, Ctrl-C, a killed
+# process or a dropped line goes on from where it stopped, in this run or the next: the bytes go
+# to ``blobs/<etag>.permerge-partial`` in the repository's folder of the Hugging Face cache, which
+# is kept on any failure; a later run asks for the rest with ``Range: bytes=<size>-``.  A complete
+# file is checked (size; sha256 where the ETag is one, as for LFS weights) and moved into the
+# client's own layout: ``blobs/<etag>``, ``snapshots/<commit>/<file> -> ../../blobs/<etag>``, and
+# ``refs/<branch>``, so that ``hf_hub_download(..., local_files_only=True)`` finds it.
+PARTIAL_SUFFIX = ".permerge-partial"
+RETRIES = 5  # broken connections retried within one run, counted from the last byte received
+RETRY_PAUSE_S = 0.5
+PROGRESS_EVERY_S = 0.05
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def partial_path(repo_id: str, etag: str) -> Path:
+    return repo_folder(repo_id) / "blobs" / (etag + PARTIAL_SUFFIX)
+
+
+def partial_files(repo_id: str | None = None) -> list[Path]:
+    """The partial downloads permerge keeps in the cache (of one repository, or of all)."""
+    pattern = ("models--" + repo_id.replace("/", "--")) if repo_id else "models--*"
+    return sorted(cache_dir().glob(f"{pattern}/blobs/*{PARTIAL_SUFFIX}"))
+
+
+def _file_meta(p: HubPlan, name: str, headers: dict):
+    """(Hub URL, URL to fetch (a CDN's, after the Hub's redirect), ETag, size) of one file at the
+    plan's commit, as the client reads them (one HEAD request; errors are the client's)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(p.repo_id, name, revision=p.commit, endpoint=endpoint())
+    meta = get_hf_file_metadata(url, headers=headers, endpoint=endpoint())
+    if not meta.etag:
+        raise CheckpointError(f"cannot download checkpoint {p.source!r}: the Hub gave no ETag for {name}")
+    location = meta.location or url
+    return url, location, meta.etag, meta.size
+
+
+def _request_headers(url: str, location: str, base: dict) -> dict:
+    h = dict(base)
+    h["Accept-Encoding"] = "identity"  # byte ranges of the file itself, never of a compressed stream
+    if urlparse(location).netloc != urlparse(url).netloc:
+        h.pop("authorization", None)  # as the client does: the token stays with the Hub, not the CDN
+        h.pop("Authorization", None)
+    return h
+
+
+def _link_into_snapshot(p: HubPlan, name: str, blob: Path) -> None:
+    """``snapshots/<commit>/<name>`` -> ``../../blobs/<etag>`` (relative), as the client writes it;
+    a file already there is kept, a dangling link is replaced (a copy where links are not possible)."""
+    pointer = repo_folder(p.repo_id) / "snapshots" / p.commit / name
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_symlink() and not pointer.exists():
+        pointer.unlink()
+    if os.path.lexists(pointer):
+        return
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except OSError:
+        shutil.copyfile(blob, pointer)
+
+
+def _disk_full(p: HubPlan, name: str, part: Path) -> CheckpointError:
+    return CheckpointError(f"not enough free disk for checkpoint {p.source!r}: the disk filled up while {name} was "
+                           f"downloading; free some space (or set HF_HOME to another disk) and run again, it goes on "
+                           f"from the {fmt_bytes(part.stat().st_size if part.exists() else 0)} in {part}")
+
+
+def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
+    """Fetch one file into its partial (resuming it), check it, and move it into the cache."""
+    import errno
+    import hashlib
+    import time
+
+    import httpx2
+    from huggingface_hub.utils import WeakFileLock, get_session, hf_raise_for_status
+
+    url, location, etag, size = _file_meta(p, name, headers)
+    root = repo_folder(p.repo_id)
+    blob = root / "blobs" / etag
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    lock = cache_dir() / ".locks" / root.name / f"{etag}.lock"  # the client's own lock for this blob
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(lock):
+        if blob.exists():  # already there (another repository, the client, another run): kept as it is
+            _link_into_snapshot(p, name, blob)
+            return
+        part = blob.with_name(etag + PARTIAL_SUFFIX)
+        check = _SHA256.fullmatch(etag) is not None
+        for _ in range(2):
+            have = part.stat().st_size if part.exists() else 0
+            if size is not None and have > size:
+                part.unlink()
+                have = 0
+            resumed = have > 0
+            report(have, new_file=True)
+            sha = hashlib.sha256() if check else None
+            if sha is not None and have:
+                with open(part, "rb") as fh:
+                    for block in iter(lambda: fh.read(2**20), b""):
+                        sha.update(block)
+            tries = RETRIES
+            while size is None or have < size:
+                h = _request_headers(url, location, headers)
+                if have:
+                    h["Range"] = f"bytes={have}-"
+                try:
+                    with get_session().stream("GET", location, headers=h, follow_redirects=True,
+                                              timeout=httpx2.Timeout(30.0, connect=10.0)) as r:
+                        if have and r.status_code == 416 and size is not None and have == size:
+                            break
+                        hf_raise_for_status(r)
+                        partial_reply = r.status_code == 206 and r.headers.get("Content-Range", "").startswith(
+                            f"bytes {have}-") and r.headers.get("Content-Encoding", "identity") == "identity"
+                        if have and not partial_reply:  # the server sent the whole file (or another range)
+                            have = 0
+                            sha = hashlib.sha256() if check else None
+                            report(0, new_file=False)
+                        with open(part, "r+b" if have else "wb") as out:
+                            out.seek(have)
+                            out.truncate()
+                            for chunk in r.iter_bytes():  # as they come: all that arrived is kept
+                                out.write(chunk)
+                                have += len(chunk)
+                                tries = RETRIES  # bytes came: the count of retries starts again
+                                if sha is not None:
+                                    sha.update(chunk)
+                                report(have)
+                    if size is None:
+                        break
+                    if have < size:
+                        raise httpx2.RemoteProtocolError("the server ended the file early")
+                except (httpx2.TransportError, httpx2.StreamError) as e:
+                    if tries <= 0:
+                        raise CheckpointError(
+                            f"cannot download checkpoint {p.source!r}: the transfer of {name} from {endpoint()} "
+                            f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                            f"{fmt_bytes(have)} are kept in {part}, run again to go on") from None
+                    tries -= 1
+                    time.sleep(RETRY_PAUSE_S)
+                    try:  # a fresh location: a CDN's signed address may have expired meanwhile
+                        url, location, etag2, size2 = _file_meta(p, name, headers)
+                    except Exception:
+                        continue  # the next request tells
+                    if (etag2, size2) != (etag, size):
+                        raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} changed on the Hub "
+                                              "during the download; run again") from None
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise _disk_full(p, name, part) from None
+                    raise
+            if size is not None and have != size:
+                part.unlink(missing_ok=True)
+                raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} came with {have} bytes, the Hub "
+                                      f"lists {size}; run again")
+            if sha is None or sha.hexdigest() == etag:
+                break
+            part.unlink()
+            if not resumed:
+                raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} does not match its sha256 "
+                                      f"{etag[:12]}... after a fresh download; run again")
+            msg = (f"the partial download of {name} ({p.source}) does not match its sha256 {etag[:12]}...: "
+                   "discarded it, downloading it afresh")
+            say(msg) if say is not None else warn(msg)
+        try:
+            os.chmod(part, 0o644 & ~_umask())
+        except OSError:
             pass
+        os.replace(part, blob)
+        _link_into_snapshot(p, name, blob)
 
-        def set_transfer_postfix_str(self, s="", refresh=True):
-            pass
 
-    return Reporting
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 # --- what checkpoints.py calls --------------------------------------------------------------------
@@ -398,7 +585,7 @@ def prefetch(source: str, say=None, bar=None) -> Path | None:
         for line in p.lines():
             say(line)
     check_disk(p)
-    return fetch(p, bar=bar)
+    return fetch(p, bar=bar, say=say)
 
 
 def fetch_for_run(sources, progress=None) -> None:
@@ -415,11 +602,11 @@ def fetch_for_run(sources, progress=None) -> None:
         p = plan(source)
         if not p.missing:
             continue
-        t0 = time.monotonic()
+        t0, received = time.monotonic(), [0]
 
-        def cb(done, total, name, source=source, t0=t0):
+        def cb(done, total, name, source=source, t0=t0, received=received):
             if progress is not None:
                 progress(f"downloading {source}", done, total, file=name,
-                         speed=done / max(time.monotonic() - t0, 1e-3))
+                         speed=received[0] / max(time.monotonic() - t0, 1e-3))
         cb(0, p.missing_bytes, p.missing[0].name)
-        fetch(p, progress=cb)
+        fetch(p, progress=cb, received=received)

@@ -12,8 +12,10 @@ client calls to download a model (read from its code: ``HfApi.model_info`` and
   ``EntryNotFound`` (404), ``GatedRepo`` (403).
 
 Every request is logged (method, path, Range header) so a test can assert what was fetched.
-``drop_after[(repo, file)] = n`` makes the next full GET of that file send ``n`` bytes of its body
-and close the connection (a transfer broken off mid-file); ``throttle`` slows every body down.  The
+``drop_after[(repo, file)] = n`` makes the next GET of that file (whole or a range) send ``n``
+bytes of its body and close the connection (a transfer broken off mid-file); ``drop_every`` does
+so for every GET of it (a line that keeps failing, until the test removes the entry);
+``throttle`` slows every body down; ``ignore_ranges`` answers every GET with the whole file.  The
 server runs on 127.0.0.1 only.
 """
 from __future__ import annotations
@@ -60,7 +62,9 @@ class LoopbackHub:
         self.repos: dict[str, Repo] = {}
         self.log: list[tuple[str, str, str | None]] = []
         self.drop_after: dict[tuple[str, str], int] = {}
+        self.drop_every: dict[tuple[str, str], int] = {}
         self.throttle: float = 0.0  # seconds of pause after every 64 kB of a file's body (a slow link)
+        self.ignore_ranges = False  # answer a Range request with the whole file (200), as some proxies do
         self._lock = threading.Lock()
         self._server = None
 
@@ -93,7 +97,10 @@ class LoopbackHub:
                 hub._handle(self, head=True)
 
             def do_GET(self):
-                hub._handle(self, head=False)
+                try:
+                    hub._handle(self, head=False)
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # the client went away mid-file (Cancel, an error on its side): as a server sees it
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
@@ -182,7 +189,7 @@ class LoopbackHub:
         etag = hashlib.sha256(data).hexdigest() if name.endswith(LFS_SUFFIXES) else hashlib.sha1(data).hexdigest()
         start, status = 0, 200
         rng = h.headers.get("Range")
-        if rng and not head:
+        if rng and not head and not self.ignore_ranges:
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if m:
                 start, status = int(m.group(1)), 206
@@ -201,7 +208,9 @@ class LoopbackHub:
         h.end_headers()
         if head:
             return
-        cut = self.drop_after.pop((repo_id, name), None) if status == 200 else None
+        cut = self.drop_after.pop((repo_id, name), None)
+        if cut is None:
+            cut = self.drop_every.get((repo_id, name))
         if cut is not None:
             h.wfile.write(body[:cut])
             h.wfile.flush()

@@ -129,11 +129,7 @@ def test_full_disk_is_refused_before_any_transfer(loopback, layouts, tmp_path, c
     assert not [f for _, f in loopback.downloads() if f != "config.json"], loopback.downloads()
 
 
-def test_broken_transfer_resumes_with_a_range_request(loopback, layouts, monkeypatch):
-    import huggingface_hub.constants
-
-    # chunks as small as the test file is (10 MiB by default): what arrived is written before the break
-    monkeypatch.setattr(huggingface_hub.constants, "DOWNLOAD_CHUNK_SIZE", 2**14)
+def test_broken_transfer_resumes_with_a_range_request(loopback, layouts):
     repo = MB.format(0)
     loopback.drop_after[(repo, "pytorch_model.bin")] = 4 * 2**14
     H.allow_downloads(True)
@@ -155,7 +151,7 @@ def test_cancel_leaves_the_cache_usable(loopback, layouts):
 
     def progress(done, total, name):
         seen.append((done, total, name))
-        if name == "pytorch_model.bin" and done > 0:
+        if name == "pytorch_model.bin" and done > min(d for d, _, n in seen if n == name):  # some bytes came
             raise Cancelled("cancelled by the user")
 
     H.allow_downloads(True)
@@ -173,6 +169,8 @@ def test_cancel_leaves_the_cache_usable(loopback, layouts):
     finally:
         H._allowed.set(None)
     assert [f for _, f in loopback.downloads()] == ["pytorch_model.bin"]
+    kept = seen[-1][0] - min(d for d, _, n in seen if n == "pytorch_model.bin")
+    assert loopback.log[-1][2] == f"bytes={kept}-", (loopback.log[-1], kept)  # what came before Cancel is kept
     assert (folder / "pytorch_model.bin").read_bytes() == (layouts["mb1"] / "pytorch_model.bin").read_bytes()
 
 
@@ -189,8 +187,8 @@ def test_hub_list_sizes_and_cached_state(loopback, capsys):
     # a family the Hub does not have (here: the loopback): the listing goes on and says why
     assert main(["hub", "list", "polypythias", "--allow-downloads"]) == 0
     out = capsys.readouterr().out
-    assert out.count("download size unknown (cannot download checkpoint 'EleutherAI/pythia-") == 5, out
-    assert "@step137000': no such repository on the Hub" in out, out
+    assert out.count("download size unknown (cannot download checkpoint 'EleutherAI/pythia-") == 7, out
+    assert "@step143000': no such repository on the Hub" in out, out
     H.allow_downloads(True)
     try:
         H.resolve(MB.format(0))
@@ -215,6 +213,26 @@ def test_hub_list_marks_families_without_a_table():
         family("multiberts").hub_id("base", "7", "20k")  # steps exist for seeds 0-4 only
 
 
+def test_catalogue_names_as_published():
+    """The names the publishers list: PolyPythias' 154 step branches (named ones, then every 1,000)
+    and its data-seed / weight-seed runs; the ten CRFM runs, small and medium, with 609 branches each."""
+    from permerge.catalogue import family
+
+    pp = family("polypythias")
+    steps = pp.steps("70m", "3")
+    assert len(steps) == 154 and steps[:3] == ["step0", "step1", "step2"] and steps[10:12] == ["step512", "step1000"]
+    assert steps[-1] == "step143000" and len(set(steps)) == 154
+    assert pp.hub_id("160m-data-seed", "2", "step1000") == "EleutherAI/pythia-160m-data-seed2@step1000"
+    assert pp.hub_id("160m-weight-seed", "3") == "EleutherAI/pythia-160m-weight-seed3"
+    assert pp.seeds("160m-data-seed") == ["1", "2", "3"] and pp.seeds("410m") == [str(s) for s in range(1, 10)]
+    crfm = family("crfm-gpt2")
+    assert crfm.seeds("small") == crfm.seeds("medium") == ["21", "49", "81", "343", "777"]
+    medium = crfm.steps("medium", "343")
+    assert len(medium) == 609 and medium[0] == "checkpoint-0" and medium[-1] == "checkpoint-400000"
+    assert "checkpoint-1950" in medium and "checkpoint-19900" in medium and "checkpoint-20500" not in medium
+    assert crfm.hub_id("medium", "777", "checkpoint-300000") == "stanford-crfm/eowyn-gpt2-medium-x777@checkpoint-300000"
+
+
 
 def test_cache_keys_follow_the_content_not_the_name(loopback, layouts):
     """A branch, another branch at a commit with the same files, and a local folder holding the same
@@ -234,23 +252,3 @@ def test_cache_keys_follow_the_content_not_the_name(loopback, layouts):
     assert len({k for k, _ in keys.values()}) == 1, keys
     commits = [c for _, c in keys.values()]
     assert commits[0] != commits[1] and commits[2] is None, commits
-
-
-def test_xet_progress_is_counted_once():
-    """The Hub's Xet transfers report bytes written and bytes received: the progress counts the
-    written bytes once (one bar), as for plain HTTP transfers."""
-    import logging
-    from types import SimpleNamespace
-
-    from huggingface_hub.utils._xet_progress_reporting import XetDownloadProgressReporter
-
-    seen = []
-    cls = H._reporting_tqdm(lambda done, total, name: seen.append(done), [0], 1000, "model.safetensors", None)
-    rep = XetDownloadProgressReporter(reconstruction_desc="model.safetensors", total=1000, log_level=logging.WARNING,
-                                      tqdm_class=cls)
-    for written, received in ((0, 400), (300, 800), (1000, 1000)):
-        rep.update_progress(SimpleNamespace(total_bytes_completed=written, total_transfer_bytes_completed=received,
-                                            total_bytes=1000, total_bytes_completion_rate=None,
-                                            total_transfer_bytes_completion_rate=None))
-    rep.close()
-    assert seen == [300, 1000], seen  # the bytes written, each counted once
