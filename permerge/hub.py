@@ -228,6 +228,8 @@ def plan(source: str, refresh: bool = False) -> HubPlan:
         info = HfApi(endpoint=endpoint()).model_info(repo_id, revision=rev, files_metadata=True)
     except Exception as e:
         raise _hub_error(source, e) from None
+    if not _SHA.fullmatch(info.sha or ""):  # it names a cache folder: never a path of the server's choosing
+        raise CheckpointError(f"cannot use checkpoint {source!r} from the Hub: {endpoint()} gave no valid commit id")
     sizes = {s.rfilename: s.size for s in (info.siblings or [])}
     try:
         names = needed_files(sizes)
@@ -358,6 +360,7 @@ RETRIES = 5  # broken connections retried within one run, counted from the last 
 RETRY_PAUSE_S = 0.5
 PROGRESS_EVERY_S = 0.05
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_ETAG = re.compile(r"[0-9A-Za-z][0-9A-Za-z_-]{0,127}")
 
 
 def partial_path(repo_id: str, etag: str) -> Path:
@@ -377,8 +380,8 @@ def _file_meta(p: HubPlan, name: str, headers: dict):
 
     url = hf_hub_url(p.repo_id, name, revision=p.commit, endpoint=endpoint())
     meta = get_hf_file_metadata(url, headers=headers, endpoint=endpoint())
-    if not meta.etag:
-        raise CheckpointError(f"cannot download checkpoint {p.source!r}: the Hub gave no ETag for {name}")
+    if not meta.etag or not _ETAG.fullmatch(meta.etag):  # it names the blob file: no path of the server's choosing
+        raise CheckpointError(f"cannot download checkpoint {p.source!r}: the Hub gave no valid ETag for {name}")
     location = meta.location or url
     return url, location, meta.etag, meta.size
 

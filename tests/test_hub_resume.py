@@ -208,3 +208,32 @@ def test_a_disk_that_fills_up_mid_file_gives_one_line_and_keeps_the_partial(loop
         H._allowed.set(None)
     assert _gets(loopback) == ["bytes=300000-"], _gets(loopback)
     assert (folder / WEIGHTS).read_bytes() == source
+
+
+@pytest.mark.parametrize("etag", ["../../../outside", "a/b", "", "x" * 300])
+def test_an_etag_that_is_no_plain_name_is_refused(monkeypatch, tmp_path, etag):
+    """The ETag names the blob file in the cache: a server that sends a path gets one line, and no
+    file is written anywhere."""
+    import huggingface_hub
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata",
+                        lambda url, **kw: SimpleNamespace(etag=etag, size=10, location=url, commit_hash="0" * 40))
+    p = H.HubPlan("org/model", "org/model", None, "0" * 40, [H.HubFile(WEIGHTS, 10, False)])
+    with pytest.raises(CheckpointError, match="no valid ETag"):
+        H._file_meta(p, WEIGHTS, {})
+    assert not [f for f in tmp_path.rglob("*") if f.is_file()]
+
+
+def test_a_commit_id_that_is_no_sha_is_refused(monkeypatch, tmp_path):
+    """The commit names the snapshot folder: anything but 40 hex digits is refused before any file."""
+    import huggingface_hub
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(H, "_probe", lambda source: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo_id, **kw: SimpleNamespace(
+        sha="../../elsewhere", siblings=[SimpleNamespace(rfilename=n, size=1) for n in ("config.json", WEIGHTS)]))
+    with pytest.raises(CheckpointError, match="no valid commit id"):
+        H.plan("org/evil-commit", refresh=True)
