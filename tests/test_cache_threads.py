@@ -125,3 +125,30 @@ def test_pages_parse_while_jobs_read_the_cache():
     finally:
         gc.callbacks.remove(collecting)
     assert not errors, errors[:3]
+
+
+def test_a_failed_jobs_trace_is_printed_without_building_an_ast(capsys):
+    """Python 3.11's traceback module parses each frame's line to underline it; a job's failure is
+    printed without that."""
+    import time
+
+    from permerge.jobs import JobManager
+
+    def fail(progress):
+        try:
+            {}["missing"]
+        except KeyError as e:
+            raise RuntimeError("boom") from e
+
+    out = {}
+
+    def run():
+        out["h"] = h = JobManager().submit("fails", fail)
+        t0 = time.time()
+        while h.active and time.time() - t0 < 30:
+            time.sleep(0.02)
+
+    assert asts_built(run) == []
+    assert out["h"].state == "error" and out["h"].error == "RuntimeError: boom"
+    err = capsys.readouterr().err
+    assert 'raise RuntimeError("boom") from e' in err and "KeyError: 'missing'" in err and "^^^" not in err
