@@ -300,52 +300,53 @@ def _index_files(index: Path) -> list[str]:
     return names
 
 
-def _read_bin(folder: Path) -> dict | None:
-    """Legacy ``pytorch_model.bin`` weights (one file or shards with their index), read with
-    ``torch.load(weights_only=True)``: tensors only, never code.  None without such files."""
-    index = folder / "pytorch_model.bin.index.json"
-    if (folder / "pytorch_model.bin").is_file():
-        files = [folder / "pytorch_model.bin"]
-    elif index.is_file():
-        files = [folder / f for f in _index_files(index)]
-    else:
-        return None
-    state = {}
-    for f in files:
-        try:
-            part = torch.load(str(f), map_location="cpu", weights_only=True)
-        except Exception as e:
-            msg = getattr(e, "strerror", None) or (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-            raise CheckpointError(f"cannot read weights file {f} with weights_only=True (tensors only): {msg}") from None
-        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-            raise CheckpointError(f"weights file {f} does not hold a dictionary of tensors")
-        state.update(part)
-    return state
+def _load_safetensors(f: Path) -> dict:
+    """Read into memory, not memory-mapped: a file rewritten or truncated while it is read is an
+    error, not a SIGBUS; ``safeio`` opens only a regular file and never blocks on a FIFO."""
+    from safetensors.torch import load as load_bytes
+
+    return load_bytes(safeio.read_bytes(f))
+
+
+def _load_bin(f: Path) -> dict:
+    """``torch.load(weights_only=True)``: tensors only, never code."""
+    part = torch.load(str(f), map_location="cpu", weights_only=True)
+    if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+        raise CheckpointError(f"weights file {f} does not hold a dictionary of tensors")
+    return part
+
+
+# The weight formats in the order they are looked for: the single file's name (its shards are listed
+# in "<name>.index.json"), its reader, and what a file it cannot read is called.
+_WEIGHT_FORMATS = (
+    ("model.safetensors", _load_safetensors, "corrupt weights file {f}: {msg} (was it changed while it was read?)"),
+    ("pytorch_model.bin", _load_bin, "cannot read weights file {f} with weights_only=True (tensors only): {msg}"),
+)
 
 
 def _read_weights(folder: Path) -> dict | None:
-    """The weights of a folder read into memory: safetensors (no memory map: a file rewritten or
-    truncated while it is read is an error, not a SIGBUS), else pytorch_model.bin through
-    ``torch.load(weights_only=True)``; None when the folder has neither."""
-    from safetensors.torch import load as load_bytes
-
-    index = folder / "model.safetensors.index.json"
-    if (folder / "model.safetensors").is_file():
-        files = [folder / "model.safetensors"]
-    elif index.is_file():
-        files = [folder / f for f in _index_files(index)]
-    else:
-        return _read_bin(folder)
-    state = {}
-    for f in files:
-        try:
-            blob = safeio.read_bytes(f)
-            state.update(load_bytes(blob))
-        except Exception as e:
-            msg = getattr(e, "strerror", None) or (str(e).splitlines()[0] if str(e) else type(e).__name__)
-            raise CheckpointError(f"corrupt weights file {f}: {msg} (was it changed while it was read?)") from None
-        del blob
-    return state
+    """The weights of a folder read into memory: safetensors (one file or shards with their index),
+    else legacy pytorch_model.bin (likewise); None when the folder has neither."""
+    for name, load, unreadable in _WEIGHT_FORMATS:
+        index = folder / f"{name}.index.json"
+        if (folder / name).is_file():
+            files = [folder / name]
+        elif index.is_file():
+            files = [folder / f for f in _index_files(index)]
+        else:
+            continue
+        state = {}
+        for f in files:
+            try:
+                state.update(load(f))
+            except CheckpointError:
+                raise
+            except Exception as e:
+                text = str(e).strip()
+                msg = getattr(e, "strerror", None) or (text.splitlines()[0] if text else type(e).__name__)
+                raise CheckpointError(unreadable.format(f=f, msg=msg)) from None
+        return state
+    return None
 
 
 def _check_loading_info(source: str, model, info: dict) -> tuple[str, ...]:

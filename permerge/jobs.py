@@ -118,6 +118,24 @@ def stop_all(wait_s: float = STOP_WAIT_S) -> int:
 atexit.register(stop_all)
 
 
+def print_trace(e: BaseException) -> None:
+    """``traceback.print_exc()`` without the ``^^^`` lines under each frame: Python 3.11 finds them
+    with ``ast.parse``, which a job's thread must not call while a page is parsed (see npyfile.py)."""
+    import sys
+
+    te, seen = traceback.TracebackException.from_exception(e), set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        for frame in t.stack:
+            frame.colno = frame.end_colno = None
+        todo += [x for x in (t.__cause__, t.__context__) if x is not None]
+    sys.stderr.write("".join(te.format()))
+
+
 class JobManager:
     def __init__(self):
         self._jobs: dict[str, JobHandle] = {}
@@ -157,7 +175,7 @@ class JobManager:
         except PermergeError as e:
             h.state, h.error = "error", str(e)
         except Exception as e:  # shown to the user with its type; the trace goes to the server log
-            traceback.print_exc()
+            print_trace(e)
             h.state, h.error = "error", f"{type(e).__name__}: {e}"
         finally:
             h.finished = time.time()

@@ -202,6 +202,10 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
     def pt(s) -> str:  # a user's string inside a Plotly title
         return html.escape(escape_bidi(s), quote=False)
 
+    def curves_and_barriers(df, bars, title: str) -> None:  # a section's loss curves and its barrier table
+        body.append(figure(plots.curves(df, "loss", bars, title=pt(title))))
+        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]].rename(columns=BAR_COLUMNS)))
+
     body.append(f"<h1>{_e(title)}</h1>")
     body.append(f'<p class="caption">Computed for {_e(about)}. Made with permerge {_e(version)} on '
                 f"{created:%Y-%m-%d %H:%M} UTC. λ = 0 is B′ (B with its units renamed to match A), λ = 1 is A; the "
@@ -253,9 +257,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
     # Fig. 4
     body.append("<h2>Paper Fig. 4: which components to align</h2>")
     if fig4:
-        df, bars = curves_frame(fig4), barriers_frame(fig4)
-        body.append(figure(plots.curves(df, "loss", bars, title=pt(f"Fig. 4 on {a} vs {b}"))))
-        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]].rename(columns=BAR_COLUMNS)))
+        curves_and_barriers(curves_frame(fig4), barriers_frame(fig4), f"Fig. 4 on {a} vs {b}")
         body.append('<p class="caption">The paper: aligning the feed-forward and the attention layers each lowers '
                     "the barrier, both together most. The table says what this pair does.</p>")
     else:
@@ -333,9 +335,7 @@ def lecture_pack(*, pair: tuple[str, str], about: str, settings: dict, curves: l
     # activation against weight matching
     body.append("<h2>Activation vs weight matching</h2>")
     if matchers:
-        df, bars = matchers["curves"], matchers["bars"]
-        body.append(figure(plots.curves(df, "loss", bars, title=pt(f"Activation vs weight matching on {a} vs {b}"))))
-        body.append(_table(bars[["method", "barrier", "barrier_se", "barrier_lambda"]].rename(columns=BAR_COLUMNS)))
+        curves_and_barriers(matchers["curves"], matchers["bars"], f"Activation vs weight matching on {a} vs {b}")
     else:
         body.append(_missing("The matcher comparison", "open Activation vs weight matching and press “Compare the "
                                                         "matchers”"))

@@ -12,6 +12,23 @@ from .spec import Capture, Family, conv1d, embedding, linear, norm
 
 _H = "{base}h.{l}"
 
+# Shared by the pre-LN decoders (GPT-2, GPT-NeoX, Llama): an LM head that is the word embedding
+# when tied, and the points where the raw residual sum is read.
+CAUSAL_LM_HEAD = (embedding("decoder", "lm_head", "dec", optional=True),)
+CAUSAL_LM_DECODER = {"causal-lm": "lm_head.weight"}
+
+
+def pre_ln_captures(*, emb: str, layer: str, attn_out: str, ff_norm: str, ff_out: str) -> dict[str, Capture]:
+    """A pre-LN decoder's capture points: the residual stream at the embedding output, at the input
+    of each layer's second norm and at each layer's output; the attention and feed-forward features
+    at the inputs of their output projections."""
+    return {"res.emb": Capture(emb, "output"),
+            "att": Capture(attn_out, "input"),
+            "ff": Capture(ff_out, "input"),
+            "res.att": Capture(ff_norm, "input"),
+            "res.ff": Capture(layer, "output")}
+
+
 GPT2 = Family(
     name="gpt2",
     model_types=("gpt2",),
@@ -33,14 +50,11 @@ GPT2 = Family(
            conv1d("ff-in", f"{_H}.mlp.c_fc", "ff", "res.att"),
            conv1d("ff-out", f"{_H}.mlp.c_proj", "res.ff", "ff")),
     final=(norm("norm", "{base}ln_f", "last"),),
-    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),),
+    heads={"causal-lm": CAUSAL_LM_HEAD,
            # the classifier reads the last non-pad token's final state: only its input columns move
            "classifier": (linear("classifier", "score", None, "last", bias=False),)},
-    captures={"res.emb": Capture("{base}drop", "output"),
-              "att": Capture(f"{_H}.attn.c_proj", "input"),
-              "ff": Capture(f"{_H}.mlp.c_proj", "input"),
-              "res.att": Capture(f"{_H}.ln_2", "input"),
-              "res.ff": Capture(_H, "output")},
-    decoder={"causal-lm": "lm_head.weight"},
+    captures=pre_ln_captures(emb="{base}drop", layer=_H, attn_out=f"{_H}.attn.c_proj", ff_norm=f"{_H}.ln_2",
+                             ff_out=f"{_H}.mlp.c_proj"),
+    decoder=CAUSAL_LM_DECODER,
     block_specials=False,
 )

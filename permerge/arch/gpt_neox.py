@@ -17,7 +17,8 @@ LM head ``lm_head`` (``embed_out`` in older checkpoints, renamed by transformers
 by default; a tied one is the embedding."""
 from __future__ import annotations
 
-from .spec import Capture, Family, PerHead, embedding, linear, norm
+from .gpt2 import CAUSAL_LM_DECODER, CAUSAL_LM_HEAD, pre_ln_captures
+from .spec import Capture, Family, PerHead, embedding, linear, linear_any_bias, norm
 
 
 def _rotary(c) -> int:
@@ -27,12 +28,6 @@ def _rotary(c) -> int:
     factor = rope.get("partial_rotary_factor", getattr(c, "rotary_pct", 1.0))
     dims = int(head * factor)
     return min(head, dims + dims % 2)
-
-
-def _linear(role, template, out, inp):
-    """A Linear with or without bias (``attention_bias``)."""
-    return (linear(role, template, out, inp, optional=True),
-            linear(role, template, out, inp, optional=True, bias=False))
 
 
 _L = "{base}layers.{l}"
@@ -51,20 +46,17 @@ GPT_NEOX = Family(
                  "attention_bias", "rope_parameters", "max_position_embeddings", "tie_word_embeddings"),
     embeddings=(embedding("embeddings", "{base}embed_in", "emb"),),
     layer=(norm("norm", f"{_L}.input_layernorm", "in"),
-           *_linear("qkv", f"{_L}.attention.query_key_value", PerHead("qk", "qk", "att"), "in"),
-           *_linear("attn-out", f"{_L}.attention.dense", "att.write", "att"),
+           *linear_any_bias("qkv", f"{_L}.attention.query_key_value", PerHead("qk", "qk", "att"), "in"),
+           *linear_any_bias("attn-out", f"{_L}.attention.dense", "att.write", "att"),
            norm("norm", f"{_L}.post_attention_layernorm", "ff.read"),
            linear("ff-in", f"{_L}.mlp.dense_h_to_4h", "ff", "ff.read"),
            linear("ff-out", f"{_L}.mlp.dense_4h_to_h", "res.ff", "ff")),
     final=(norm("norm", "{base}final_layer_norm", "last"),),
-    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),)},
-    captures={"res.emb": Capture("{base}emb_dropout", "output"),
-              "att": Capture(f"{_L}.attention.dense", "input"),
-              "qk": Capture(f"{_L}.attention.query_key_value", "output", part=(3, 0)),
-              "ff": Capture(f"{_L}.mlp.dense_4h_to_h", "input"),
-              "res.att": Capture(f"{_L}.post_attention_layernorm", "input"),
-              "res.ff": Capture(_L, "output")},
-    decoder={"causal-lm": "lm_head.weight"},
+    heads={"causal-lm": CAUSAL_LM_HEAD},
+    captures={**pre_ln_captures(emb="{base}emb_dropout", layer=_L, attn_out=f"{_L}.attention.dense",
+                                ff_norm=f"{_L}.post_attention_layernorm", ff_out=f"{_L}.mlp.dense_4h_to_h"),
+              "qk": Capture(f"{_L}.attention.query_key_value", "output", part=(3, 0))},
+    decoder=CAUSAL_LM_DECODER,
     block_specials=False,
     rotary=_rotary,
     parallel=lambda c: c.use_parallel_residual,

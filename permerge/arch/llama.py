@@ -19,13 +19,8 @@ growing with depth and width): its tolerance is 1e-4, far below the error of a b
 (0.9 to 1.1 relative for one swapped rotary dim on the tested configurations)."""
 from __future__ import annotations
 
-from .spec import KV, Capture, Family, embedding, linear, norm
-
-
-def _linear(role, template, out, inp):
-    """A Linear with or without bias (``attention_bias``, ``mlp_bias``)."""
-    return (linear(role, template, out, inp, optional=True),
-            linear(role, template, out, inp, optional=True, bias=False))
+from .gpt2 import CAUSAL_LM_DECODER, CAUSAL_LM_HEAD, pre_ln_captures
+from .spec import KV, Capture, Family, embedding, linear_any_bias, norm
 
 
 def _head_dim(c) -> int:
@@ -48,23 +43,20 @@ LLAMA = Family(
                  "attention_bias", "mlp_bias", "rope_parameters", "max_position_embeddings", "tie_word_embeddings"),
     embeddings=(embedding("embeddings", "{base}embed_tokens", "emb"),),
     layer=(norm("norm", f"{_L}.input_layernorm", "in", bias=False),
-           *_linear("q", f"{_L}.self_attn.q_proj", "qk", "in"),
-           *_linear("k", f"{_L}.self_attn.k_proj", KV("qk"), "in"),
-           *_linear("v", f"{_L}.self_attn.v_proj", KV("att"), "in"),
-           *_linear("attn-out", f"{_L}.self_attn.o_proj", "res.att", "att"),
+           *linear_any_bias("q", f"{_L}.self_attn.q_proj", "qk", "in"),
+           *linear_any_bias("k", f"{_L}.self_attn.k_proj", KV("qk"), "in"),
+           *linear_any_bias("v", f"{_L}.self_attn.v_proj", KV("att"), "in"),
+           *linear_any_bias("attn-out", f"{_L}.self_attn.o_proj", "res.att", "att"),
            norm("norm", f"{_L}.post_attention_layernorm", "res.att", bias=False),
-           *_linear("ff-in", f"{_L}.mlp.gate_proj", "ff", "res.att"),
-           *_linear("ff-in", f"{_L}.mlp.up_proj", "ff", "res.att"),
-           *_linear("ff-out", f"{_L}.mlp.down_proj", "res.ff", "ff")),
+           *linear_any_bias("ff-in", f"{_L}.mlp.gate_proj", "ff", "res.att"),
+           *linear_any_bias("ff-in", f"{_L}.mlp.up_proj", "ff", "res.att"),
+           *linear_any_bias("ff-out", f"{_L}.mlp.down_proj", "res.ff", "ff")),
     final=(norm("norm", "{base}norm", "last", bias=False),),
-    heads={"causal-lm": (embedding("decoder", "lm_head", "dec", optional=True),)},
-    captures={"res.emb": Capture("{base}embed_tokens", "output"),
-              "att": Capture(f"{_L}.self_attn.o_proj", "input"),
-              "qk": Capture(f"{_L}.self_attn.q_proj", "output"),
-              "ff": Capture(f"{_L}.mlp.down_proj", "input"),
-              "res.att": Capture(f"{_L}.post_attention_layernorm", "input"),
-              "res.ff": Capture(_L, "output")},
-    decoder={"causal-lm": "lm_head.weight"},
+    heads={"causal-lm": CAUSAL_LM_HEAD},
+    captures={**pre_ln_captures(emb="{base}embed_tokens", layer=_L, attn_out=f"{_L}.self_attn.o_proj",
+                                ff_norm=f"{_L}.post_attention_layernorm", ff_out=f"{_L}.mlp.down_proj"),
+              "qk": Capture(f"{_L}.self_attn.q_proj", "output")},
+    decoder=CAUSAL_LM_DECODER,
     block_specials=False,
     rotary=_head_dim,
     kv_heads=lambda c: getattr(c, "num_key_value_heads", None) or c.num_attention_heads,

@@ -124,6 +124,13 @@ def vector(role, template, g=None, **kw) -> Param:
     return Param(role, template, "vector", g, **kw)
 
 
+def linear_any_bias(role, template, out, inp) -> tuple[Param, Param]:
+    """A Linear with or without bias (a config switch such as ``attention_bias``): both entries are
+    optional, and the one that matches the model's parameters is used."""
+    return (linear(role, template, out, inp, optional=True),
+            linear(role, template, out, inp, optional=True, bias=False))
+
+
 @dataclass(frozen=True)
 class KV:
     """Table symbol: ``symbol``'s permutation reduced to the key/value heads (see the module docstring)."""
