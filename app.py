@@ -30,9 +30,10 @@ PAGES = {
 page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
 
 from dashboard.state import (current_run, name_md, open_run, recent_runs, record_label,  # noqa: E402 (torch)
-                             run_id, sync_address, top_progress)
+                             run_id, settle_pending, sync_address, top_progress)
 
 sync_address()
+settle_pending()  # a run that has just finished is the current run before the sidebar is drawn
 with st.sidebar:
     run = current_run()
     if run is None:

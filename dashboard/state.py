@@ -94,6 +94,19 @@ def current_run() -> Run | None:
     return st.session_state.get(RUN_STATE)
 
 
+def settle_pending() -> None:
+    """A pending run whose job has finished becomes the session's run, before the sidebar is drawn:
+    the one rerun that follows the job's end shows it in the sidebar and in the address at once
+    (a second full rerun for the sidebar made the result appear later)."""
+    pending = st.session_state.get(PENDING_STATE)
+    if pending is None:
+        return
+    h = jobs().get(pending.key)
+    if h is not None and h.state == "done":
+        make_current(pending)
+        del st.session_state[PENDING_STATE]
+
+
 def require_run(what: str = "this page") -> Run:
     """The session's run, or a friendly note with a link to the run page (and the page stops)."""
     run = current_run()

@@ -289,7 +289,7 @@ if pending is not None:
     h = jobs().get(pending.key)
     if h is not None and h.active:
         job_panel(pending.key, f"Aligning {pair_title(pending.job)}", where=top)
-    elif h is not None and h.state == "done":
+    elif h is not None and h.state == "done":  # finished during this script run (app.py settles it before)
         make_current(pending)  # the address names it now (?run=<id>)
         del ss[PENDING_STATE]
         st.rerun()  # so that the sidebar, drawn before this page, shows the new run too
