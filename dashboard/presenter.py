@@ -88,7 +88,7 @@ def bar(title: str) -> None:
         text, buttons = st.columns([3, 2], vertical_alignment="center")
         with text:
             slot = st.empty()
-            st.session_state[TEXT] = slot
+            st.session_state[TEXT] = (slot, _this_run())
             if k is None:
                 slot.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
             else:
@@ -113,9 +113,18 @@ def tell(title: str, sentence: str) -> None:
     """In the presenter view, the tour bar of page ``title`` says ``sentence``: what to look at, with
     the figures the page has just measured (called by the page once it has them)."""
     k = step_of(title)
-    slot = st.session_state.get(TEXT)
-    if presenting() and k is not None and slot is not None:
+    slot, drawn_in = st.session_state.get(TEXT) or (None, None)
+    if presenting() and k is not None and slot is not None and drawn_in is _this_run():
         slot.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {sentence}")
+
+
+def _this_run():
+    """A token of the current script run (its element cursors, new every run): a tour bar's sentence
+    slot is written only in the run that drew it, never into a stale one."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.cursors if ctx is not None else None
 
 
 def scroll_to_chart(title: str) -> None:
