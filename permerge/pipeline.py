@@ -357,6 +357,23 @@ class Pipeline:
         b = self.prepared.align_batches[0]
         return {k: v[:8] for k, v in self.spec.model_inputs(b).items()}
 
+    def forward_seconds_per_token(self) -> float:
+        """Seconds per token of one forward of B over the first evaluation batch (the probe batch when
+        there is none), timed after a warm-up on one sequence: a first measure of an evaluation
+        forward's speed, before any curve has run (it costs about one batch of one curve point)."""
+        dev = self.device
+        model = self.pair[1].model.to(dev).eval()
+        ev = self.prepared.evalset.batches if self.prepared.evalset.kind != "none" else []
+        source = self.spec.model_inputs(ev[0]) if ev else self.probe_batch()
+        batch = {k: v.to(dev) for k, v in source.items()}
+        with torch.no_grad():
+            model(**{k: v[:1] for k, v in batch.items()})  # warm-up
+            t = time.perf_counter()
+            model(**batch)
+            if dev.startswith("cuda"):
+                torch.cuda.synchronize()
+            return (time.perf_counter() - t) / max(int(batch["input_ids"].numel()), 1)
+
     def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
         """B' against B on a probe batch of the alignment data: the float32 errors on the run's
         device, and the judgement ``equivalent`` from the same check in float64 (see
