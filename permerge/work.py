@@ -308,6 +308,29 @@ def alignment_work(registry: PipelineRegistry, job: Job, options: AlignOptions):
     return work
 
 
+def features_family_work(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, str]], options: AlignOptions):
+    """Fig. 5 over several pairs with the data and settings of ``base``: each pair's per-layer
+    correlations and their mean ± standard error over the pairs (``layer_correlations_over_pairs``)."""
+    from .study import layer_correlations_over_pairs
+
+    def work(progress):
+        plan = JobPlan([("loading checkpoints and data", "load", 0)]
+                       + [(f"pair {i + 1}/{len(pairs)}: alignment", "pair alignment", 1) for i in range(len(pairs))],
+                       HISTORY)
+        plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        frames = {}
+        for i, (a, b) in enumerate(pairs):
+            job = Job(**{**base.to_dict(), "model_a": a, "model_b": b})
+            name = pair_name(a, b)
+            plan.report(progress, i + 1, f"pair {i + 1}/{len(pairs)} ({name}): alignment", 0, 1)
+            frames[name] = alignment_work(registry, job, options)(None)["frame"]
+            plan.report(progress, i + 1, f"pair {i + 1}/{len(pairs)} ({name}): alignment", 1, 1)
+        plan.finish()
+        return {"frames": frames, "frame": layer_correlations_over_pairs(frames),
+                "about": about(base, options, pairs=", ".join(frames))}
+    return work
+
+
 def export_name(job: Job, options: AlignOptions, lam: float) -> str:
     """A folder name for an export: both checkpoints (told apart), the options and lambda."""
     n = short_names([job.model_a, job.model_b])
