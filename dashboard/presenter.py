@@ -33,10 +33,13 @@ html { font-size: 21px; }
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"],
 header[data-testid="stHeader"], [data-testid="stToolbar"] { display: none !important; }
 .block-container, [data-testid="stMainBlockContainer"] { padding-top: 6.2rem; max-width: 96vw; }
-.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.4rem 0.9rem;
-                         position: fixed; top: 0.3rem; left: 2vw; right: 2vw; z-index: 1000; box-sizing: border-box;
+.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.4rem 1.6rem 0.4rem 0.9rem;
+                         position: fixed; top: 0.3rem; left: 2vw; right: 2vw; width: auto !important; z-index: 1000;
+                         box-sizing: border-box;
                          box-shadow: 0 2px 6px rgba(0, 0, 0, 0.15); }
 [data-testid="stPlotlyChart"] { scroll-margin-top: 6.5rem; }
+.st-key-presenter_bar [data-testid="stHorizontalBlock"] { width: 100%; max-width: 100%; box-sizing: border-box; }
+.st-key-presenter_bar button { white-space: nowrap; padding-left: 0.6rem; padding-right: 0.6rem; }
 </style>
 """
 TEXT = "_presenter_text"  # session_state: the tour bar's sentence slot of this script run
@@ -85,7 +88,7 @@ def bar(title: str) -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     k = step_of(title)
     with st.container(key="presenter_bar"):
-        text, buttons = st.columns([3, 2], vertical_alignment="center")
+        text, buttons = st.columns([5, 3], vertical_alignment="center", gap="small")
         with text:
             slot = st.empty()
             st.session_state[TEXT] = (slot, _this_run())

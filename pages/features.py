@@ -61,6 +61,8 @@ if pairs:
         start("features_family", run, keyf, runs.recipe("features_family_work", base=base, pairs=pairs,
                                                         options=options), "feature correlation over pairs",
               runs.depends(run.job))
+    if len(pairs) < 2:
+        st.caption("One pair: choose the bundled family or a folder of your checkpoints above for a mean over pairs.")
     fam = section_result("features_family", run, "Feature correlation over pairs")
     if fam is not None:
         fdf, n = fam["frame"], len(fam["frames"])

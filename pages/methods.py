@@ -4,7 +4,8 @@ import streamlit as st
 
 from dashboard import presenter
 
-from dashboard.state import about_caption, job_key, name, pick_pairs, require_run, section_result, start, study_base
+from dashboard.state import (about_caption, job_key, name, pick_pairs, recall, require_run, section_result, start,
+                             study_base)
 from dashboard.figures import fig_name, show_figure
 from dashboard.text import md
 from permerge import plots, runs, tour
@@ -35,7 +36,8 @@ if st.button("Compute the tables", type="primary", disabled=not options):
 
 res = section_result("methods", run, "Methods tables")
 if res is None:
-    st.info("Press **Compute the tables** to run every method on the chosen pairs in the background.")
+    if recall("methods", run) is None:  # not while it runs (its progress line is above)
+        st.info("Press **Compute the tables** to run every method on the chosen pairs in the background.")
 else:
     bars = res["bars"]
     n_pairs = bars["pair"].nunique()

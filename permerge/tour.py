@@ -24,7 +24,7 @@ def _compare(vanilla: float, aligned: float, se_v=None, se_a=None) -> tuple[dict
     shape = {"lower": "the aligned curve bulges less", "higher": "here the aligned curve bulges more",
              "about the same": "the two curves bulge about as much"}.get(c["word"], "")
     if c["within_se"] and c["word"] != "about the same":
-        shape += " (within one standard error: it may be noise of the evaluation text)"
+        shape += ", though by less than the noise of the evaluation text may explain"
     return c, shape
 
 
