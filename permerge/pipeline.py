@@ -358,21 +358,31 @@ class Pipeline:
         return {k: v[:8] for k, v in self.spec.model_inputs(b).items()}
 
     def forward_seconds_per_token(self) -> float:
-        """Seconds per token of one forward of B over the first evaluation batch (the probe batch when
-        there is none), timed after a warm-up on one sequence: a first measure of an evaluation
-        forward's speed, before any curve has run (it costs about one batch of one curve point)."""
+        """Seconds per token of B's evaluation (``evaluate``, as a curve point runs it: the MLM head on
+        the masked positions only) over the first evaluation batch, timed after a warm-up on one of its
+        sequences; a forward of the probe batch when there is no evaluation set.  A first measure of a
+        curve's speed before any curve has run (it costs about one batch of one curve point)."""
+        import dataclasses
+
+        from .evaluate import evaluate
+
         dev = self.device
         model = self.pair[1].model.to(dev).eval()
-        ev = self.prepared.evalset.batches if self.prepared.evalset.kind != "none" else []
-        source = self.spec.model_inputs(ev[0]) if ev else self.probe_batch()
-        batch = {k: v.to(dev) for k, v in source.items()}
-        with torch.no_grad():
-            model(**{k: v[:1] for k, v in batch.items()})  # warm-up
-            t = time.perf_counter()
-            model(**batch)
-            if dev.startswith("cuda"):
-                torch.cuda.synchronize()
-            return (time.perf_counter() - t) / max(int(batch["input_ids"].numel()), 1)
+        ev = self.prepared.evalset
+        if ev.kind == "none" or not ev.batches:
+            batch = {k: v.to(dev) for k, v in self.probe_batch().items()}
+            with torch.no_grad():
+                model(**{k: v[:1] for k, v in batch.items()})  # warm-up
+                t = time.perf_counter()
+                model(**batch)
+                return (time.perf_counter() - t) / max(int(batch["input_ids"].numel()), 1)
+        first = ev.batches[0]
+        one = dataclasses.replace(ev, batches=[{k: v[:1] for k, v in first.items()}])
+        evaluate(model, one, dev, self.spec.mlm_head, precision=self.eval_precision)  # warm-up
+        t = time.perf_counter()
+        evaluate(model, dataclasses.replace(ev, batches=[first]), dev, self.spec.mlm_head,
+                 precision=self.eval_precision)
+        return (time.perf_counter() - t) / max(int(first["input_ids"].numel()), 1)
 
     def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
         """B' against B on a probe batch of the alignment data: the float32 errors on the run's

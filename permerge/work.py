@@ -88,8 +88,8 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         plan.report(progress, 0, "loading checkpoints and data", 0, 0)
         fetch_for_run((job.model_a, job.model_b), plan.callback(progress, 0))  # hub ids, downloads allowed
         size_pair_plan(plan, pipe, lambdas)
-        # the curves' and the check's first rate: a timed forward, not the statistics pass's rate (which
-        # also pays for the correlation products, so that it overstates a curve's time on a wide pair)
+        # the curves' and the check's first rate: a timed evaluation batch, not the statistics pass's rate
+        # (which also pays for the correlation products, so that it overstates a curve's time)
         fwd = pipe.forward_seconds_per_token()
         plan.prior("curve", fwd)
         plan.prior("check", fwd)
