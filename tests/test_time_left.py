@@ -84,8 +84,8 @@ def wide_pair(tmp_path_factory):
 @pytest.mark.skipif(not HAVE_PAIR, reason="the bundled checkpoints and tokenizer are not built")
 def test_time_left_on_a_width_256_pair_is_within_30_percent(wide_pair):
     """The same check on a pair twice as wide as the bundled one.  8,192 alignment tokens, 16 evaluation
-    blocks and 11 λ points keep the whole job near a minute or less on two shared CPU cores (25 to 62 s
-    in the runs made while other jobs shared them); the statistics pass is then about a fifth of the job, so the
+    blocks and 11 λ points keep the whole job within about a minute on two CPU cores (8 to 62 s in
+    the runs made while other jobs shared them); the statistics pass is then about a fifth of the job, so the
     20 % mark falls before any curve has run and tests the curves' first rate."""
     from permerge import zoo
     from permerge.pipeline import Job
