@@ -71,58 +71,71 @@ def _quiet(*args, **info) -> None:
     """A progress callback that reports nothing (work done for a download)."""
 
 
-def lecture_pack_button(run) -> None:
-    """One click: the run's lecture pack as one static HTML file.  What the pages computed for this
-    run so far (Fig. 4, the methods tables, the amount of data) is looked up now; the file itself is
-    made only when the button is pressed (the run's curves and Fig. 5 come from the cache then)."""
-    from dashboard.state import jobs, name, recall, registry, short
+PACK_SECTIONS = ("fig4", "methods", "amount", "start_residual", "matchers", "classifiers")
+
+
+def pack_html(run, full_paths: bool, studies: dict, result: dict | None = None) -> str:
+    """The run's lecture pack (``permerge.report.lecture_pack``): ``studies`` maps each of
+    ``PACK_SECTIONS`` to its finished result (or None); ``result`` is the run's own (computed from the
+    cache when None).  Checkpoints and data are named without local paths unless ``full_paths``."""
+    from dashboard.state import name, registry
     from permerge import views, work
 
-    manager, reg = jobs(), registry()
-    sections = ("fig4", "methods", "amount", "start_residual", "matchers", "classifiers")
-    keys = {section: recall(section, run) for section in sections}
-    full_paths = st.checkbox("Full local paths in the lecture pack", key="pack_full_paths",
-                             help="Off: checkpoints and data by their names (zoo:mlm-seed1, the folder and file "
-                                  "name), so that the pack can be handed out.")
+    reg = registry()
 
     def shown(path):
         if path is None or path == "":
             return path
         return str(path) if full_paths else (name(path) if name(path).startswith("zoo:") else work.data_label(path))
 
+    res = result or work.pair_work(reg, run.job, run.options, run.lambdas)(_quiet)
+    layers = work.alignment_work(reg, run.job, run.options)(_quiet)["frame"]
+    fig4, methods, amount, residual, matchers, classifiers = (studies.get(s) for s in PACK_SECTIONS)
+    try:  # the first attention group's heatmaps (statistics and permutations from the cache)
+        corr = views.correlation_work(reg, run.job, run.options, None)(_quiet)
+        g = corr["spec_group"]
+        heatmap = {"group": corr["group"], "C": corr["C"], "after": corr["after"],
+                   "heads": g.heads if g.kind == "att" else None}
+    except Exception:  # e.g. weight matching without statistics: the pack says it is missing
+        heatmap = None
+    curves = None
+    if res.get("vanilla") is not None:
+        curves = [res["vanilla"]] + ([res["aligned"]] if res["aligned"] is not res["vanilla"] else [])
+    about = dict(res["about"], pair=f"{shown(run.job.model_a)} | {shown(run.job.model_b)}")
+    settings = {"checkpoint A": shown(run.job.model_a), "checkpoint B": shown(run.job.model_b),
+                **{k: (shown(v) if k in ("data", "eval_data") else v)
+                   for k, v in run.job.to_dict().items() if k not in ("model_a", "model_b")},
+                "options": run.options.label(), "function-preserving": run.options.function_preserving,
+                "λ points": run.lambdas}
+    return report.lecture_pack(
+        pair=(shown(run.job.model_a), shown(run.job.model_b)), about=work.describe_about(about),
+        settings=settings, curves=curves, check=res.get("check"),
+        function_preserving=run.options.function_preserving,
+        fig4=fig4["curves"] if fig4 else None, layers=layers,
+        methods=methods["bars"] if methods else None, amount=amount["frame"] if amount else None,
+        heatmap=heatmap, residual=residual["curves"] if residual else None,
+        matchers=matchers if matchers else None, classifiers=classifiers if classifiers else None)
+
+
+def lecture_pack_button(run) -> None:
+    """One click: the run's lecture pack as one static HTML file.  What the pages computed for this
+    run so far (Fig. 4, the methods tables, the amount of data) is looked up now; the file itself is
+    made only when the button is pressed (the run's curves and Fig. 5 come from the cache then)."""
+    from dashboard.state import jobs, recall, short
+
+    manager = jobs()
+    sections = PACK_SECTIONS
+    keys = {section: recall(section, run) for section in sections}
+    full_paths = st.checkbox("Full local paths in the lecture pack", key="pack_full_paths",
+                             help="Off: checkpoints and data by their names (zoo:mlm-seed1, the folder and file "
+                                  "name), so that the pack can be handed out.")
+
     def done(key):
         h = manager.get(key) if key else None
         return h.result if h is not None and h.state == "done" else None
 
     def make() -> bytes:
-        res = done(run.key) or work.pair_work(reg, run.job, run.options, run.lambdas)(_quiet)
-        layers = work.alignment_work(reg, run.job, run.options)(_quiet)["frame"]
-        fig4, methods, amount, residual, matchers, classifiers = (done(keys[s]) for s in sections)
-        try:  # the first attention group's heatmaps (statistics and permutations from the cache)
-            corr = views.correlation_work(reg, run.job, run.options, None)(_quiet)
-            g = corr["spec_group"]
-            heatmap = {"group": corr["group"], "C": corr["C"], "after": corr["after"],
-                       "heads": g.heads if g.kind == "att" else None}
-        except Exception:  # e.g. weight matching without statistics: the pack says it is missing
-            heatmap = None
-        curves = None
-        if res.get("vanilla") is not None:
-            curves = [res["vanilla"]] + ([res["aligned"]] if res["aligned"] is not res["vanilla"] else [])
-        about = dict(res["about"], pair=f"{shown(run.job.model_a)} | {shown(run.job.model_b)}")
-        settings = {"checkpoint A": shown(run.job.model_a), "checkpoint B": shown(run.job.model_b),
-                    **{k: (shown(v) if k in ("data", "eval_data") else v)
-                       for k, v in run.job.to_dict().items() if k not in ("model_a", "model_b")},
-                    "options": run.options.label(), "function-preserving": run.options.function_preserving,
-                    "λ points": run.lambdas}
-        html = report.lecture_pack(
-            pair=(shown(run.job.model_a), shown(run.job.model_b)), about=work.describe_about(about),
-            settings=settings, curves=curves, check=res.get("check"),
-            function_preserving=run.options.function_preserving,
-            fig4=fig4["curves"] if fig4 else None, layers=layers,
-            methods=methods["bars"] if methods else None, amount=amount["frame"] if amount else None,
-            heatmap=heatmap, residual=residual["curves"] if residual else None,
-            matchers=matchers if matchers else None, classifiers=classifiers if classifiers else None)
-        return html.encode()
+        return pack_html(run, full_paths, {s: done(keys[s]) for s in sections}, done(run.key)).encode()
 
     have = [label for label, s in (("Fig. 4", "fig4"), ("Tables 1 and 2", "methods"), ("Fig. 7", "amount"),
                                    ("the residual verdict", "start_residual"), ("the matcher comparison", "matchers"),

@@ -33,10 +33,13 @@ html { font-size: 21px; }
 section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], [data-testid="stSidebarNav"],
 header[data-testid="stHeader"], [data-testid="stToolbar"] { display: none !important; }
 .block-container, [data-testid="stMainBlockContainer"] { padding-top: 6.2rem; max-width: 96vw; }
-.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.4rem 0.9rem;
-                         position: fixed; top: 0.3rem; left: 2vw; right: 2vw; z-index: 1000; box-sizing: border-box;
+.st-key-presenter_bar { background: #f0f2f6; border-radius: 0.5rem; padding: 0.4rem 1.6rem 0.4rem 0.9rem;
+                         position: fixed; top: 0.3rem; left: 2vw; right: 2vw; width: auto !important; z-index: 1000;
+                         box-sizing: border-box;
                          box-shadow: 0 2px 6px rgba(0, 0, 0, 0.15); }
 [data-testid="stPlotlyChart"] { scroll-margin-top: 6.5rem; }
+.st-key-presenter_bar [data-testid="stHorizontalBlock"] { width: 100%; max-width: 100%; box-sizing: border-box; }
+.st-key-presenter_bar button { white-space: nowrap; padding-left: 0.6rem; padding-right: 0.6rem; }
 </style>
 """
 TEXT = "_presenter_text"  # session_state: the tour bar's sentence slot of this script run
@@ -85,10 +88,10 @@ def bar(title: str) -> None:
     st.markdown(CSS, unsafe_allow_html=True)
     k = step_of(title)
     with st.container(key="presenter_bar"):
-        text, buttons = st.columns([3, 2], vertical_alignment="center")
+        text, buttons = st.columns([5, 3], vertical_alignment="center", gap="small")
         with text:
             slot = st.empty()
-            st.session_state[TEXT] = slot
+            st.session_state[TEXT] = (slot, _this_run())
             if k is None:
                 slot.markdown(f"**{title}** is not on the tour. **Next** starts it at *{TOUR[0][1]}*.")
             else:
@@ -113,9 +116,18 @@ def tell(title: str, sentence: str) -> None:
     """In the presenter view, the tour bar of page ``title`` says ``sentence``: what to look at, with
     the figures the page has just measured (called by the page once it has them)."""
     k = step_of(title)
-    slot = st.session_state.get(TEXT)
-    if presenting() and k is not None and slot is not None:
+    slot, drawn_in = st.session_state.get(TEXT) or (None, None)
+    if presenting() and k is not None and slot is not None and drawn_in is _this_run():
         slot.markdown(f"**Step {k + 1} of {len(TOUR)}: {title}.** {sentence}")
+
+
+def _this_run():
+    """A token of the current script run (its element cursors, new every run): a tour bar's sentence
+    slot is written only in the run that drew it, never into a stale one."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.cursors if ctx is not None else None
 
 
 def scroll_to_chart(title: str) -> None:

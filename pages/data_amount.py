@@ -3,7 +3,7 @@ import dataclasses
 
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, pair_title, require_run, section_result, start
+from dashboard.state import about_caption, job_key, pair_title, recall, require_run, section_result, start
 from dashboard.figures import fig_name, show_figure
 from permerge import plots, runs
 from permerge.compare import matcher_options
@@ -36,8 +36,9 @@ if st.button("Compute", type="primary"):
           "amount of data", runs.depends(run.job, session_run.options))
 res = section_result("amount", session_run, "Amount of data")
 if res is None:
-    st.info(f"Press **Compute** to evaluate {run.options.label()} at every data snapshot of a statistics pass over "
-            f"up to {int(tokens):,} tokens of this run's data ({pair_title(run.job)}).")
+    if recall("amount", session_run) is None:  # not while it runs (its progress line is above)
+        st.info(f"Press **Compute** to evaluate {run.options.label()} at every data snapshot of a statistics pass over "
+                f"up to {int(tokens):,} tokens of this run's data ({pair_title(run.job)}).")
 else:
     df = res["frame"]
     show_figure(plots.data_amount(df, f"Barrier vs alignment tokens: {df['method'].iloc[0]}"),

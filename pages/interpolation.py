@@ -1,12 +1,14 @@
 """Loss and pseudo-perplexity along lambda: this pair, the paper's Fig. 4 variants, a family of pairs, classifiers."""
 import streamlit as st
 
+from dashboard import presenter
+
 from dashboard.state import (about_caption, job_key, name, pair_title, pick_pairs, recall, require_run, run_result,
                              section_result, start, study_base)
 from dashboard.figures import fig_name, show_figure
 from dashboard.finetune import classifier_tasks, make_pair_panel, user_pairs
 from dashboard.text import md, plot_text
-from permerge import plots, runs, zoo
+from permerge import plots, runs, tour, zoo
 from permerge.align import VANILLA, AlignOptions
 from permerge.shapes import one_pair_tasks, shapes_frame, table3, worse_pairs
 from permerge.study import FIG4, band, barriers_frame, curves_frame, family_pairs
@@ -44,6 +46,10 @@ if res is not None and res["vanilla"] is None:
     st.stop()
 if res is not None:
     show_curves([res["vanilla"]] + ([res["aligned"]] if res["aligned"] is not res["vanilla"] else []), "This run", "mine")
+    van, al = res["vanilla"], (res["aligned"] if res["aligned"] is not res["vanilla"] else None)
+    presenter.tell("Interpolation", tour.barrier_marks(
+        van.barrier, van.barrier_lambda, al.barrier if al else None, al.barrier_lambda if al else None,
+        md(al.method) if al else "", van.barrier_se, al.barrier_se if al else None))
     about_caption(res["about"])
 is_mlm = res is not None and res.get("eval_kind") == "mlm"
 

@@ -2,10 +2,13 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import about_caption, job_key, name, pick_pairs, require_run, section_result, start, study_base
+from dashboard import presenter
+
+from dashboard.state import (about_caption, job_key, name, pick_pairs, recall, require_run, section_result, start,
+                             study_base)
 from dashboard.figures import fig_name, show_figure
 from dashboard.text import md
-from permerge import plots, runs
+from permerge import plots, runs, tour
 from permerge.study import TABLE1, TABLE2, methods_table
 
 st.title("Methods")
@@ -33,16 +36,19 @@ if st.button("Compute the tables", type="primary", disabled=not options):
 
 res = section_result("methods", run, "Methods tables")
 if res is None:
-    st.info("Press **Compute the tables** to run every method on the chosen pairs in the background.")
+    if recall("methods", run) is None:  # not while it runs (its progress line is above)
+        st.info("Press **Compute the tables** to run every method on the chosen pairs in the background.")
 else:
     bars = res["bars"]
     n_pairs = bars["pair"].nunique()
+    told = []  # (title, rows) of the tables shown, for the presenter's sentence
     for title, opts in (("Table 1: attention variants (FF aligned too)", TABLE1),
                         ("Table 2: residual variants (residual only)", TABLE2)):
         if not set(o.label() for o in opts) <= set(bars["method"]):
             continue
         st.subheader(title)
         table = methods_table(bars, opts)
+        told.append((title.split(":")[0], table.to_dict("records")))
         shown = table.assign(std_err=[("-" if v is None or pd.isna(v) else f"{v:.4f}") for v in table["std_err"]])
         left, right = st.columns([3, 2])
         with left:
@@ -53,6 +59,7 @@ else:
         with right:
             show_figure(plots.methods_bar(table), fig_name(run, title.split(":")[0].replace(" ", "").lower(),
                                                            f"{n_pairs}pairs"), table)
+    presenter.tell("Methods", tour.methods(told, n_pairs))
     if n_pairs == 1:
         st.caption("One pair: the standard error is over the scored tokens of that pair (how much the barrier "
                    "would move with other evaluation text), not over pairs; '-' where it cannot be computed.")

@@ -3,10 +3,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from dashboard import presenter
+
 from dashboard.state import (about_caption, job_key, latest_only, pair_title, registry, require_run,
                              run_result)
 from dashboard.figures import fig_name, show_figure
-from permerge import plots, views
+from dashboard.text import md
+from permerge import plots, tour, views
 
 st.title("See the permutation")
 st.markdown(
@@ -158,4 +161,10 @@ if check is not None:
         st.warning(f"{run.options.label()} is not function-preserving: it moves units between heads or gives "
                    "residual points different orders, so B′ is a different function and a large difference "
                    "is expected.")
+presenter.tell("See the permutation", tour.permutation(
+    md(group), step, d, int(np.sum(perm != np.arange(d))),
+    unit=i if step == "one unit" else None, source=p if step == "one unit" else None,
+    head=j if step == "one head" else None, source_heads=src if step == "one head" else None, head_size=dk,
+    exact=exact, rel_error=check["max_rel_logit_error"] if check is not None else None,
+    preserving=run.options.function_preserving))
 about_caption(out["about"])

@@ -6,10 +6,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from permerge import plots, runs, verdicts
+from permerge import plots, runs, tour, verdicts
 from permerge.study import TABLE2, barriers_frame, curves_frame, table_label
+from dashboard import presenter
 from dashboard.state import about_caption, current_run, job_key, jobs, pair_title, section_result, start
 from dashboard.figures import fig_name, show_figure
+from dashboard.text import md
 
 FIGURE_DIR = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -97,8 +99,10 @@ else:
                     f"({m}) it is **{c['text']}**: {verdicts.sentence(c, 'alignment')}"
                     + (" The bundled models are small and briefly trained, so their numbers are far from the "
                        "paper's; the shapes are what to compare." if not mine else ""))
+        presenter.tell("Start here", tour.barriers(van, float(b[m]), md(m), se.get("vanilla"), se.get(m)))
     else:
         st.markdown(f"{who}: vanilla averaging has a barrier of **{van:.3f}** nats (this run aligned nothing).")
+        presenter.tell("Start here", tour.barriers(van, None, ""))
 
 st.subheader("The residual stream: the paper and this pair")
 RESIDUAL_VARIANTS = [o for o in TABLE2 if o.function_preserving]  # Identity, First, Last, All

@@ -359,6 +359,37 @@ class Pipeline:
         b = self.prepared.align_batches[0]
         return {k: v[:8] for k, v in self.spec.model_inputs(b).items()}
 
+    def forward_seconds_per_token(self) -> float:
+        """Seconds per token of B's evaluation (``evaluate``, as a curve point runs it: the MLM head on
+        the masked positions only) over the first evaluation batch, timed after a warm-up on one of its
+        sequences, the faster of two calls; a forward of the probe batch when there is no evaluation set.
+        A first measure of a curve's speed before any curve has run (it costs about two batches of one
+        curve point)."""
+        import dataclasses
+
+        from .evaluate import evaluate
+
+        dev = self.device
+        model = self.pair[1].model.to(dev).eval()
+        ev = self.prepared.evalset
+        if ev.kind == "none" or not ev.batches:
+            batch = {k: v.to(dev) for k, v in self.probe_batch().items()}
+            with torch.no_grad():
+                model(**{k: v[:1] for k, v in batch.items()})  # warm-up
+                t = time.perf_counter()
+                model(**batch)
+                return (time.perf_counter() - t) / max(int(batch["input_ids"].numel()), 1)
+        first = ev.batches[0]
+        one = dataclasses.replace(ev, batches=[{k: v[:1] for k, v in first.items()}])
+        evaluate(model, one, dev, self.spec.mlm_head, precision=self.eval_precision)  # warm-up
+        times = []
+        for _ in range(2):  # the faster of two: other work on the machine only ever slows a call down
+            t = time.perf_counter()
+            evaluate(model, dataclasses.replace(ev, batches=[first]), dev, self.spec.mlm_head,
+                     precision=self.eval_precision)
+            times.append(time.perf_counter() - t)
+        return min(times) / max(int(first["input_ids"].numel()), 1)
+
     def function_check(self, options: AlignOptions, model_bp=None, progress=None) -> dict:
         """B' against B on a probe batch of the alignment data: the float32 errors on the run's
         device, and the judgement ``equivalent`` from the same check in float64 (see

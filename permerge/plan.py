@@ -51,6 +51,7 @@ class JobPlan:
         self._last_any = time.time()  # the last event of any stage
         self._leads: dict[str, list[float]] = {}  # kind -> lead-in seconds of the stages of that kind
         self._shown = 0.0  # the largest share of the job reported so far
+        self._priors: dict[str, float] = {}  # kind -> a rate measured by other work of this job (``prior``)
         self._lock = threading.Lock()
 
     def index(self, kind: str) -> int:
@@ -114,11 +115,21 @@ class JobPlan:
             s.fraction = max(f, s.fraction)  # a stage's share never goes back
         self._last = (k, done, now)
 
+    def prior(self, kind: str, rate: float) -> None:
+        """A rate for ``kind`` measured by other work of this job on the same operation (the B′ check's
+        float32 forwards for the curves), used until ``kind`` measures its own."""
+        with self._lock:
+            if rate > 0:
+                self._priors[kind] = float(rate)
+
     def rate(self, kind: str) -> float | None:
-        """Seconds per token-forward measured on ``kind`` (else on every kind measured so far)."""
+        """Seconds per token-forward measured on ``kind``, else its ``prior``, else an earlier job's,
+        else the rate of every kind measured so far."""
         r = self._rate(kind)
         if r is not None:
             return r
+        if kind in self._priors:
+            return self._priors[kind]
         known = (self.history or {}).get("rates", {}).get(kind)
         if known is not None:  # measured by an earlier job of this process
             return known

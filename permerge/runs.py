@@ -34,7 +34,7 @@ _ID = re.compile(r"^[0-9a-f]{%d}$" % ID_LENGTH)
 KEEP = 200  # records kept on disk; the oldest beyond are removed when a new one is written
 # The permerge.work functions a recipe may name (nothing else is ever called from a record).
 RECIPES = ("pair_work", "curves_work", "family_work", "tasks_work", "data_amount_work", "matchers_work",
-           "alignment_work", "steps_work")
+           "alignment_work", "steps_work", "features_family_work")
 
 
 def runs_dir() -> Path:

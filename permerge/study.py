@@ -206,6 +206,24 @@ def layer_correlations(alignment: Alignment, spec) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def layer_correlations_over_pairs(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Fig. 5 over several pairs: per group, the mean of ``before`` and ``after`` over the pairs'
+    ``layer_correlations`` frames (pair name -> frame) with their standard errors over pairs
+    (``before_se``, ``after_se``; NaN with one pair) and the number of pairs."""
+    if not frames:
+        raise ValueError("no pairs to average")
+    both = pd.concat([f.assign(pair=p) for p, f in frames.items()], ignore_index=True)
+    rows = []
+    for group, g in both.groupby("group", sort=False):
+        row = {c: g[c].iloc[0] for c in ("group", "kind", "layer", "point", "position")}
+        for what in ("before", "after"):
+            row[what], row[f"{what}_se"] = mean_sem(g[what])
+        row["aligned"] = bool(g["aligned"].all())
+        row["pairs"] = int(g["pair"].nunique())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def short_names(paths) -> dict[str, str]:
     """Names that tell the paths apart: the last path component, extended with parent folders
     until no two differ only above it (``/x/seed1`` and ``/y/seed1`` give ``x/seed1``, ``y/seed1``)."""

@@ -88,12 +88,23 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
         plan.report(progress, 0, "loading checkpoints and data", 0, 0)
         fetch_for_run((job.model_a, job.model_b), plan.callback(progress, 0))  # hub ids, downloads allowed
         size_pair_plan(plan, pipe, lambdas)
+        # the curves' and the check's first rate: a timed evaluation batch, not the statistics pass's rate
+        # (which also pays for the correlation products, so that it overstates a curve's time)
+        fwd = pipe.forward_seconds_per_token()
+        plan.prior("curve", fwd)
+        plan.prior("check", fwd)
         weight = options.matcher == "weight"  # weight matching: no statistics pass
         steps = {} if weight else {"statistics": plan.index("statistics"), "assignment": plan.index("assignment")}
         if not weight:
             pipe.stats(plan.callback(progress, plan.index("statistics"), steps))
         pipe.alignment(options, progress=plan.callback(progress, plan.index("assignment"), steps))
         pipe.release_stats()  # large statistics go back to the cache while the curves run
+        # the B' check before the curves: measured rather than guessed once the curves run
+        k_check = plan.index("check")
+        plan.reach(k_check)
+        plan.report(progress, k_check, "checking B′ against B", 0, 0)
+        check = pipe.function_check(options, progress=plan.callback(progress, k_check, steps))
+        plan.report(progress, k_check, "checked B′ against B", 1, 1)  # the curves' lead-in starts here
         curves = [k for k, s in enumerate(plan.stages) if s.kind == "curve"]
         if pipe.prepared.evalset.kind == "none":  # e.g. a classifier aligned on plain text, no labels
             van = aligned = None
@@ -101,9 +112,6 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
             van = pipe.curve(VANILLA, lambdas, progress=plan.callback(progress, curves[0], steps))
             aligned = (pipe.curve(options, lambdas, progress=plan.callback(progress, curves[-1], steps))
                        if options != VANILLA else van)
-        plan.reach(len(plan.stages) - 1)
-        plan.report(progress, len(plan.stages) - 1, "checking B′ against B", 0, 0)
-        check = pipe.function_check(options, progress=plan.callback(progress, len(plan.stages) - 1, steps))
         plan.finish()
         stats = None if weight else pipe.stats_info()
         tokens = stats["tokens"] if stats else 0
@@ -115,17 +123,17 @@ def pair_work(registry: PipelineRegistry, job: Job, options: AlignOptions, lambd
 
 
 def pair_plan(job: Job, options: AlignOptions, lambdas: int) -> JobPlan:
-    """The stages of ``pair_work``: loading, the statistics pass, the assignments, the vanilla and the
-    aligned curve (one when the options are vanilla), the B′ check."""
+    """The stages of ``pair_work``: loading, the statistics pass, the assignments, the B′ check, the
+    vanilla and the aligned curve (one when the options are vanilla)."""
     stages = [("loading checkpoints and data", "load", 0)]
     if options.matcher == "weight":  # from the weights alone: no statistics pass
         stages.append(("weight matching", "assignment", 0))
     else:
         stages += [("statistics pass", "statistics", 0), ("assignments", "assignment", 0)]
-    stages.append(("vanilla curve", "curve", 0))
+    stages += [("B′ check", "check", 0), ("vanilla curve", "curve", 0)]
     if options != VANILLA:
         stages.append((f"{options.label()} curve", "curve", 0))
-    return JobPlan(stages + [("B′ check", "check", 0)], HISTORY)
+    return JobPlan(stages, HISTORY)
 
 
 def size_pair_plan(plan: JobPlan, pipe, lambdas: int) -> None:
@@ -297,6 +305,29 @@ def alignment_work(registry: PipelineRegistry, job: Job, options: AlignOptions):
 
             al = with_feature_correlations(al, pipe.spec, pipe.stats(progress).at(1.0))
         return {"frame": layer_correlations(al, pipe.spec), "about": about(job, options, tokens_used=tokens_used(pipe))}
+    return work
+
+
+def features_family_work(registry: PipelineRegistry, base: Job, pairs: list[tuple[str, str]], options: AlignOptions):
+    """Fig. 5 over several pairs with the data and settings of ``base``: each pair's per-layer
+    correlations and their mean ± standard error over the pairs (``layer_correlations_over_pairs``)."""
+    from .study import layer_correlations_over_pairs
+
+    def work(progress):
+        plan = JobPlan([("loading checkpoints and data", "load", 0)]
+                       + [(f"pair {i + 1}/{len(pairs)}: alignment", "pair alignment", 1) for i in range(len(pairs))],
+                       HISTORY)
+        plan.report(progress, 0, "loading checkpoints and data", 0, 0)
+        frames = {}
+        for i, (a, b) in enumerate(pairs):
+            job = Job(**{**base.to_dict(), "model_a": a, "model_b": b})
+            name = pair_name(a, b)
+            plan.report(progress, i + 1, f"pair {i + 1}/{len(pairs)} ({name}): alignment", 0, 1)
+            frames[name] = alignment_work(registry, job, options)(None)["frame"]
+            plan.report(progress, i + 1, f"pair {i + 1}/{len(pairs)} ({name}): alignment", 1, 1)
+        plan.finish()
+        return {"frames": frames, "frame": layer_correlations_over_pairs(frames),
+                "about": about(base, options, pairs=", ".join(frames))}
     return work
 
 

@@ -20,6 +20,12 @@ const b = bar.getBoundingClientRect(), c = chart.getBoundingClientRect();
 return {bar_top: b.top, bar_bottom: b.bottom, chart_top: c.top, chart_bottom: c.bottom, height: window.innerHeight};
 """
 
+BUTTONS = """
+const bar = document.querySelector('.st-key-presenter_bar').getBoundingClientRect();
+const leave = document.querySelector('.st-key-presenter_leave button').getBoundingClientRect();
+return {bar_right: bar.right, leave_right: leave.right, width: window.innerWidth};
+"""
+
 
 def body(drv) -> str:
     from selenium.webdriver.common.by import By
@@ -56,6 +62,8 @@ def test_presenter_view_at_1280x720(server, browser):  # noqa: F811
                                             body(drv)), 30, "the measured share in step 3")
         idle(drv, 30)
         shot(drv, f"presenter-1280x720-step{step}")
+        edges = drv.execute_script(BUTTONS)  # the bar inside the window, its buttons clear of its right edge
+        assert edges["bar_right"] <= edges["width"] and edges["leave_right"] <= edges["bar_right"] - 16, edges
         if title == "Interpolation":  # scrolled further down, the bar stays in view
             drv.execute_script("document.querySelector('[data-testid=\"stMain\"]')?.scrollBy(0, 1500)")
             geo = drv.execute_script(IN_VIEW)
