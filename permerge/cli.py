@@ -18,7 +18,6 @@ import warnings
 from pathlib import Path
 
 from .errors import PermergeError, PermergeWarning
-from .memory import release_large_blocks
 
 
 # --- progress on stderr ---------------------------------------------------------------------
@@ -497,7 +496,6 @@ def main(argv=None) -> int:
         except SystemExit as e:  # --help (0) or a bad option (2, one line already printed)
             return e.code if isinstance(e.code, int) else 2
     on_main = threading.current_thread() is threading.main_thread()
-    release_large_blocks()  # freed stages' memory goes back to the system (permerge/memory.py)
     allowed = None
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main else None
     try:

@@ -10,6 +10,7 @@ is the default for calls that give none (the CLI's progress bars).
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from .errors import Cancelled, DataError, IncompatibleModels, PermergeError  # n
 from .evaluate import EvalSet, causal_evalset, evaluate, exact_evalset, mlm_evalset
 from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, coarse_first, interpolate_into,
                           interpolate_state, lambda_grid)
-from .memory import release_large_blocks
+from .memory import give_back
 from .permute import equivalence, logit_error, permute_model
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision, stats_bytes
 
@@ -116,7 +117,6 @@ class Pipeline:
     # --- stages --------------------------------------------------------------------------
     @cached_property
     def pair(self):
-        release_large_blocks()  # a stage's large tensors go back to the system when freed (memory.py)
         t = time.perf_counter()
         a, b = load_pair(self.job.model_a, self.job.model_b)
         check_tokenizers(a, b)  # one tokenizer for the pair, its ids within the embeddings
@@ -270,6 +270,7 @@ class Pipeline:
                 st = self._stats
                 self._stats_info = {"tokens": st.tokens, "sentences": st.sentences,
                                     "snapshot_tokens": dict(st.snapshot_tokens)}
+                give_back()  # the pass's activations and its streaming buffers go back to the system
             return self._stats
 
     def stats_info(self, progress=None) -> dict:
@@ -290,7 +291,10 @@ class Pipeline:
             if st is None or stats_bytes(st) <= keep_bytes:
                 return False
             self._stats = None
-            return True
+        del st
+        gc.collect()  # the matrices sit in reference cycles: without a collection they stayed until the job's end
+        give_back()  # and their memory goes back to the system before the curves (memory.py)
+        return True
 
     def alignment(self, options: AlignOptions, fraction: float = 1.0, progress=None) -> Alignment:
         if options.matcher == "weight":
@@ -402,6 +406,8 @@ class Pipeline:
         err = logit_error(self.pair[1].model.to(dev), bp.to(dev), {k: v.to(dev) for k, v in batch.items()},
                           self.spec, perms)
         err.update(equivalence(self.pair[1].model, bp, batch, self.spec, perms))
+        del bp
+        give_back()  # the float64 copies' memory goes back to the system
         self.timings["check_s"] = time.perf_counter() - t
         return err
 
@@ -440,6 +446,7 @@ class Pipeline:
             t = time.perf_counter()
             grid = lambda_grid(lambdas)
             points = self._points(options, fraction, grid, cb)
+            give_back()  # the working model's memory goes back to the system
             rows = [points[float(lam)][0] for lam in grid]
             losses = [r["loss"] for r in rows]
             loss_a = rows[-1]["loss"]
