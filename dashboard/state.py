@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -468,13 +469,28 @@ def _partial_chart(snap: dict) -> None:
     st.plotly_chart(kept[1], width="stretch", key=f"partial::{snap['key']}")
 
 
-POLL_S = 1.0  # the progress line of a running job is read this often
-CHART_POLL_S = 3.0  # and the curve being evaluated drawn again this often (when it has new points)
+# Every update of a running job's progress costs the browser a redraw of the page (about 0.3 s of CPU
+# for the run page in headless Chromium, bench/README.md), taken from the job on a two-core machine
+POLL_S = 2.0  # the progress line of a running job is read this often
+
+
+def _ends_within(h, left, seconds: float) -> bool:
+    """When a job's time left is under ``seconds``, wait (at most that long) for it to end: True if
+    it did.  The wait sleeps, so the job keeps the interpreter."""
+    if left is None or left >= seconds:
+        return False
+    end = time.monotonic() + seconds
+    while h.active and time.monotonic() < end:
+        time.sleep(0.05)
+    return not h.active
+CHART_POLL_S = 6.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
 def job_panel(key: str, title: str = "Working", where=None) -> None:
-    """Live progress of a running job (polled every second) with a Cancel button; reruns the page
-    when the job ends so that its result shows.  ``where``: a container (e.g. at the top of the page)."""
+    """Live progress of a running job (read every POLL_S seconds) with a Cancel button; reruns the
+    page when the job ends so that its result shows (when the job should end before the next reading,
+    the reading waits for it, so that the result does not wait for the next one).  ``where``: a
+    container (e.g. at the top of the page)."""
     h = jobs().get(key)
     if h is None or not h.active:
         return
@@ -497,6 +513,8 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
         if st.button("Cancel", key=f"cancel::{key}", icon=":material/stop:"):
             h.cancel()
             st.toast("Cancelling at the next step …")
+        elif _ends_within(h, snap.get("job_eta_s"), POLL_S):
+            st.rerun()
 
     @st.fragment(run_every=CHART_POLL_S)
     def chart():  # apart from the line: a chart costs the server and the browser far more to redraw
@@ -528,7 +546,7 @@ def top_progress(skip: tuple = ()) -> None:
     if not [k for k, _ in _session_jobs() if k not in skip]:
         return  # nothing running: no polling at all
 
-    @st.fragment(run_every=1.0)
+    @st.fragment(run_every=POLL_S)
     def lines():
         running = [(k, t) for k, t in _session_jobs() if k not in skip]
         if not running:
