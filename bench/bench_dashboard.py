@@ -208,7 +208,7 @@ def browser_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[
 
 def reporting_share(job: Job, options: AlignOptions, lambdas: int) -> float:
     """Share of a cold run's time (empty cache) spent in its progress reporting on the work thread:
-    the job manager's callback with the job plan, polled once a second as a page does."""
+    the job manager's callback with the job plan, read once a second (a page reads it every 2 s)."""
     from dashboard.state import describe, overall_line  # noqa: F401 (what the page runs per poll, no Streamlit call)
 
     spent = [0.0]
@@ -266,7 +266,7 @@ def browser_main(args) -> None:
     for before, cli_cpu, browser, cpu, cpu_browser, after in rows:
         print(f"| {before:.1f} | {cli_cpu:.1f} | {browser:.1f} | {cpu:.1f} | {cpu_browser:.1f} | {after:.1f} "
               f"| {browser / ((before + after) / 2):.2f}x |")
-    print(f"progress reporting on the work thread (callbacks and the page's once-a-second reading): {share:.2%} of the job")
+    print(f"progress reporting on the work thread (callbacks, and a reading every second, twice the page's rate): {share:.2%} of the job")
 
 
 def main(argv=None):

@@ -31,6 +31,15 @@ def _gets(loopback, name=WEIGHTS):
     return [r for m, p, r in loopback.log if m == "GET" and p.endswith("/" + name)]
 
 
+def _resolve_allowed(repo):
+    """``hub.resolve`` with downloads allowed for this call only."""
+    H.allow_downloads(True)
+    try:
+        return H.resolve(repo)
+    finally:
+        H._allowed.set(None)
+
+
 def _etag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -110,11 +119,7 @@ def test_a_killed_download_goes_on_in_the_next_process(loopback, layouts, tmp_pa
     assert 0 < kept < len(source)
     assert (part.read_bytes()) == source[:kept]  # what was written is the file's beginning
     loopback.log.clear()
-    H.allow_downloads(True)
-    try:
-        folder = H.resolve(repo)
-    finally:
-        H._allowed.set(None)
+    folder = _resolve_allowed(repo)
     assert _gets(loopback) == [f"bytes={kept}-"], (_gets(loopback), kept)
     assert (folder / WEIGHTS).read_bytes() == source and not part.exists()
 
@@ -201,11 +206,7 @@ def test_a_disk_that_fills_up_mid_file_gives_one_line_and_keeps_the_partial(loop
     monkeypatch.delattr(H, "open")  # room again: the next run goes on from there
     H._plans.clear()
     loopback.log.clear()
-    H.allow_downloads(True)
-    try:
-        folder = H.resolve(repo)
-    finally:
-        H._allowed.set(None)
+    folder = _resolve_allowed(repo)
     assert _gets(loopback) == ["bytes=300000-"], _gets(loopback)
     assert (folder / WEIGHTS).read_bytes() == source
 
