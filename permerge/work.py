@@ -142,10 +142,12 @@ def size_pair_plan(plan: JobPlan, pipe, lambdas: int) -> None:
     prep = pipe.prepared
     if "statistics" in (s.kind for s in plan.stages):
         plan.set_units(plan.index("statistics"), 2 * forward_tokens(prep.align_batches))
-    per_curve = 0 if prep.evalset.kind == "none" else lambdas * forward_tokens(prep.evalset.batches)
+    per_point = 0 if prep.evalset.kind == "none" else forward_tokens(prep.evalset.batches)
+    first = True
     for k, s in enumerate(plan.stages):
-        if s.kind == "curve":
-            plan.set_units(k, per_curve)
+        if s.kind == "curve":  # λ = 1 is A itself: evaluated by the first curve, cached for the next
+            plan.set_units(k, (lambdas if first else lambdas - 1) * per_point)
+            first = False
         elif s.kind == "check":  # B and B′ on the probe batch, in float32 and again in float64 copies
             plan.set_units(k, CHECK_FORWARDS * forward_tokens([pipe.probe_batch()]))
 

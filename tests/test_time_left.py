@@ -12,6 +12,21 @@ from conftest import HAVE_PAIR
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("app_env")]
 
 
+def _quiet(wait_s: float = 60.0) -> None:
+    """No job or path check of an earlier test still running beside this one: a job thread an
+    earlier test left behind took the cores while this job measured its first rates, and the time
+    left shown at 20 % came out a third too long (in the whole suite, never alone)."""
+    import threading
+
+    from permerge.jobs import stop_all
+
+    stop_all(wait_s)
+    end = time.time() + wait_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and t.name.startswith("permerge-"):
+            t.join(max(0.0, end - time.time()))
+
+
 def _time_left_within_30_percent(job, lambdas: int) -> str:
     """Runs the pair's whole job as the dashboard does; checks the time left shown at 20, 40 and 60 %
     against what the job then took, and that the share done never goes back."""
@@ -22,6 +37,7 @@ def _time_left_within_30_percent(job, lambdas: int) -> str:
     from permerge.study import PipelineRegistry
 
     work.HISTORY.clear()  # a fresh server: nothing measured by an earlier job
+    _quiet()
     h = JobManager().submit("pair", work.pair_work(PipelineRegistry(ResultCache()), job, AlignOptions(), lambdas))
     seen = []  # (time, share done, time left shown)
     t0 = time.time()
@@ -51,7 +67,7 @@ def test_time_left_after_a_fifth_of_a_run_is_within_30_percent():
 
     paths = {e["name"]: e["path"] for e in zoo.list_checkpoints()}
     job = Job(model_a=paths[zoo.DEFAULT_PAIR[0]], model_b=paths[zoo.DEFAULT_PAIR[1]], data=str(zoo.align_text()),
-              eval_data=str(zoo.eval_text()), tokens=16384, eval_blocks=32, device="cpu")
+              eval_data=str(zoo.eval_text()), tokens=16384, eval_blocks=64, device="cpu")
     _time_left_within_30_percent(job, 21)
 
 
@@ -83,15 +99,15 @@ def wide_pair(tmp_path_factory):
 
 @pytest.mark.skipif(not HAVE_PAIR, reason="the bundled checkpoints and tokenizer are not built")
 def test_time_left_on_a_width_256_pair_is_within_30_percent(wide_pair):
-    """The same check on a pair twice as wide as the bundled one.  8,192 alignment tokens, 16 evaluation
-    blocks and 11 λ points keep the whole job within about a minute on two CPU cores (8 to 62 s in
-    the runs made while other jobs shared them); the statistics pass is then about a fifth of the job, so the
-    20 % mark falls before any curve has run and tests the curves' first rate."""
+    """The same check on a pair twice as wide as the bundled one.  8,192 alignment tokens, 32 evaluation
+    blocks and 11 λ points keep the whole job around 12 s on two idle CPU cores (with 16 blocks the
+    time left at a mark was 3 s, and a second's noise broke the 30 %); the statistics pass is then about
+    a fifth of the job, so the 20 % mark falls near the curves' start and tests their first rate."""
     from permerge import zoo
     from permerge.pipeline import Job
 
     job = Job(model_a=wide_pair[0], model_b=wide_pair[1], data=str(zoo.align_text()), eval_data=str(zoo.eval_text()),
-              tokens=8192, eval_blocks=16, device="cpu")
+              tokens=8192, eval_blocks=32, device="cpu")
     _time_left_within_30_percent(job, 11)
 
 
