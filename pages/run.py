@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
-                             config_summary, job_key, job_outcome, job_panel, jobs, make_current, name, name_md, pair_check,
-                             pair_facts, pair_title, registry, residual_labels)
+                             config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
+                             pair_facts, pair_title, registry, residual_labels, settle_pending)
 from dashboard.deadline import within_deadline
 from dashboard.figures import fig_name, show_figure
 from dashboard.hubpick import KNOWN, downloads_switch, known
@@ -290,8 +290,7 @@ if pending is not None:
     if h is not None and h.active:
         job_panel(pending.key, f"Aligning {pair_title(pending.job)}", where=top)
     elif h is not None and h.state == "done":  # finished during this script run (app.py settles it before)
-        make_current(pending)  # the address names it now (?run=<id>)
-        del ss[PENDING_STATE]
+        settle_pending()  # the address names it now (?run=<id>)
         st.rerun()  # so that the sidebar, drawn before this page, shows the new run too
     else:
         with top:

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .errors import CheckpointError, PermergeError, warn
+from .outputs import current_umask
 
 ALLOW_DOWNLOADS = "PERMERGE_ALLOW_DOWNLOADS"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -513,17 +514,11 @@ def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
                    "discarded it, downloading it afresh")
             say(msg) if say is not None else warn(msg)
         try:
-            os.chmod(part, 0o644 & ~_umask())
+            os.chmod(part, 0o644 & ~current_umask())
         except OSError:
             pass
         os.replace(part, blob)
         _link_into_snapshot(p, name, blob)
-
-
-def _umask() -> int:
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 # --- what checkpoints.py calls --------------------------------------------------------------------

@@ -166,7 +166,8 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
                           f"needed, {free / 2**20:.0f} MiB free")
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
     try:  # Linux: read it without changing it (os.umask would, for every thread)
         with open("/proc/self/status") as fh:
             for line in fh:
@@ -202,7 +203,7 @@ def staged(final: Path, overwrite: bool = False):
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; the output gets the usual mode
+            tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; the output gets the usual mode
         except OSError as e:
             raise OutputError(f"cannot write the output at {final}: {e.strerror or e}") from None
         yield tmp

@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import PermergeError
+from ..outputs import current_umask
 
 MiB = 1 << 20
 PACK_MAX_BYTES = 16 * MiB
@@ -126,12 +127,6 @@ def _unlisted_files(pack_dir: Path) -> list[str]:
     return found
 
 
-def _umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def _stage_dir(target: Path, files: dict[str, bytes]) -> Path:
     """``files`` (relative name -> bytes) written into a new folder beside ``target``, with the
     permissions of an ordinary folder (mkdtemp's are 0700)."""
@@ -140,7 +135,7 @@ def _stage_dir(target: Path, files: dict[str, bytes]) -> Path:
         for name, b in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(b)
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~current_umask())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
