@@ -16,17 +16,22 @@ run, so that a reader can tell a slow (or busy) machine from a slow program.
 
 With ``--browser`` it measures the first complete result in a real browser against the command line
 instead: a fresh `streamlit run app.py` (empty cache, warmed up by loading the run page) driven by
-headless Chromium through Selenium, from the click on Run alignment to the result drawn, between two
-runs of `permerge interpolate` on the same job (empty cache each); ``--busy N`` keeps N other
-processes busy meanwhile.  It prints each time, the browser-versus-command-line ratio, and the share
-of the job's time the progress reporting took on the work thread.
+headless Chromium through Selenium, from the click on Run alignment until the result and its loss
+chart are drawn, between two runs of `permerge interpolate` on the same job (empty cache each);
+``--busy N`` keeps N other processes busy meanwhile.  It prints each time, the browser-versus-command-
+line ratio against the command line's whole run and against its run after its imports (torch,
+transformers, permerge: a running dashboard has them behind it), and the share of the job's time the
+progress reporting took on the work thread.  ``--watch-cost`` measures what reading the page costs
+the browser, by the way the page is read.
 
     python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 64] [--no-idle | --idle-only]
     python bench/bench_dashboard.py --browser [--repeats 1] [--busy 2]
+    python bench/bench_dashboard.py --watch-cost
 """
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import os
 import platform
 import socket
@@ -104,19 +109,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float]:
-    """(wall time, CPU seconds) of `permerge interpolate` on the bundled default pair (empty cache),
-    start-up included."""
+_CLI_TIMED = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch, transformers  # noqa: F401  (what a running dashboard has imported already)
+from permerge import cli
+t1 = time.perf_counter()
+code = cli.main(sys.argv[1:])
+print(json.dumps({"imports_s": t1 - t0, "job_s": time.perf_counter() - t1}), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
+    """(wall time with start-up, wall time after torch, transformers and permerge are imported, CPU
+    seconds) of `permerge interpolate` on the bundled default pair (empty cache).  The second is the
+    stricter floor for the browser: a running dashboard has those imports behind it."""
+    import json
     import resource
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-m", "permerge", "interpolate", f"zoo:{zoo.DEFAULT_PAIR[0]}", f"zoo:{zoo.DEFAULT_PAIR[1]}",
+        cmd = [sys.executable, "-c", _CLI_TIMED, "interpolate", f"zoo:{zoo.DEFAULT_PAIR[0]}",
+               f"zoo:{zoo.DEFAULT_PAIR[1]}",
                "--data", "zoo:align.txt", "--eval-data", "zoo:eval.txt", "--tokens", str(tokens), "--lambdas",
                str(lambdas), "--eval-blocks", str(blocks), "--device", "cpu", "--cache-dir", f"{d}/cache",
                "--out", f"{d}/out", "--quiet"]
         r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+        out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+        wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.perf_counter() - t0, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        timed = json.loads(out.stderr.strip().splitlines()[-1])
+        return wall, timed["job_s"], (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -135,14 +158,13 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-def browser_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
-    """(seconds from the click on Run alignment to the result drawn, CPU seconds of the server and of
-    the browser meanwhile)
-    in headless Chromium, on a fresh server with an empty cache, warmed up first (its first page load
-    imports torch, as a running dashboard already has)."""
+@contextmanager
+def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
+    """A fresh `streamlit run app.py` (empty cache) with headless Chromium on its run page, loaded
+    and settled; yields (driver, server process, shows) where ``shows(*texts)`` tells whether the
+    page has all ``texts``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
     import shutil
 
@@ -176,34 +198,67 @@ def browser_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[
             drv = webdriver.Chrome(service=Service(driver), options=opts)
             drv.get(f"{url}/?tokens={tokens}&lambdas={lambdas}&eval_blocks={blocks}&device=cpu")
 
-            def body():
+            def shows(*texts):
+                """Whether the page has all ``texts`` (a chart's title included, once Plotly drew it).
+                textContent, not the element's .text: .text lays the whole page out for every call,
+                which costs Chromium far more than the page's own updates (``--watch-cost``)."""
                 try:
-                    return drv.find_element(By.TAG_NAME, "body").text
+                    return drv.execute_script("const t = document.body.textContent; "
+                                              "return arguments[0].every(s => t.includes(s));", list(texts))
                 except Exception:
-                    return ""
+                    return False
 
-            def until(cond, timeout, what):
-                t = time.time()
-                while time.time() - t < timeout:
-                    if cond():
-                        return
-                    time.sleep(0.25)
-                raise SystemExit(f"error: the browser did not show {what} in {timeout} s")
-
-            until(lambda: "Compatible" in body() and "Run alignment" in body(), 120, "the run page")
+            _until(lambda: shows("Compatible", "Run alignment"), 120, "the run page")
             time.sleep(1.0)  # the page settles (its script run ends)
-
-            button = next(b for b in drv.find_elements(By.TAG_NAME, "button") if "Run alignment" in b.text)
-            c0, b0, t0 = _cpu_seconds(server.pid), _cpu_seconds(drv.service.process.pid), time.perf_counter()
-            button.click()
-            until(lambda: "Barrier, vanilla averaging" in body(), 1200, "the result")
-            seconds = time.perf_counter() - t0
-            return seconds, _cpu_seconds(server.pid) - c0, _cpu_seconds(drv.service.process.pid) - b0
+            yield drv, server, shows
         finally:
             if drv is not None:
                 drv.quit()
             server.terminate()
             server.wait(10)
+
+
+def _until(cond, timeout: float, what: str) -> None:
+    t = time.time()
+    while time.time() - t < timeout:
+        if cond():
+            return
+        time.sleep(0.25)
+    raise SystemExit(f"error: the browser did not show {what} in {timeout} s")
+
+
+def browser_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
+    """(seconds from the click on Run alignment until the result and its loss chart are drawn, CPU
+    seconds of the server and of the browser meanwhile) in headless Chromium, on a fresh server with an
+    empty cache, warmed up first (its first page load imports torch, as a running dashboard already has)."""
+    from selenium.webdriver.common.by import By
+
+    with _run_page(tokens, lambdas, blocks, env) as (drv, server, shows):
+        button = next(b for b in drv.find_elements(By.TAG_NAME, "button") if "Run alignment" in b.text)
+        c0, b0, t0 = _cpu_seconds(server.pid), _cpu_seconds(drv.service.process.pid), time.perf_counter()
+        button.click()
+        _until(lambda: shows("Barrier, vanilla averaging", "Loss along λ"), 1200, "the result and its chart")
+        seconds = time.perf_counter() - t0
+        return seconds, _cpu_seconds(server.pid) - c0, _cpu_seconds(drv.service.process.pid) - b0
+
+
+def watch_cost(tokens: int, lambdas: int, blocks: int, env: dict, seconds: float = 10.0) -> list[tuple[str, float]]:
+    """Chromium's CPU seconds over ``seconds`` on the idle run page while a watcher reads it four
+    times a second: not at all, through Selenium's ``.text`` of the page body, and through
+    ``document.body.textContent`` (what the browser measurement uses)."""
+    from selenium.webdriver.common.by import By
+
+    out = []
+    with _run_page(tokens, lambdas, blocks, env) as (drv, server, shows):
+        for name, read in (("no reading", lambda: None),
+                           ("body .text (Selenium)", lambda: drv.find_element(By.TAG_NAME, "body").text),
+                           ("textContent (script)", lambda: shows("Barrier, vanilla averaging"))):
+            b0, t0 = _cpu_seconds(drv.service.process.pid), time.time()
+            while time.time() - t0 < seconds:
+                read()
+                time.sleep(0.25)
+            out.append((name, _cpu_seconds(drv.service.process.pid) - b0))
+    return out
 
 
 def reporting_share(job: Job, options: AlignOptions, lambdas: int) -> float:
@@ -246,10 +301,10 @@ def browser_main(args) -> None:
         load = os.getloadavg()
         rows = []
         for _ in range(args.repeats):
-            before, cli_cpu = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            before, before_job, cli_cpu = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             browser, cpu, cpu_browser = browser_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
-            after, cli_cpu2 = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
-            rows.append((before, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after))
+            after, after_job, cli_cpu2 = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            rows.append((before, before_job, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after, after_job))
         a, b = zoo.default_pair()
         job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
                   eval_blocks=args.eval_blocks, device="cpu")
@@ -260,12 +315,14 @@ def browser_main(args) -> None:
     print(f"# first complete result, browser vs command line (bundled default pair, {args.tokens} tokens, "
           f"{args.lambdas} lambdas, {args.eval_blocks} evaluation blocks, CPU; {os.cpu_count()} CPUs, {platform.machine()}; "
           f"{args.busy} extra busy processes; load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f})")
-    print("| CLI before (s) | CLI CPU, mean (s) | browser: click to result (s) | server CPU (s) | Chromium CPU (s) "
-          "| CLI after (s) | ratio to the CLIs' mean |")
+    print("| CLI before (s): with start-up, after imports | CLI CPU, mean (s) | browser: click to result (s) "
+          "| server CPU (s) | Chromium CPU (s) | CLI after (s): with start-up, after imports "
+          "| ratio to the CLIs' mean: with start-up, after imports |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for before, cli_cpu, browser, cpu, cpu_browser, after in rows:
-        print(f"| {before:.1f} | {cli_cpu:.1f} | {browser:.1f} | {cpu:.1f} | {cpu_browser:.1f} | {after:.1f} "
-              f"| {browser / ((before + after) / 2):.2f}x |")
+    for before, before_job, cli_cpu, browser, cpu, cpu_browser, after, after_job in rows:
+        print(f"| {before:.1f}, {before_job:.1f} | {cli_cpu:.1f} | {browser:.1f} | {cpu:.1f} | {cpu_browser:.1f} "
+              f"| {after:.1f}, {after_job:.1f} | {browser / ((before + after) / 2):.2f}x, "
+              f"{browser / ((before_job + after_job) / 2):.2f}x |")
     print(f"progress reporting on the work thread (callbacks, and a reading every second, twice the page's rate): {share:.2%} of the job")
 
 
@@ -282,7 +339,16 @@ def main(argv=None):
                     help="the first complete result in headless Chromium against `permerge interpolate`")
     ap.add_argument("--repeats", type=int, default=1, help="--browser: measurements (each between two CLI runs)")
     ap.add_argument("--busy", type=int, default=0, help="--browser: other busy processes meanwhile")
+    ap.add_argument("--watch-cost", action="store_true",
+                    help="Chromium's CPU on the idle run page while a watcher reads the page's text 4 times a second")
     args = ap.parse_args(argv)
+    if args.watch_cost:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        print(f"# Chromium CPU seconds over 10 s on the idle run page, by how the page is read 4 times a second "
+              f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
+        for name, cpu in watch_cost(args.tokens, args.lambdas, args.eval_blocks, env):
+            print(f"| {name} | {cpu:.2f} |")
+        return
     if args.browser:
         browser_main(args)
         return

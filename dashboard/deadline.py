@@ -10,7 +10,6 @@ whole time."""
 from __future__ import annotations
 
 import contextvars
-import os
 import threading
 import time
 

@@ -13,7 +13,7 @@ import streamlit as st
 from permerge import zoo
 from permerge.errors import PermergeError
 
-from .state import exports_root, job_key, job_outcome, job_panel, jobs, name
+from .state import exports_root, job_key, job_result, jobs, name
 from .text import md
 
 USER_PAIRS = "user_cls_pairs"  # session: [{"task": label, "dir": task folder, "pair": (a, b)}]
@@ -94,8 +94,7 @@ def make_pair_panel(run) -> None:
                 st.session_state[FT_KEY] = key
         shown = st.session_state.get(FT_KEY)
         if shown is not None:
-            job_panel(shown, "Fine-tuning the pair")
-            res = job_outcome(shown)
+            res = job_result(shown, "Fine-tuning the pair")
             if res is not None:
                 label = add_user_pair(res["task"], res["pair"])
                 shown_m = "; ".join(

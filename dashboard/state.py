@@ -219,8 +219,7 @@ def section_result(section: str, run: Run, title: str, where=None):
         return None
     _ensure(study)
     key = study["key"]
-    job_panel(key, title, where=where)
-    res = job_outcome(key)
+    res = job_result(key, title, where=where)
     if res is not None and "about" in res and res["about"].get("model_a") not in (None, "", run.job.model_a):
         return None  # defensive: a result always names its pair
     return res
@@ -293,8 +292,7 @@ def run_result(run: Run):
     if h is None or h.state not in ("done", "queued", "running"):
         jobs().submit(run.key, work.pair_work(registry(), run.job, run.options, run.lambdas),
                       label=pair_title(run.job))
-    job_panel(run.key, "Loading this run's result")
-    return job_outcome(run.key)
+    return job_result(run.key, "Loading this run's result")
 
 
 # --- model summaries from configs (cheap: no weights) ----------------------------------------------
@@ -486,14 +484,14 @@ def _ends_within(h, left, seconds: float) -> bool:
 CHART_POLL_S = 6.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
-def job_panel(key: str, title: str = "Working", where=None) -> None:
+def job_panel(key: str, title: str = "Working", where=None) -> bool:
     """Live progress of a running job (read every POLL_S seconds) with a Cancel button; reruns the
     page when the job ends so that its result shows (when the job should end before the next reading,
     the reading waits for it, so that the result does not wait for the next one).  ``where``: a
-    container (e.g. at the top of the page)."""
+    container (e.g. at the top of the page).  True when the job was running and its panel drawn."""
     h = jobs().get(key)
     if h is None or not h.active:
-        return
+        return False
 
     @st.fragment(run_every=POLL_S)
     def poll():
@@ -528,6 +526,17 @@ def job_panel(key: str, title: str = "Working", where=None) -> None:
     else:
         poll()
         chart()
+    return True
+
+
+def job_result(key: str, title: str = "Working", where=None):
+    """``job_panel`` and then ``job_outcome``: the live panel while the job runs, its result once done.
+    A job that ends between the two (the panel drawn, the job done by the time its result is read)
+    runs the page again at once, so that its live panel and its result never show together."""
+    h = jobs().get(key)
+    if job_panel(key, title, where) and h is not None and not h.active:
+        st.rerun()
+    return job_outcome(key)
 
 
 def _session_jobs() -> list[tuple[str, str]]:
@@ -571,8 +580,7 @@ def latest_only(slot: str, key: str, fn, label: str, title: str):
         jobs().forget(previous)
     st.session_state[slot] = key
     settle(jobs().submit(key, fn, label))
-    job_panel(key, title)
-    out = job_outcome(key)
+    out = job_result(key, title)
     if out is None:
         st.stop()
     return out

@@ -11,7 +11,7 @@ from permerge.errors import DataError, PermergeError
 from permerge.outputs import check_out, staged
 from permerge.study import barriers_frame, curve_table, curves_frame
 
-from dashboard.state import (default_export_dir, exports_root, job_key, job_outcome, job_panel, jobs, merged_model,
+from dashboard.state import (default_export_dir, exports_root, job_key, job_result, jobs, merged_model,
                              permutations_bytes, require_run, short)
 from dashboard.figures import fig_name, lecture_pack_button, show_figure
 from dashboard.text import md, plot_text
@@ -90,8 +90,7 @@ if st.button("Save merged model", type="primary"):
         st.session_state["export_key"] = key
 export_key = st.session_state.get("export_key")
 if export_key:
-    job_panel(export_key, "Exporting")
-    saved = job_outcome(export_key)
+    saved = job_result(export_key, "Exporting")
     if saved:
         st.success(f"Saved to {md(saved)}")
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from dashboard.state import (about_caption, job_key, job_outcome, job_panel, jobs, name, pair_title, pick_pairs,
+from dashboard.state import (about_caption, job_key, job_result, jobs, name, pair_title, pick_pairs,
                              registry, require_run, section_result, start, study_base)
 from dashboard.figures import fig_name, show_figure
 from dashboard.text import md
@@ -30,8 +30,7 @@ if which != "this run's options":
                "run (residual All) shares one permutation over every point and reaches less.")
 key = job_key("features", job=run.job.to_dict(), options=options.to_dict())
 jobs().submit(key, work.alignment_work(registry(), run.job, options), "feature correlations")
-job_panel(key, "Solving / loading the alignment")
-res = job_outcome(key)
+res = job_result(key, "Solving / loading the alignment")
 if res is not None:
     df = res["frame"]
     view = st.radio("View", ["bars", "lines"], horizontal=True, key="features_view",

@@ -95,8 +95,8 @@ def panels(w, title):
     if w.derived:
         tiles = f", {spec_axis_label(w)}"
     show_figure(plots.weight_panels([("A", w.a), ("B (before)", w.b), ("B′ (after)", w.bp)], w.axis, boxes,
-                                    f"{w.name}: {WORD[w.axis]} = units of {group}{tiles} "
-                                    f"(first 96 {rest} shown)"),
+                                    w.name, subtitle=f"{WORD[w.axis]} = units of {group}{tiles} "
+                                                     f"(first 96 {rest} shown)"),
                 fig_name(run, "weights", w.name, step.replace(" ", "-")), {"A": w.a, "B": w.b, "B-prime": w.bp})
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard.state import (ATTENTION_LABELS, FORM_STATE, PENDING_STATE, RUN_STATE, Run, about_caption,
-                             config_summary, job_key, job_outcome, job_panel, jobs, name, name_md, pair_check,
+                             config_summary, job_key, job_outcome, job_panel, job_result, jobs, name, name_md, pair_check,
                              pair_facts, pair_title, registry, residual_labels, settle_pending)
 from dashboard.deadline import within_deadline
 from dashboard.figures import fig_name, show_figure
@@ -302,8 +302,7 @@ if run is not None:
     h = jobs().get(run.key)
     if h is None or h.state != "done":  # e.g. after a server restart: recompute from the disk cache
         jobs().submit(run.key, work.pair_work(registry(), run.job, run.options, run.lambdas), label=pair_title(run.job))
-        job_panel(run.key, "Loading the result", where=top)
-    res = job_outcome(run.key)
+    res = job_result(run.key, "Loading the result", where=top)
     if res is not None:
         st.divider()
         st.subheader("Result: " + pair_title(run.job))

@@ -226,10 +226,11 @@ def permutation_matrix(perm, heads: int | None = None, title: str = "", highligh
 
 
 def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[list[tuple[int, int]]] | None = None,
-                  title: str = "", max_cells: int = 96) -> go.Figure:
+                  title: str = "", max_cells: int = 96, subtitle: str = "") -> go.Figure:
     """Weight matrices side by side (e.g. A, B, B′), values on a symmetric colour scale.  ``axis``
     is the permuted axis (0: rows, 1: columns); ``boxes`` per panel: (first, last + 1) index ranges
-    along that axis to outline.  The other axis is cut to its first ``max_cells`` entries."""
+    along that axis to outline.  The other axis is cut to its first ``max_cells`` entries.
+    ``subtitle``: a second, smaller title line (a long title on one line runs under the chart's toolbar)."""
     n = len(mats)
     fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in mats], horizontal_spacing=0.04)
     vmax = max(float(np.nanmax(np.abs(m))) for _, m in mats) or 1.0
@@ -250,7 +251,8 @@ def weight_panels(mats: list[tuple[str, np.ndarray]], axis: int, boxes: list[lis
     moved, other = ("unit (row)", "input dimension") if axis == 0 else ("unit (column)", "output dimension")
     fig.update_yaxes(title=moved if axis == 0 else other, row=1, col=1)
     fig.update_xaxes(title=other if axis == 0 else moved)
-    fig.update_layout(title=title, height=460, margin=dict(l=60, r=20, t=70, b=50))
+    text = f"{title}<br><span style='font-size:12px'>{subtitle}</span>" if subtitle else title
+    fig.update_layout(title=text, height=480 if subtitle else 460, margin=dict(l=60, r=20, t=95 if subtitle else 70, b=50))
     return fig
 
 
