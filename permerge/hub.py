@@ -417,16 +417,122 @@ def _disk_full(p: HubPlan, name: str, part: Path) -> CheckpointError:
                            f"from the {fmt_bytes(part.stat().st_size if part.exists() else 0)} in {part}")
 
 
-def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
-    """Fetch one file into its partial (resuming it), check it, and move it into the cache."""
+@dataclass
+class _Partial:
+    """A file's partial download (``blobs/<etag>.permerge-partial``): how many bytes it holds and,
+    for a file whose ETag is its sha256 (LFS), the running hash of those bytes."""
+    path: Path
+    check: bool
+    have: int = 0
+    sha: object = None
+    received: int = 0  # bytes that came in this run (a restart sets ``have`` back, not this)
+
+    @classmethod
+    def open(cls, path: Path, size: int | None, check: bool) -> "_Partial":
+        """What an earlier run left (more bytes than the file has: dropped), hashed so far."""
+        import hashlib
+
+        have = path.stat().st_size if path.exists() else 0
+        if size is not None and have > size:
+            path.unlink()
+            have = 0
+        part = cls(path, check, have, hashlib.sha256() if check else None)
+        if part.sha is not None and have:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(2**20), b""):
+                    part.sha.update(block)
+        return part
+
+    def restart(self) -> None:
+        import hashlib
+
+        self.have = 0
+        self.sha = hashlib.sha256() if self.check else None
+
+    def add(self, chunk: bytes) -> None:
+        self.have += len(chunk)
+        self.received += len(chunk)
+        if self.sha is not None:
+            self.sha.update(chunk)
+
+    def matches(self, etag: str) -> bool:
+        return self.sha is None or self.sha.hexdigest() == etag
+
+
+def _stream_once(location: str, headers: dict, part: _Partial, size: int | None, report) -> None:
+    """One GET of what ``part`` lacks, appended to it as the bytes come (all that arrived is kept).
+    A reply that is not the asked range restarts the partial from the file's first byte."""
+    import httpx2
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    if part.have:
+        headers = {**headers, "Range": f"bytes={part.have}-"}
+    with get_session().stream("GET", location, headers=headers, follow_redirects=True,
+                              timeout=httpx2.Timeout(30.0, connect=10.0)) as r:
+        if part.have and r.status_code == 416 and size is not None and part.have == size:
+            return  # it was complete already
+        hf_raise_for_status(r)
+        partial_reply = r.status_code == 206 and r.headers.get("Content-Range", "").startswith(
+            f"bytes {part.have}-") and r.headers.get("Content-Encoding", "identity") == "identity"
+        if part.have and not partial_reply:  # the server sent the whole file (or another range)
+            part.restart()
+            report(0, new_file=False)
+        with open(part.path, "r+b" if part.have else "wb") as out:
+            out.seek(part.have)
+            out.truncate()
+            for chunk in r.iter_bytes():
+                out.write(chunk)
+                part.add(chunk)
+                report(part.have)
+
+
+def _fill(p: HubPlan, name: str, headers: dict, meta: tuple, part: _Partial, report) -> None:
+    """Requests the rest of the file until ``part`` holds all of it; a broken connection is retried
+    (RETRIES times since the last byte that came, each time at a fresh address); a file that changed
+    on the Hub meanwhile, a full disk or too many failures stop with the partial kept."""
     import errno
-    import hashlib
     import time
 
     import httpx2
-    from huggingface_hub.utils import WeakFileLock, get_session, hf_raise_for_status
 
-    url, location, etag, size = _file_meta(p, name, headers)
+    url, location, etag, size = meta
+    tries = RETRIES
+    while size is None or part.have < size:
+        before = part.received
+        try:
+            _stream_once(location, _request_headers(url, location, headers), part, size, report)
+            if size is None or part.have >= size:  # more than the Hub lists: the caller refuses it
+                return
+            raise httpx2.RemoteProtocolError("the server ended the file early")
+        except (httpx2.TransportError, httpx2.StreamError) as e:
+            if part.received > before:  # bytes came: the count of retries starts again
+                tries = RETRIES
+            if tries <= 0:
+                raise CheckpointError(
+                    f"cannot download checkpoint {p.source!r}: the transfer of {name} from {endpoint()} "
+                    f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                    f"{fmt_bytes(part.have)} are kept in {part.path}, run again to go on") from None
+            tries -= 1
+            time.sleep(RETRY_PAUSE_S)
+            try:  # a fresh location: a CDN's signed address may have expired meanwhile
+                url, location, etag2, size2 = _file_meta(p, name, headers)
+            except Exception:
+                continue  # the next request tells
+            if (etag2, size2) != (etag, size):
+                raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} changed on the Hub "
+                                      "during the download; run again") from None
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _disk_full(p, name, part.path) from None
+            raise
+
+
+def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
+    """Fetch one file into its partial (resuming it), check it, and move it into the cache."""
+    from huggingface_hub.utils import WeakFileLock
+
+    meta = _file_meta(p, name, headers)
+    etag, size = meta[2], meta[3]
     root = repo_folder(p.repo_id)
     blob = root / "blobs" / etag
     blob.parent.mkdir(parents=True, exist_ok=True)
@@ -436,77 +542,19 @@ def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
         if blob.exists():  # already there (another repository, the client, another run): kept as it is
             _link_into_snapshot(p, name, blob)
             return
-        part = blob.with_name(etag + PARTIAL_SUFFIX)
-        check = _SHA256.fullmatch(etag) is not None
-        for _ in range(2):
-            have = part.stat().st_size if part.exists() else 0
-            if size is not None and have > size:
-                part.unlink()
-                have = 0
-            resumed = have > 0
-            report(have, new_file=True)
-            sha = hashlib.sha256() if check else None
-            if sha is not None and have:
-                with open(part, "rb") as fh:
-                    for block in iter(lambda: fh.read(2**20), b""):
-                        sha.update(block)
-            tries = RETRIES
-            while size is None or have < size:
-                h = _request_headers(url, location, headers)
-                if have:
-                    h["Range"] = f"bytes={have}-"
-                try:
-                    with get_session().stream("GET", location, headers=h, follow_redirects=True,
-                                              timeout=httpx2.Timeout(30.0, connect=10.0)) as r:
-                        if have and r.status_code == 416 and size is not None and have == size:
-                            break
-                        hf_raise_for_status(r)
-                        partial_reply = r.status_code == 206 and r.headers.get("Content-Range", "").startswith(
-                            f"bytes {have}-") and r.headers.get("Content-Encoding", "identity") == "identity"
-                        if have and not partial_reply:  # the server sent the whole file (or another range)
-                            have = 0
-                            sha = hashlib.sha256() if check else None
-                            report(0, new_file=False)
-                        with open(part, "r+b" if have else "wb") as out:
-                            out.seek(have)
-                            out.truncate()
-                            for chunk in r.iter_bytes():  # as they come: all that arrived is kept
-                                out.write(chunk)
-                                have += len(chunk)
-                                tries = RETRIES  # bytes came: the count of retries starts again
-                                if sha is not None:
-                                    sha.update(chunk)
-                                report(have)
-                    if size is None:
-                        break
-                    if have < size:
-                        raise httpx2.RemoteProtocolError("the server ended the file early")
-                except (httpx2.TransportError, httpx2.StreamError) as e:
-                    if tries <= 0:
-                        raise CheckpointError(
-                            f"cannot download checkpoint {p.source!r}: the transfer of {name} from {endpoint()} "
-                            f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
-                            f"{fmt_bytes(have)} are kept in {part}, run again to go on") from None
-                    tries -= 1
-                    time.sleep(RETRY_PAUSE_S)
-                    try:  # a fresh location: a CDN's signed address may have expired meanwhile
-                        url, location, etag2, size2 = _file_meta(p, name, headers)
-                    except Exception:
-                        continue  # the next request tells
-                    if (etag2, size2) != (etag, size):
-                        raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} changed on the Hub "
-                                              "during the download; run again") from None
-                except OSError as e:
-                    if e.errno == errno.ENOSPC:
-                        raise _disk_full(p, name, part) from None
-                    raise
-            if size is not None and have != size:
-                part.unlink(missing_ok=True)
-                raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} came with {have} bytes, the Hub "
-                                      f"lists {size}; run again")
-            if sha is None or sha.hexdigest() == etag:
+        path = blob.with_name(etag + PARTIAL_SUFFIX)
+        for _ in range(2):  # a resumed partial that fails its sha256 is downloaded once afresh
+            part = _Partial.open(path, size, check=_SHA256.fullmatch(etag) is not None)
+            resumed = part.have > 0
+            report(part.have, new_file=True)
+            _fill(p, name, headers, meta, part, report)
+            if size is not None and part.have != size:
+                path.unlink(missing_ok=True)
+                raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} came with {part.have} bytes, "
+                                      f"the Hub lists {size}; run again")
+            if part.matches(etag):
                 break
-            part.unlink()
+            path.unlink()
             if not resumed:
                 raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} does not match its sha256 "
                                       f"{etag[:12]}... after a fresh download; run again")
@@ -514,10 +562,10 @@ def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
                    "discarded it, downloading it afresh")
             say(msg) if say is not None else warn(msg)
         try:
-            os.chmod(part, 0o644 & ~current_umask())
+            os.chmod(path, 0o644 & ~current_umask())
         except OSError:
             pass
-        os.replace(part, blob)
+        os.replace(path, blob)
         _link_into_snapshot(p, name, blob)
 
 
