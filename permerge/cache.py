@@ -80,7 +80,7 @@ def _is_corruption(e: BaseException) -> bool:
 
 # Result classes a cached value may hold, rebuilt from their fields (dataclasses of permerge).
 _CLASSES = {"AlignOptions": "permerge.align", "GroupResult": "permerge.align", "Alignment": "permerge.align",
-            "CurveResult": "permerge.pipeline", "WeightMatchTrace": "permerge.weight_match"}
+            "CurveResult": "permerge.results", "WeightMatchTrace": "permerge.weight_match"}
 _NPZ_MAGIC = b"PK\x03\x04"
 MAX_DEPTH = 64  # nesting of a value's structure (the deepest real value nests 6 levels)
 MAX_META_BYTES = 64 << 20  # its structure as JSON
@@ -331,7 +331,7 @@ def _check_row(r) -> None:
 
 
 def _check_curve(v) -> None:
-    from .pipeline import CurveResult
+    from .results import CurveResult
 
     _is(v, CurveResult)
     _is(v.rows, list)

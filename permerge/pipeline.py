@@ -30,6 +30,7 @@ from .interpolate import (barrier, barrier_sem, check_finite_loss, clone_state, 
                           interpolate_state, lambda_grid)
 from .memory import give_back
 from .permute import equivalence, logit_error, permute_model
+from .results import CurveResult  # noqa: F401 (re-exported: callers import it from here)
 from .stats import DEFAULT_FRACTIONS, StatsResult, collect_stats, resolve_precision, stats_bytes
 
 # statistics larger than this are released once a job's alignments are computed (Pipeline.release_stats)
@@ -79,24 +80,6 @@ class Prepared:
     data_hash: str
     eval_hash: str
     task: str | None = None
-
-
-@dataclass
-class CurveResult:
-    method: str
-    options: dict
-    rows: list[dict]  # lambda, loss, and pseudo_perplexity, perplexity or accuracy
-    barrier: float
-    barrier_lambda: float
-    loss_a: float
-    loss_b: float  # the ORIGINAL B's loss
-    function_preserving: bool
-    fraction: float = 1.0
-    tokens: int | None = None
-    # standard error of the barrier over the scored tokens (MLM) or examples (classifiers): the
-    # spread of L_t(lambda*) - (L_t(A) + L_t(B)) / 2 over items t, at the barrier's lambda*
-    barrier_se: float | None = None
-    items: int | None = None  # scored tokens or examples
 
 
 @dataclass

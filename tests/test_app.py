@@ -366,3 +366,20 @@ def test_statistics_precision_is_offered_and_reaches_the_job(monkeypatch):
     assert_clean(at)
     [b for b in at.button if b.label == "Run alignment"][0].click().run()
     assert submitted and '"precision": "bf16"' in submitted[0]
+
+
+def test_the_cache_stores_curves_without_importing_the_pipeline():
+    """The cache knows the values it stores (permerge.results), not the stages that compute them: a
+    curve goes through the cache and back with permerge.pipeline never imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from permerge.cache import decode, encode\n"
+            "from permerge.results import CurveResult\n"
+            "c = CurveResult('vanilla', {}, [{'lambda': 0.0, 'loss': 1.5}], 0.1, 0.5, 1.0, 1.2, True)\n"
+            "assert decode(encode(c)) == c\n"
+            "print('permerge.pipeline' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
