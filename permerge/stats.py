@@ -406,6 +406,106 @@ def _autocast(device_type: str, precision: str):
     return torch.autocast(device_type, enabled=False)
 
 
+class _Capture:
+    """The forward hooks of one statistics pass.  Model A's features at each group's capture point
+    are held until model B's forward reaches the same point; the pair then goes into the group's
+    accumulator (float32 products, whatever the forwards' precision)."""
+
+    def __init__(self, spec, groups: list[str], accs: dict, device, precision: str):
+        self.spec, self.groups, self.accs, self.device, self.precision = spec, groups, accs, device, precision
+        self.dev_type = torch.device(device).type
+        self.feats_a: dict[str, torch.Tensor] = {}
+        self.keep = None  # the kept positions of the current chunk (None: every position)
+        self.model = "a"  # whose forward is running
+        self.order: list[str] = []  # capture points in the order model A's forward reaches them
+        self.handles = []
+
+    def _hook(self, g: str):
+        grp = self.spec.groups[g]
+        acc = self.accs[g]
+        cols = None if grp.columns is None else torch.as_tensor(grp.columns, dtype=torch.long, device=self.device)
+
+        def take(x: torch.Tensor):
+            if cols is not None:  # the capture's output holds more than the features (a fused projection)
+                x = x.index_select(-1, cols)
+            if grp.per_sentence:
+                rows = x.reshape(x.shape[0], -1)
+            else:
+                rows = x.reshape(-1, x.shape[-1])
+                if self.keep is not None:
+                    rows = rows.index_select(0, self.keep)
+            if self.model == "a":
+                self.feats_a[g] = rows
+                if acc.shift_a is None and g not in self.order:
+                    self.order.append(g)
+            else:
+                with torch.autocast(self.dev_type, enabled=False):
+                    acc.add(self.feats_a.pop(g), rows)
+
+        if grp.capture_io == "input":
+            return lambda mod, args: take(args[0])
+        return lambda mod, args, out: take(out[0] if isinstance(out, tuple) else out)
+
+    def install(self, model_a, model_b) -> None:
+        for model in (model_a, model_b):
+            modules = dict(model.named_modules())
+            for g in self.groups:
+                grp = self.spec.groups[g]
+                if grp.capture not in modules:
+                    raise ValueError(f"capture module {grp.capture} not found")
+                m, hook = modules[grp.capture], self._hook(g)
+                self.handles.append(m.register_forward_pre_hook(hook) if grp.capture_io == "input"
+                                    else m.register_forward_hook(hook))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.feats_a.clear()
+
+    def forward(self, model_a, model_b, inputs: dict, keep) -> None:
+        """Both models over one chunk; every capture point lies in the encoder (and pooler), so the
+        heads need not run."""
+        self.keep = keep
+        with _autocast(self.dev_type, self.precision):
+            self.model = "a"
+            model_a.base_model(**inputs)
+            self.model = "b"
+            model_b.base_model(**inputs)
+        self.feats_a.clear()
+
+    def check_finite(self) -> None:
+        """One device read for all points: a NaN or inf feature makes its sum of squares
+        non-finite.  Names the first point in forward order, model A before model B."""
+        accs = self.accs
+        seen = [g for g in self.order if accs[g].shift_a is not None] + \
+            [g for g in self.groups if g not in self.order and accs[g].shift_a is not None]
+        if not seen:
+            return
+        flags = torch.stack([torch.stack([accs[g].sq_a.sum(), accs[g].sq_b.sum()]) for g in seen])
+        ok = torch.isfinite(flags).tolist()
+        for col, model in ((0, "A"), (1, "B")):
+            for g, f in zip(seen, ok):
+                if not f[col]:
+                    grp = self.spec.groups[g]
+                    hint = f" (under {self.precision} forwards: try --precision fp32)" if self.precision in _LOW else ""
+                    raise StatisticsError(f"non-finite feature values (NaN or inf) at {grp.capture} ({grp.name}) "
+                                          f"of model {model}{hint}")
+
+
+def _chunk_inputs(batches: list[dict], idx: list[int], rows, spec, device, exclude_special: bool):
+    """The model inputs of one chunk (batches ``idx`` merged, cut to ``rows``) on the device, and
+    the positions whose features count (None: all of them)."""
+    batch = _merge(batches, idx)
+    if rows is not None:
+        batch = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    inputs = {k: v.to(device, non_blocking=True) for k, v in spec.model_inputs(batch).items()}
+    keep = batch["attention_mask"].bool()  # on the host: no device round trip
+    if exclude_special and "special_tokens_mask" in batch:
+        keep &= ~batch["special_tokens_mask"].bool()
+    return inputs, None if bool(keep.all()) else keep.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
                   fractions=DEFAULT_FRACTIONS, exclude_special: bool = False,
@@ -445,64 +545,7 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
     model_b.eval().to(device)
     accs = {g: _Accumulator(spec.groups[g].size, spec.groups[g].size, device, staged=dev_type != "cuda")
             for g in groups}
-    feats_a: dict[str, torch.Tensor] = {}
-    rows_of: dict[str, object] = {}  # "idx": None (every position) or the kept positions
-    current = {"model": "a"}
-    order: list[str] = []  # capture points in the order model A's forward reaches them
-
-    def grab(g: str):
-        grp = spec.groups[g]
-        acc = accs[g]
-        cols = None if grp.columns is None else torch.as_tensor(grp.columns, dtype=torch.long, device=device)
-
-        def take(x: torch.Tensor):
-            if cols is not None:  # the capture's output holds more than the features (a fused projection)
-                x = x.index_select(-1, cols)
-            if grp.per_sentence:
-                rows = x.reshape(x.shape[0], -1)
-            else:
-                rows = x.reshape(-1, x.shape[-1])
-                if rows_of["idx"] is not None:
-                    rows = rows.index_select(0, rows_of["idx"])
-            if current["model"] == "a":
-                feats_a[g] = rows
-                if acc.shift_a is None and g not in order:
-                    order.append(g)
-            else:
-                with torch.autocast(dev_type, enabled=False):
-                    acc.add(feats_a.pop(g), rows)
-
-        if grp.capture_io == "input":
-            return lambda mod, args: take(args[0])
-        return lambda mod, args, out: take(out[0] if isinstance(out, tuple) else out)
-
-    def check_finite() -> None:
-        """One device read for all points: a NaN or inf feature makes its sum of squares
-        non-finite.  Names the first point in forward order, model A before model B."""
-        seen = [g for g in order if accs[g].shift_a is not None] + [g for g in groups if g not in order
-                                                                    and accs[g].shift_a is not None]
-        if not seen:
-            return
-        flags = torch.stack([torch.stack([accs[g].sq_a.sum(), accs[g].sq_b.sum()]) for g in seen])
-        ok = torch.isfinite(flags).tolist()
-        for col, model in ((0, "A"), (1, "B")):
-            for g, f in zip(seen, ok):
-                if not f[col]:
-                    grp = spec.groups[g]
-                    hint = f" (under {precision} forwards: try --precision fp32)" if precision in _LOW else ""
-                    raise StatisticsError(f"non-finite feature values (NaN or inf) at {grp.capture} ({grp.name}) "
-                                          f"of model {model}{hint}")
-
-    handles = []
-    for model in (model_a, model_b):
-        modules = dict(model.named_modules())
-        for g in groups:
-            grp = spec.groups[g]
-            if grp.capture not in modules:
-                raise ValueError(f"capture module {grp.capture} not found")
-            m = modules[grp.capture]
-            hook = grab(g)
-            handles.append(m.register_forward_pre_hook(hook) if grp.capture_io == "input" else m.register_forward_hook(hook))
+    capture = _Capture(spec, groups, accs, device, precision)
     cuts = snapshot_batches(len(batches), fractions)
     cut_at = {k: [f for f, kk in cuts.items() if kk == k] for k in set(cuts.values())}
     snapshots, snapshot_tokens = {}, {}
@@ -513,27 +556,13 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
         torch.backends.cuda.matmul.allow_tf32 = precision in _LOW
     first = True
     try:
+        capture.install(model_a, model_b)  # removed in the end whatever happens, as are the held features
         for idx, rows, last in _device_chunks(batches, lambda i: i % world == rank, set(cut_at), merge_tokens,
                                               split_tokens):
             if idx:
-                batch = _merge(batches, idx)
-                if rows is not None:
-                    batch = {k: v[rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-                b = {k: v.to(device, non_blocking=True) for k, v in spec.model_inputs(batch).items()}
-                keep = batch["attention_mask"].bool()  # on the host: no device round trip
-                if exclude_special and "special_tokens_mask" in batch:
-                    keep &= ~batch["special_tokens_mask"].bool()
-                rows_of["idx"] = None if bool(keep.all()) else \
-                    keep.flatten().nonzero().squeeze(1).to(device, non_blocking=True)
-                # every capture point lies in the encoder (and pooler): the heads need not run
-                with _autocast(dev_type, precision):
-                    current["model"] = "a"
-                    model_a.base_model(**b)
-                    current["model"] = "b"
-                    model_b.base_model(**b)
-                feats_a.clear()
+                capture.forward(model_a, model_b, *_chunk_inputs(batches, idx, rows, spec, device, exclude_special))
                 if first:  # a broken checkpoint shows in its first batch: one early device read
-                    check_finite()
+                    capture.check_finite()
                     first = False
             for j in range(seen_upto, last + 1):
                 tokens += int(batches[j]["attention_mask"].sum())
@@ -546,11 +575,9 @@ def collect_stats(model_a, model_b, spec, batches: list[dict], *, device="cpu",
             seen_upto = last + 1
             if progress:
                 progress("statistics", last + 1, len(batches), tokens=tokens)
-        check_finite()
+        capture.check_finite()
     finally:
-        for h in handles:
-            h.remove()
-        feats_a.clear()
+        capture.remove()
         if dev_type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = tf32
     if snap_home is not None and snapshots:

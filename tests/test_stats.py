@@ -1,4 +1,6 @@
 """Streaming statistics against a float64 reference from stored activations; additivity."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -130,6 +132,21 @@ def test_nan_features_give_a_clear_error():
         b.bert.encoder.layer[0].intermediate.dense.bias[0] = float("nan")
     with pytest.raises(StatisticsError, match="non-finite.*model B"):
         collect_stats(a, b, spec_for(a), random_batches(1), fractions=(1.0,))
+    # the pass's hooks are gone with it: the models compute as before
+    hooked = [m for model in (a, b) for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert not hooked
+
+
+def test_a_missing_capture_point_leaves_no_hooks_behind():
+    kw = CONFIGS["mlm-tied-h5-dk6"]
+    a, b = make_model(1, **kw), make_model(2, **kw)
+    spec = spec_for(a)
+    last = list(spec.groups)[-1]
+    broken = dataclasses.replace(spec, groups={**spec.groups,
+                                               last: dataclasses.replace(spec.groups[last], capture="no.such.module")})
+    with pytest.raises(ValueError, match="no.such.module"):
+        collect_stats(a, b, broken, random_batches(1), fractions=(1.0,))
+    assert not [m for model in (a, b) for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]
 
 
 def test_empty_statistics_error():
