@@ -300,18 +300,23 @@ MY_PAGES = ["app.py", "pages/run.py", "pages/interpolation.py", "pages/methods.p
             "pages/features.py", "pages/steps.py"]
 
 
-@pytest.mark.slow
-def test_the_package_never_imports_streamlit():
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (in the repository), which must not fail."""
     import subprocess
     import sys
 
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.slow
+def test_the_package_never_imports_streamlit():
     code = ("import importlib, pkgutil, sys, permerge\n"
             "for m in pkgutil.walk_packages(permerge.__path__, 'permerge.'):\n"
             "    if '.zoo.' not in m.name and not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
             "print('streamlit' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
     assert not (ROOT / "permerge" / "ui_state.py").exists()
 
 
@@ -371,15 +376,10 @@ def test_statistics_precision_is_offered_and_reaches_the_job(monkeypatch):
 def test_the_cache_stores_curves_without_importing_the_pipeline():
     """The cache knows the values it stores (permerge.results), not the stages that compute them: a
     curve goes through the cache and back with permerge.pipeline never imported."""
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from permerge.cache import decode, encode\n"
             "from permerge.results import CurveResult\n"
             "c = CurveResult('vanilla', {}, [{'lambda': 0.0, 'loss': 1.5}], 0.1, 0.5, 1.0, 1.2, True)\n"
             "assert decode(encode(c)) == c\n"
             "print('permerge.pipeline' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert fresh_python(code) == "False"
