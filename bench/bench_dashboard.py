@@ -112,11 +112,12 @@ def _free_port() -> int:
 _CLI_TIMED = """
 import json, sys, time
 t0 = time.perf_counter()
-import torch, transformers  # noqa: F401  (what a running dashboard has imported already)
-from permerge import cli
+import torch, transformers  # noqa: F401  (what a running dashboard has imported already:
+from transformers import AutoTokenizer, BertForMaskedLM  # noqa: F401  the model classes,
+from permerge import align, checkpoints, cli, evaluate, interpolate, pipeline, stats, study  # noqa: F401  the stages)
 t1 = time.perf_counter()
 code = cli.main(sys.argv[1:])
-print(json.dumps({"imports_s": t1 - t0, "job_s": time.perf_counter() - t1}), file=sys.stderr)
+print("TIMED " + json.dumps({"imports_s": t1 - t0, "job_s": time.perf_counter() - t1}), file=sys.stderr)
 sys.exit(code)
 """
 
@@ -134,11 +135,13 @@ def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[floa
                str(lambdas), "--eval-blocks", str(blocks), "--device", "cpu", "--cache-dir", f"{d}/cache",
                "--out", f"{d}/out", "--quiet"]
         r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True)
+        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        timed = json.loads(out.stderr.strip().splitlines()[-1])
+        if out.returncode != 0:
+            sys.stderr.write(out.stderr)
+            raise SystemExit(f"error: permerge interpolate failed (exit {out.returncode})")
+        timed = json.loads(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:])
         return wall, timed["job_s"], (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 

@@ -357,7 +357,7 @@ class _Report:
 # client's own layout: ``blobs/<etag>``, ``snapshots/<commit>/<file> -> ../../blobs/<etag>``, and
 # ``refs/<branch>``, so that ``hf_hub_download(..., local_files_only=True)`` finds it.
 PARTIAL_SUFFIX = ".permerge-partial"
-RETRIES = 5  # broken connections retried within one run, counted from the last byte received
+RETRIES = 5  # broken connections retried within one run, counted from the last time the file got further
 RETRY_PAUSE_S = 0.5
 PROGRESS_EVERY_S = 0.05
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -425,23 +425,24 @@ class _Partial:
     check: bool
     have: int = 0
     sha: object = None
-    received: int = 0  # bytes that came in this run (a restart sets ``have`` back, not this)
 
     @classmethod
     def open(cls, path: Path, size: int | None, check: bool) -> "_Partial":
-        """What an earlier run left (more bytes than the file has: dropped), hashed so far."""
+        """What an earlier run left (more bytes than the file has: dropped); ``hash_kept`` hashes it."""
         import hashlib
 
         have = path.stat().st_size if path.exists() else 0
         if size is not None and have > size:
             path.unlink()
             have = 0
-        part = cls(path, check, have, hashlib.sha256() if check else None)
-        if part.sha is not None and have:
-            with open(path, "rb") as fh:
+        return cls(path, check, have, hashlib.sha256() if check else None)
+
+    def hash_kept(self) -> None:
+        """The running sha256 over the bytes an earlier run kept (a resumed LFS file)."""
+        if self.sha is not None and self.have:
+            with open(self.path, "rb") as fh:
                 for block in iter(lambda: fh.read(2**20), b""):
-                    part.sha.update(block)
-        return part
+                    self.sha.update(block)
 
     def restart(self) -> None:
         import hashlib
@@ -451,7 +452,6 @@ class _Partial:
 
     def add(self, chunk: bytes) -> None:
         self.have += len(chunk)
-        self.received += len(chunk)
         if self.sha is not None:
             self.sha.update(chunk)
 
@@ -486,10 +486,11 @@ def _stream_once(location: str, headers: dict, part: _Partial, size: int | None,
                 report(part.have)
 
 
-def _fill(p: HubPlan, name: str, headers: dict, meta: tuple, part: _Partial, report) -> None:
+def _fill(p: HubPlan, name: str, headers: dict, meta: tuple, part: _Partial, report) -> tuple:
     """Requests the rest of the file until ``part`` holds all of it; a broken connection is retried
-    (RETRIES times since the last byte that came, each time at a fresh address); a file that changed
-    on the Hub meanwhile, a full disk or too many failures stop with the partial kept."""
+    (RETRIES times since the partial last grew past its largest size so far, each time at a fresh
+    address); a file that changed on the Hub meanwhile, a full disk or too many failures stop with the
+    partial kept.  Returns the file's latest (url, location, etag, size)."""
     import errno
     import time
 
@@ -497,15 +498,16 @@ def _fill(p: HubPlan, name: str, headers: dict, meta: tuple, part: _Partial, rep
 
     url, location, etag, size = meta
     tries = RETRIES
+    best = part.have  # a server that ignores ranges restarts the file: only going further counts
     while size is None or part.have < size:
-        before = part.received
         try:
             _stream_once(location, _request_headers(url, location, headers), part, size, report)
             if size is None or part.have >= size:  # more than the Hub lists: the caller refuses it
-                return
+                return url, location, etag, size
             raise httpx2.RemoteProtocolError("the server ended the file early")
         except (httpx2.TransportError, httpx2.StreamError) as e:
-            if part.received > before:  # bytes came: the count of retries starts again
+            if part.have > best:  # the file got further: the count of retries starts again
+                best = part.have
                 tries = RETRIES
             if tries <= 0:
                 raise CheckpointError(
@@ -525,6 +527,7 @@ def _fill(p: HubPlan, name: str, headers: dict, meta: tuple, part: _Partial, rep
             if e.errno == errno.ENOSPC:
                 raise _disk_full(p, name, part.path) from None
             raise
+    return url, location, etag, size
 
 
 def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
@@ -547,7 +550,8 @@ def _transfer(p: HubPlan, name: str, headers: dict, report, say=None) -> None:
             part = _Partial.open(path, size, check=_SHA256.fullmatch(etag) is not None)
             resumed = part.have > 0
             report(part.have, new_file=True)
-            _fill(p, name, headers, meta, part, report)
+            part.hash_kept()
+            meta = _fill(p, name, headers, meta, part, report)  # a second attempt starts at the latest address
             if size is not None and part.have != size:
                 path.unlink(missing_ok=True)
                 raise CheckpointError(f"cannot download checkpoint {p.source!r}: {name} came with {part.have} bytes, "

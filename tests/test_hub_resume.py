@@ -161,6 +161,19 @@ def test_a_server_that_ignores_the_range_gets_a_clean_restart(loopback, layouts,
     assert (folder / WEIGHTS).read_bytes() == source  # not the first 5,000 bytes twice
 
 
+def test_a_server_that_ignores_ranges_and_breaks_off_is_not_retried_for_ever(loopback, layouts, downloads,
+                                                                             monkeypatch):
+    """Every reply is the whole file (200) and breaks off after the same 50,000 bytes: each retry
+    restarts the partial and never gets further, so the retries run out instead of going on for ever."""
+    monkeypatch.setattr(H, "RETRY_PAUSE_S", 0.01)
+    repo = MB.format(0)
+    loopback.ignore_ranges = True
+    loopback.drop_every[(repo, WEIGHTS)] = 50_000
+    with pytest.raises(CheckpointError, match="run again to go on"):
+        H.fetch(H.plan(repo))
+    assert _gets(loopback) == [None] + ["bytes=50000-"] * H.RETRIES, _gets(loopback)
+
+
 def test_a_disk_that_fills_up_mid_file_gives_one_line_and_keeps_the_partial(loopback, layouts, tmp_path, capsys,
                                                                             monkeypatch):
     import builtins
