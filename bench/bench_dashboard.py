@@ -21,7 +21,9 @@ chart are drawn, between two runs of `permerge interpolate` on the same job (emp
 ``--busy N`` keeps N other processes busy meanwhile.  It prints each time, the browser-versus-command-
 line ratio against the command line's whole run and against its run after its imports (torch,
 transformers, permerge: a running dashboard has them behind it), and the share of the job's time the
-progress reporting took on the work thread.  ``--watch-cost`` measures what reading the page costs
+progress reporting took on the work thread.  A third floor is the dashboard's own job (which also
+checks B′ against B, as ``permerge interpolate`` does not) run through the job manager in a fresh
+process after its imports, with no server or browser.  ``--watch-cost`` measures what reading the page costs
 the browser, by the way the page is read.
 
     python bench/bench_dashboard.py [--tokens 16384] [--lambdas 21] [--eval-blocks 64] [--no-idle | --idle-only]
@@ -120,6 +122,42 @@ code = cli.main(sys.argv[1:])
 print("TIMED " + json.dumps({"imports_s": t1 - t0, "job_s": time.perf_counter() - t1}), file=sys.stderr)
 sys.exit(code)
 """
+
+
+_JOB_TIMED = """
+import sys, tempfile, time
+import torch, transformers  # noqa: F401
+from transformers import AutoTokenizer, BertForMaskedLM  # noqa: F401
+from permerge import work, zoo
+from permerge.align import AlignOptions
+from permerge.cache import ResultCache
+from permerge.jobs import JobManager
+from permerge.pipeline import Job
+from permerge.study import PipelineRegistry
+tokens, lambdas, blocks = map(int, sys.argv[1:4])
+a, b = zoo.default_pair()
+job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=tokens, eval_blocks=blocks,
+          device="cpu")
+with tempfile.TemporaryDirectory() as d:
+    t = time.perf_counter()
+    h = JobManager().submit("job", work.pair_work(PipelineRegistry(ResultCache(d)), job, AlignOptions(), lambdas))
+    while h.active:
+        time.sleep(0.05)
+    assert h.state == "done", h.error
+    print("TIMED", time.perf_counter() - t, file=sys.stderr)
+"""
+
+
+def job_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> float:
+    """The dashboard's own job (``work.pair_work``: the statistics, the assignments, the B′ check and
+    both curves, as the run page submits it) through the job manager in a fresh process after its
+    imports, with no server and no browser: what the browser's time would be if showing it cost nothing."""
+    out = subprocess.run([sys.executable, "-c", _JOB_TIMED, str(tokens), str(lambdas), str(blocks)], cwd=ROOT,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"error: the dashboard's job failed outside the server (exit {out.returncode})")
+    return float(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:])
 
 
 def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
@@ -307,7 +345,9 @@ def browser_main(args) -> None:
             before, before_job, cli_cpu = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             browser, cpu, cpu_browser = browser_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             after, after_job, cli_cpu2 = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
-            rows.append((before, before_job, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after, after_job))
+            bare = job_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            rows.append((before, before_job, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after, after_job,
+                         bare))
         a, b = zoo.default_pair()
         job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
                   eval_blocks=args.eval_blocks, device="cpu")
@@ -320,12 +360,13 @@ def browser_main(args) -> None:
           f"{args.busy} extra busy processes; load average at start {load[0]:.1f}, at end {os.getloadavg()[0]:.1f})")
     print("| CLI before (s): with start-up, after imports | CLI CPU, mean (s) | browser: click to result (s) "
           "| server CPU (s) | Chromium CPU (s) | CLI after (s): with start-up, after imports "
-          "| ratio to the CLIs' mean: with start-up, after imports |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for before, before_job, cli_cpu, browser, cpu, cpu_browser, after, after_job in rows:
+          "| ratio to the CLIs' mean: with start-up, after imports | the dashboard's job alone (s) "
+          "| browser / job alone |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for before, before_job, cli_cpu, browser, cpu, cpu_browser, after, after_job, bare in rows:
         print(f"| {before:.1f}, {before_job:.1f} | {cli_cpu:.1f} | {browser:.1f} | {cpu:.1f} | {cpu_browser:.1f} "
               f"| {after:.1f}, {after_job:.1f} | {browser / ((before + after) / 2):.2f}x, "
-              f"{browser / ((before_job + after_job) / 2):.2f}x |")
+              f"{browser / ((before_job + after_job) / 2):.2f}x | {bare:.1f} | {browser / bare:.2f}x |")
     print(f"progress reporting on the work thread (callbacks, and a reading every second, twice the page's rate): {share:.2%} of the job")
 
 
