@@ -57,6 +57,13 @@ from permerge.pipeline import Job  # noqa: E402
 from permerge.study import PipelineRegistry  # noqa: E402
 
 
+def default_job(tokens: int, blocks: int, device: str = "cpu") -> Job:
+    """The dashboard's default job on the bundled default pair."""
+    a, b = zoo.default_pair()
+    return Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=tokens, eval_blocks=blocks,
+               device=device)
+
+
 def wait(h, poll=0.02, first_points=None):
     """Wait for a job; with ``first_points`` also return when its progress first carried that many rows."""
     t0 = time.perf_counter()
@@ -128,16 +135,15 @@ _JOB_TIMED = """
 import sys, tempfile, time
 import torch, transformers  # noqa: F401
 from transformers import AutoTokenizer, BertForMaskedLM  # noqa: F401
-from permerge import work, zoo
+sys.path.insert(0, "bench")
+from bench_dashboard import default_job
+from permerge import work
 from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
-from permerge.pipeline import Job
 from permerge.study import PipelineRegistry
 tokens, lambdas, blocks = map(int, sys.argv[1:4])
-a, b = zoo.default_pair()
-job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=tokens, eval_blocks=blocks,
-          device="cpu")
+job = default_job(tokens, blocks)
 with tempfile.TemporaryDirectory() as d:
     t = time.perf_counter()
     h = JobManager().submit("job", work.pair_work(PipelineRegistry(ResultCache(d)), job, AlignOptions(), lambdas))
@@ -152,16 +158,23 @@ for th in threading.enumerate():  # the job's thread ends (it tidies memory afte
 """
 
 
+def _timed_child(args: list[str], env: dict, what: str) -> str:
+    """Runs ``python -c ARGS...`` in the repository; the text after "TIMED " on the last stderr line that
+    has it.  A failing child's error output is shown before this stops."""
+    out = subprocess.run([sys.executable, "-c", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr)
+        raise SystemExit(f"error: {what} failed (exit {out.returncode})")
+    return next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:]
+
+
 def job_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> float:
     """The dashboard's own job (``work.pair_work``: the statistics, the assignments, the B′ check and
     both curves, as the run page submits it) through the job manager in a fresh process after its
     imports, with no server and no browser: what the browser's time would be if showing it cost nothing."""
-    out = subprocess.run([sys.executable, "-c", _JOB_TIMED, str(tokens), str(lambdas), str(blocks)], cwd=ROOT,
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if out.returncode != 0:
-        sys.stderr.write(out.stderr)
-        raise SystemExit(f"error: the dashboard's job failed outside the server (exit {out.returncode})")
-    return float(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:])
+    return float(_timed_child([_JOB_TIMED, str(tokens), str(lambdas), str(blocks)], env,
+                              "the dashboard's job outside the server"))
 
 
 def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
@@ -171,19 +184,15 @@ def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[floa
     import json
     import resource
     with tempfile.TemporaryDirectory() as d:
-        cmd = [sys.executable, "-c", _CLI_TIMED, "interpolate", f"zoo:{zoo.DEFAULT_PAIR[0]}",
+        cmd = [_CLI_TIMED, "interpolate", f"zoo:{zoo.DEFAULT_PAIR[0]}",
                f"zoo:{zoo.DEFAULT_PAIR[1]}",
                "--data", "zoo:align.txt", "--eval-data", "zoo:eval.txt", "--tokens", str(tokens), "--lambdas",
                str(lambdas), "--eval-blocks", str(blocks), "--device", "cpu", "--cache-dir", f"{d}/cache",
                "--out", f"{d}/out", "--quiet"]
         r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        out = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        timed = json.loads(_timed_child(cmd, env, "permerge interpolate"))
         wall = time.perf_counter() - t0
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr)
-            raise SystemExit(f"error: permerge interpolate failed (exit {out.returncode})")
-        timed = json.loads(next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:])
         return wall, timed["job_s"], (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
@@ -352,10 +361,7 @@ def browser_main(args) -> None:
             bare = job_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             rows.append((before, before_job, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after, after_job,
                          bare))
-        a, b = zoo.default_pair()
-        job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
-                  eval_blocks=args.eval_blocks, device="cpu")
-        share = reporting_share(job, AlignOptions(), args.lambdas)
+        share = reporting_share(default_job(args.tokens, args.eval_blocks), AlignOptions(), args.lambdas)
     finally:
         for p in busy:
             p.terminate()
@@ -404,9 +410,8 @@ def main(argv=None):
         print(f"idle server, % of one core over 20 s: {idle_cpu():.1f} % (fileWatcherType none), "
               f"{idle_cpu(watcher='auto'):.1f} % (fileWatcherType auto); load average {os.getloadavg()[0]:.1f}")
         return
-    a, b = zoo.default_pair()
-    job = Job(a, b, data=str(zoo.align_text()), eval_data=str(zoo.eval_text()), tokens=args.tokens,
-              eval_blocks=args.eval_blocks, device=args.device)
+    a, b = zoo.default_pair()  # named in the report
+    job = default_job(args.tokens, args.eval_blocks, args.device)
     default = AlignOptions(ff=True, attention="head-perm", residual="identity")
     switched = AlignOptions(ff=True, attention="monotonic", residual="identity")
     load = os.getloadavg()

@@ -470,6 +470,7 @@ def _partial_chart(snap: dict) -> None:
 # Every update of a running job's progress costs the browser a redraw of the page (about 0.3 s of CPU
 # for the run page in headless Chromium, bench/README.md), taken from the job on a two-core machine
 POLL_S = 2.0  # the progress line of a running job is read this often
+CHART_POLL_S = 6.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
 def _ends_within(h, left, seconds: float) -> bool:
@@ -481,7 +482,6 @@ def _ends_within(h, left, seconds: float) -> bool:
     while h.active and time.monotonic() < end:
         time.sleep(0.05)
     return not h.active
-CHART_POLL_S = 6.0  # and the curve being evaluated drawn again this often (when it has new points)
 
 
 def job_panel(key: str, title: str = "Working", where=None) -> bool:

@@ -168,7 +168,7 @@ def check_writable(path: Path, need_bytes: int = 0, what: str = "--out") -> None
 
 def current_umask() -> int:
     """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
-    try:  # Linux: read it without changing it (os.umask would, for every thread)
+    try:  # Linux: from /proc
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("Umask:"):
