@@ -29,6 +29,7 @@ PAGES = {
 }
 page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
 
+from dashboard.figures import preload_plotly  # noqa: E402
 from dashboard.state import (current_run, name_md, open_run, recent_runs, record_label,  # noqa: E402 (torch)
                              run_id, settle_pending, sync_address, top_progress)
 
@@ -52,6 +53,7 @@ with st.sidebar:
                     open_run(rec.id)
                     st.rerun()
     presenter.toggle()
+    preload_plotly()  # hidden: the browser has Plotly's code ready before any job's first chart
 presenter.bar(page.title)
 # every running job of this session, at the top of whichever page is shown (the run page shows its run there)
 top_progress(skip=(st.session_state["pending_run"].key,) if page.title == "Pick and run" and "pending_run" in st.session_state

@@ -13,6 +13,24 @@ from permerge import report
 
 MIME = {"png": "image/png", "svg": "image/svg+xml", "csv": "text/csv", "html": "text/html"}
 
+# The key (a CSS class ``st-key-...`` in the page) of the hidden chart that loads Plotly with the page.
+PLOTLY_PRELOAD = "plotly_preload"
+
+
+def preload_plotly() -> None:
+    """An empty, hidden Plotly chart, so that the browser loads and starts Plotly's code with the
+    page rather than when the page's first chart arrives.  Streamlit fetches that code on its
+    first chart in a tab; in headless Chromium on two cores its first chart costs about 2 s of CPU
+    against 0.3 s for each one after (bench/README.md), and on the run page the first chart is the
+    live curve of the first job, whose work runs on the same cores.  Each later rerun sends the
+    same small figure, which the browser does not draw again."""
+    import plotly.graph_objects as go
+
+    st.html(f"<style>.st-key-{PLOTLY_PRELOAD} {{ display: none; }}</style>")
+    with st.container(key=PLOTLY_PRELOAD):
+        st.plotly_chart(go.Figure(layout={"height": 50}), key=f"{PLOTLY_PRELOAD}_chart",
+                        config={"staticPlot": True, "displayModeBar": False})
+
 
 @st.cache_resource(show_spinner=False, ttl=300)
 def _renderer() -> str | None:

@@ -49,7 +49,8 @@ TEXT = "_presenter_text"  # session_state: the tour bar's sentence slot of this 
 # per page visit (the frame's text changes with the page and the visit).
 SCROLL = """<script>
 const doc = window.parent.document; let tries = 0, settle = 0;
-const go = () => { const c = doc.querySelector('[data-testid="stPlotlyChart"]');
+const go = () => { const c = [...doc.querySelectorAll('[data-testid="stPlotlyChart"]')]
+                          .find(e => !e.closest('.st-key-%s'));  /* not the hidden chart that loads Plotly */
   const bar = doc.querySelector('.st-key-presenter_bar');
   const main = doc.querySelector('[data-testid="stMain"]') || doc.scrollingElement;
   if (c) { const below = bar ? bar.getBoundingClientRect().bottom + 8 : 0;
@@ -136,8 +137,10 @@ def scroll_to_chart(title: str) -> None:
         return
     import streamlit.components.v1 as components
 
+    from dashboard.figures import PLOTLY_PRELOAD
+
     visit = st.session_state.get("_presenter_visit", (None, 0))
     if visit[0] != title:
         visit = (title, visit[1] + 1)
         st.session_state["_presenter_visit"] = visit
-    components.html(SCROLL % f"{title} {visit[1]}", height=0)
+    components.html(SCROLL % (PLOTLY_PRELOAD, f"{title} {visit[1]}"), height=0)

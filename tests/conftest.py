@@ -23,6 +23,12 @@ def _have_default_pair() -> bool:
 HAVE_PAIR = _have_default_pair()  # the bundled default pair (mlm-seed1, mlm-seed2) is built
 
 
+def page_charts(at) -> list:
+    """The Plotly charts of an AppTest page, without the hidden empty one every page carries so that
+    the browser loads Plotly early (``dashboard.figures.preload_plotly``)."""
+    return [c for c in at.get("plotly_chart") if not c.proto.id.endswith("plotly_preload_chart")]
+
+
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory):
     """A fresh result cache for the requesting module, and the app's working directory.  Module

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import HAVE_PAIR  # noqa: E402
+from conftest import HAVE_PAIR, page_charts  # noqa: E402
 from permerge import zoo  # noqa: E402
 
 PAGES = {
@@ -85,7 +85,7 @@ def test_pages_without_result(page):
     assert_clean(at)
     assert at.title[0].value == PAGES[page]
     assert any("run an alignment first" in i.value for i in at.info)
-    assert not at.get("plotly_chart")
+    assert not page_charts(at)
 
 
 def _set(at, label, value):
@@ -132,28 +132,28 @@ def test_run_then_every_page(tmp_path):
     assert "Barrier, vanilla averaging" in metrics and "Max |logit error| of B′ vs B" in metrics
     assert "±" in metrics["Barrier, vanilla averaging"]  # the barrier's standard error beside it
     assert any("computes B's function" in s.value and "float64" in s.value for s in at.success)
-    assert len(at.get("plotly_chart")) == 2
+    assert len(page_charts(at)) == 2
     assert "zoo:mlm-seed1" in _texts(at)  # an unambiguous name
 
     at.switch_page("pages/correlations.py").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 6  # before, after, histogram, head cost, two head blocks
+    assert len(page_charts(at)) == 6  # before, after, histogram, head cost, two head blocks
     assert at.dataframe  # parameters the group touches
     at.selectbox[0].set_value("ff.0").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 3
+    assert len(page_charts(at)) == 3
 
     at.switch_page("pages/features.py").run()
     assert_clean(at)
     _wait_job(at, lambda: _key_of("features"))
-    assert len(at.get("plotly_chart")) == 1
+    assert len(page_charts(at)) == 1
     at.radio[0].set_value("every group aligned").run()
     _wait_job(at, lambda: _key_of("features"))
     import plotly.io as pio
 
     from permerge import plots
 
-    fig = pio.from_json(at.get("plotly_chart")[0].proto.spec)
+    fig = pio.from_json(page_charts(at)[0].proto.spec)
     assert {t.type for t in fig.data} == {"bar"}  # grouped bars per layer by default
     after = {t.marker.color for t in fig.data if t.name == "after"}
     assert after == {plots.method_color("FF + attn:head-perm + res:separate")}  # the shown options' colour
@@ -162,7 +162,7 @@ def test_run_then_every_page(tmp_path):
 
     at.switch_page("pages/interpolation.py").run()
     assert_clean(at)
-    assert len(at.get("plotly_chart")) == 2
+    assert len(page_charts(at)) == 2
     if zoo.list_checkpoints(kind="classifier"):  # the classifier section opens on a task the models learned
         picked = at.multiselect(key="cls_tasks").value
         assert picked and set(picked) <= set(zoo.learned_tasks()), picked
@@ -170,12 +170,12 @@ def test_run_then_every_page(tmp_path):
             assert any("Near chance" in c.value and f"{t}: dev accuracy" in c.value for c in at.caption), t
     [b for b in at.button if b.label == "Compute the Fig. 4 variants"][0].click().run()
     _wait_section(at, "fig4")
-    assert len(at.get("plotly_chart")) == 4
+    assert len(page_charts(at)) == 4
     at.number_input(key="fam_lambdas").set_value(5)  # this run's pair and settings: served from the cache
     at.run()
     [b for b in at.button if b.label == "Compute the curves over pairs"][0].click().run()
     _wait_section(at, "family")
-    assert len(at.get("plotly_chart")) == 6
+    assert len(page_charts(at)) == 6
     assert "zoo:mlm-seed1 | zoo:mlm-seed2" in _texts(at)
 
     at.switch_page("pages/data_amount.py").run()
@@ -183,7 +183,7 @@ def test_run_then_every_page(tmp_path):
     at.number_input[1].set_value(3)
     [b for b in at.button if b.label == "Compute"][0].click().run()
     _wait_section(at, "amount")
-    assert len(at.get("plotly_chart")) == 1
+    assert len(page_charts(at)) == 1
     amount = at.dataframe[-1].value
     assert amount["tokens"].nunique() > 3, amount  # the default amount gives more than 3 distinct points
 
@@ -191,7 +191,7 @@ def test_run_then_every_page(tmp_path):
     assert_clean(at)
     labels = [b.label for b in at.get("download_button")]
     assert any("Permutations" in x for x in labels) and any(".csv" in x for x in labels)
-    assert len(at.get("plotly_chart")) == 1
+    assert len(page_charts(at)) == 1
     out = Path(os.environ["PERMERGE_CACHE"]).resolve() / "exports" / "merged"  # the page writes only there
     at.text_input[0].set_value("merged").run()
     [b for b in at.button if b.label == "Save merged model"][0].click().run()
@@ -206,7 +206,7 @@ def test_run_then_every_page(tmp_path):
     at.run()
     [b for b in at.button if b.label == "Compute the tables"][0].click().run()
     _wait_section(at, "methods")
-    assert at.dataframe and len(at.get("plotly_chart")) == 1
+    assert at.dataframe and len(page_charts(at)) == 1
     table = at.dataframe[0].value
     assert "None" not in table.astype(str).values and "nan" not in table.astype(str).values
     assert any("One pair" in c.value for c in at.caption)
@@ -237,13 +237,13 @@ def test_run_then_every_page(tmp_path):
     assert "zoo:mlm-seed3" in _texts(at)
     at.switch_page("pages/interpolation.py").run()
     _wait_job(at, lambda: at.session_state["run"].key)
-    assert len(at.get("plotly_chart")) == 2  # this pair only: the first pair's Fig. 4 and family are not shown
+    assert len(page_charts(at)) == 2  # this pair only: the first pair's Fig. 4 and family are not shown
     text = _texts(at)
     assert "zoo:mlm-seed3" in text and "zoo:mlm-seed2" not in text
     for page in ("pages/methods.py", "pages/data_amount.py"):
         at.switch_page(page).run()
         assert_clean(at)
-        assert not at.get("plotly_chart"), page  # the first pair's result belongs to the first run
+        assert not page_charts(at), page  # the first pair's result belongs to the first run
         assert "zoo:mlm-seed2" not in _texts(at), page
 
 

@@ -14,6 +14,7 @@ from permerge.errors import PermergeError  # noqa: E402
 from permerge.pipeline import Job  # noqa: E402
 from permerge.study import FIG4  # noqa: E402
 from test_app_lecture import assert_clean, curve, fake_run, fresh, put, texts  # noqa: E402
+from conftest import page_charts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
 
@@ -105,7 +106,7 @@ def test_the_address_opens_the_run_and_its_studies_in_a_new_session():
 def _specs(at):
     import json
 
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return [json.loads(c.proto.spec) for c in page_charts(at)]
 
 
 def test_an_unknown_address_says_so():

@@ -20,6 +20,7 @@ from permerge import plots, shapes, verdicts, views  # noqa: E402
 from permerge.align import VANILLA, AlignOptions  # noqa: E402
 from permerge.pipeline import CurveResult, Job  # noqa: E402
 from permerge.plan import JobPlan  # noqa: E402
+from conftest import page_charts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
@@ -46,7 +47,7 @@ def texts(at) -> str:
 def figures(at) -> list:
     import plotly.io as pio
 
-    return [pio.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+    return [pio.from_json(c.proto.spec) for c in page_charts(at)]
 
 
 def put(key: str, result) -> None:

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import HAVE_PAIR  # noqa: E402
+from conftest import HAVE_PAIR, page_charts  # noqa: E402
 from permerge import zoo  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
@@ -30,7 +30,7 @@ def test_the_page_asks_for_a_run_first():
     assert_clean(at)
     assert at.title[0].value == "Activation vs weight matching"
     assert any("run an alignment first" in i.value for i in at.info)
-    assert not at.get("plotly_chart")
+    assert not page_charts(at)
 
 
 def test_the_run_page_offers_the_matcher_and_the_job_carries_it(monkeypatch):
@@ -63,7 +63,7 @@ def test_both_matchers_on_the_runs_pair():
     at.session_state["run"] = Run(job, AlignOptions(), 3, "test-matchers")
     at.run().switch_page(PAGE).run()
     assert_clean(at)
-    assert not at.get("plotly_chart")
+    assert not page_charts(at)
     [w for w in at.number_input if w.label == "λ points"][0].set_value(3)
     [x for x in at.button if x.label == "Compare the matchers"][0].click().run()
     # The result can show in a run that began while the job was still marked running: that run also
@@ -77,7 +77,7 @@ def test_both_matchers_on_the_runs_pair():
             break
         assert time.time() - t0 < 600, "the matcher comparison did not finish in 10 minutes"
         time.sleep(1.0)
-    assert len(at.get("plotly_chart")) == 3  # barriers, curves, agreement (no partial curve)
+    assert len(page_charts(at)) == 3  # barriers, curves, agreement (no partial curve)
     pair = "zoo:mlm-seed1 | zoo:mlm-seed2"
     for sub in at.subheader:  # every result names the pair it belongs to
         assert "mlm-seed1" in sub.value and "mlm-seed2" in sub.value, sub.value

@@ -14,6 +14,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from permerge import zoo  # noqa: E402
+from conftest import page_charts  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("app_env")  # this module's own result cache (conftest)
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def test_download_menu_under_a_chart_and_presenter_view():
     assert_clean(at)
     assert at.title[0].value == "Start here"
     assert at.toggle(key="presenter_toggle").value is False  # offered in the sidebar
-    if at.get("plotly_chart"):  # the bundled measurement is drawn: its downloads are offered
+    if page_charts(at):  # the bundled measurement is drawn: its downloads are offered
         labels = [b.label for b in at.get("download_button")]
         assert {"PNG image", "SVG image", "Data (CSV)"} <= set(labels), labels
         names = [text_of(render(b.proto.help)) for b in at.get("download_button")]  # the help names the file

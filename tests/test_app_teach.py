@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from conftest import HAVE_PAIR  # noqa: E402
+from conftest import HAVE_PAIR, page_charts  # noqa: E402
 from permerge import plots, views  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def assert_clean(at: AppTest) -> None:
 def figures(at) -> list:
     import plotly.io as pio
 
-    return [pio.from_json(c.proto.spec) for c in at.get("plotly_chart")]
+    return [pio.from_json(c.proto.spec) for c in page_charts(at)]
 
 
 def array(v) -> np.ndarray:
@@ -103,7 +103,7 @@ def test_permutation_page_without_result():
     assert_clean(at)
     assert at.title[0].value == "See the permutation"
     assert any("run an alignment first" in i.value for i in at.info)
-    assert not at.get("plotly_chart")
+    assert not page_charts(at)
 
 
 # --- after a run -------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_permutation_page_steps_and_b_prime_computes_b(ran):
     assert any("B′ computes B" in s for s in ok), ok
     assert any("bit for bit" in s for s in ok), ok
     # one unit: the in-projection and out-projection panels, and the permutation matrix
-    assert len(at.get("plotly_chart")) == 3
+    assert len(page_charts(at)) == 3
     titles = [title_of(f) for f in figures(at)]
     from dashboard.state import registry
 

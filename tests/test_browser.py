@@ -205,9 +205,9 @@ def set_number(drv, label: str, value: int):
 
 
 def plotly_count(drv) -> int:
-    from selenium.webdriver.common.by import By
-
-    return len(drv.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
+    """Plotly's drawn layers on the page, not counting the hidden chart that loads Plotly with the page."""
+    return drv.execute_script("return [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
+                              ".filter(e => !e.closest('.st-key-plotly_preload')).length")
 
 
 def test_dashboard_in_browser(server, browser):
@@ -221,6 +221,12 @@ def test_dashboard_in_browser(server, browser):
     wait_for(drv, lambda: "run an alignment first" in drv.find_element(By.TAG_NAME, "body").text, 60, "the note")
     wait_for(drv, lambda: "Go to Pick and run" in drv.find_element(By.TAG_NAME, "body").text, 15, "the link")
     shot(drv, "01-no-result-yet")
+    # Plotly's code was loaded and run with the page, before any chart: a hidden, empty chart drawn
+    hidden = wait_for(drv, lambda: drv.execute_script(
+        "const p = document.querySelector('.st-key-plotly_preload');"
+        "return p && p.querySelector('.js-plotly-plot .main-svg') ? getComputedStyle(p).display : null"),
+        30, "Plotly loaded with the page")
+    assert hidden == "none" and plotly_count(drv) == 0
     click_text(drv, "a", "Go to Pick and run")
     wait_for(drv, lambda: title_is(drv, "Pick and run"), 30, "the run page after the link")
 

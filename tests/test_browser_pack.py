@@ -14,9 +14,9 @@ pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
 
 
 def _plots(drv) -> int:
-    from selenium.webdriver.common.by import By
-
-    return len(drv.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg"))
+    """Plotly's drawn layers on the page, not counting the hidden chart that loads Plotly with the page."""
+    return drv.execute_script("return [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
+                              ".filter(e => !e.closest('.st-key-plotly_preload')).length")
 
 
 def _sidebar_shown(drv) -> bool:

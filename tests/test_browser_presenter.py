@@ -14,7 +14,8 @@ pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
 
 IN_VIEW = """
 const bar = document.querySelector('.st-key-presenter_bar');
-const chart = document.querySelector('[data-testid="stPlotlyChart"]');
+const chart = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+              .find(e => !e.closest('.st-key-plotly_preload'));  // not the hidden chart that loads Plotly
 if (!bar || !chart) { return null; }
 const b = bar.getBoundingClientRect(), c = chart.getBoundingClientRect();
 return {bar_top: b.top, bar_bottom: b.bottom, chart_top: c.top, chart_bottom: c.bottom, height: window.innerHeight};

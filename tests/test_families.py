@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_batches, random_valid_perms
+from conftest import random_batches, random_valid_perms, page_charts
 from permerge.align import AlignOptions, compute_alignment
 from permerge.arch import FAMILIES, spec_for
 from permerge.arch.spec import axis_index
@@ -415,7 +415,7 @@ def test_dashboard_runs_other_families(saved_pair, tmp_path, monkeypatch):
         at.run()
         assert not at.exception, (page, [e.value for e in at.exception])
         if page in ("pages/correlations.py", "pages/features.py", "pages/interpolation.py"):
-            assert at.get("plotly_chart"), page
+            assert page_charts(at), page
     state.registry.clear()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import grouped_valid_perms, random_valid_perms
+from conftest import grouped_valid_perms, random_valid_perms, page_charts
 from permerge.align import AlignOptions, compute_alignment
 from permerge.arch import spec_for
 from permerge.permute import equivalence, logit_error, permute_model
@@ -248,7 +248,7 @@ def test_dashboard_shows_rope_heads(family, tmp_path, monkeypatch):
     for group in ("att.0", "qk.0"):
         at.selectbox(key="corr_group").set_value(group).run()
         _settle(at, state)
-        charts = at.get("plotly_chart")
+        charts = page_charts(at)
         assert charts and max(_head_lines(c) for c in charts) >= heads - 1, group  # head block lines
     at.switch_page("pages/permutation.py").run()
     _settle(at, state)
@@ -258,7 +258,7 @@ def test_dashboard_shows_rope_heads(family, tmp_path, monkeypatch):
     for page in ("pages/features.py", "pages/interpolation.py"):
         at.switch_page(page).run()
         _settle(at, state)
-        assert at.get("plotly_chart"), page
+        assert page_charts(at), page
     state.registry.clear()
 
 

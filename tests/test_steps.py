@@ -8,6 +8,7 @@ import torch
 from permerge.align import AlignOptions
 from permerge.errors import PermergeError
 from permerge import steps
+from conftest import page_charts  # noqa: E402
 
 KW = dict(hidden_size=16, num_attention_heads=2, intermediate_size=24, num_hidden_layers=1, rotary_pct=0.25,
           max_position_embeddings=64, hidden_dropout=0.0, attention_dropout=0.0)
@@ -126,5 +127,5 @@ def test_training_steps_page(runs, tmp_path, monkeypatch):
         time.sleep(0.5)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert len(at.get("plotly_chart")) >= 1 + 2 * 2  # the barrier chart, curves per series and method
+    assert len(page_charts(at)) >= 1 + 2 * 2  # the barrier chart, curves per series and method
     state.registry.clear()
