@@ -263,13 +263,27 @@ def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
                     return False
 
             _until(lambda: shows("Compatible", "Run alignment"), 120, "the run page")
-            time.sleep(1.0)  # the page settles (its script run ends)
+            _settle(drv.service.process.pid)
             yield drv, server, shows
         finally:
             if drv is not None:
                 drv.quit()
             server.terminate()
             server.wait(10)
+
+
+def _settle(pid: int, quiet_s: float = 0.1, timeout: float = 30.0) -> float:
+    """Waits until the browser (``pid`` and its children) has used under ``quiet_s`` CPU seconds in
+    one second, as a page that has finished loading does (at most ``timeout`` seconds); returns the
+    seconds waited.  A fixed pause after the page's text shows would start the timed run while the
+    browser may still be drawing or loading code for the page."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        c = _cpu_seconds(pid)
+        time.sleep(1.0)
+        if _cpu_seconds(pid) - c < quiet_s:
+            break
+    return time.perf_counter() - t0
 
 
 def _until(cond, timeout: float, what: str) -> None:
