@@ -6,6 +6,8 @@ so that a page draws as fast as without them.  ``lecture_pack_button`` offers th
 """
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 from dashboard.text import md
@@ -18,18 +20,28 @@ PLOTLY_PRELOAD = "plotly_preload"
 
 
 def preload_plotly() -> None:
-    """An empty, hidden Plotly chart, so that the browser loads and starts Plotly's code with the
-    page rather than when the page's first chart arrives.  Streamlit fetches that code on its
+    """An empty-looking, hidden Plotly chart, so that the browser loads and starts Plotly's code with
+    the page rather than when the page's first chart arrives.  Streamlit fetches that code on its
     first chart in a tab; in headless Chromium on two cores its first chart costs about 2 s of CPU
     against 0.3 s for each one after (bench/README.md), and on the run page the first chart is the
-    live curve of the first job, whose work runs on the same cores.  Each later rerun sends the
-    same small figure, which the browser does not draw again."""
-    import plotly.graph_objects as go
-
+    live curve of the first job, whose work runs on the same cores.  The figure is a curve chart
+    built once per server process, which also imports what the server's first chart needs (Plotly's
+    data conversion) with the first page rather than in the middle of a job.  Later reruns send the
+    same figure, which the browser does not draw again."""
     st.html(f"<style>.st-key-{PLOTLY_PRELOAD} {{ display: none; }}</style>")
     with st.container(key=PLOTLY_PRELOAD):
-        st.plotly_chart(go.Figure(layout={"height": 50}), key=f"{PLOTLY_PRELOAD}_chart",
+        st.plotly_chart(_preload_figure(), key=f"{PLOTLY_PRELOAD}_chart",
                         config={"staticPlot": True, "displayModeBar": False})
+
+
+@functools.cache
+def _preload_figure():
+    import pandas as pd
+
+    from permerge import plots
+
+    df = pd.DataFrame({"lambda": [0.0, 1.0], "loss": [0.0, 0.0], "method": ["", ""], "function_preserving": True})
+    return plots.curves(df, "loss").update_layout(height=50)
 
 
 @st.cache_resource(show_spinner=False, ttl=300)
