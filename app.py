@@ -30,8 +30,8 @@ PAGES = {
 page = st.navigation(PAGES)  # before the heavy imports below: the sidebar shows the titles at once
 
 from dashboard.figures import preload_plotly  # noqa: E402
-from dashboard.state import (current_run, name_md, open_run, recent_runs, record_label,  # noqa: E402 (torch)
-                             run_id, settle_pending, sync_address, top_progress)
+from dashboard.state import (current_run, freeze_imports, name_md, open_run, recent_runs,  # noqa: E402 (torch)
+                             record_label, run_id, settle_pending, sync_address, top_progress)
 
 sync_address()
 settle_pending()  # a run that has just finished is the current run before the sidebar is drawn
@@ -59,4 +59,7 @@ presenter.bar(page.title)
 top_progress(skip=(st.session_state["pending_run"].key,) if page.title == "Pick and run" and "pending_run" in st.session_state
              else ())
 
-page.run()
+try:
+    page.run()
+finally:  # once per server process, after the first page's imports: full collections skip them
+    freeze_imports()

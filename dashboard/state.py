@@ -69,6 +69,21 @@ def jobs() -> JobManager:
     return JobManager()
 
 
+@st.cache_resource(show_spinner=False)
+def freeze_imports() -> int:
+    """Once per server process, after torch, transformers and permerge are imported (on the first
+    page): the objects alive then, nearly all of them the imported modules', go to the collector's
+    permanent generation (``gc.freeze``).  Python's automatic full collections, which a job on the
+    bundled pair triggers about twice, then skip them: each took about 0.2 s with the interpreter
+    lock held, stalling the job's thread and the page's script meanwhile.  Returns how many objects
+    were frozen."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 @dataclass(frozen=True)
 class Run:
     """What a finished run on the run page leaves in the session for the other pages."""

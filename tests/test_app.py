@@ -373,6 +373,22 @@ def test_statistics_precision_is_offered_and_reaches_the_job(monkeypatch):
     assert submitted and '"precision": "bf16"' in submitted[0]
 
 
+@pytest.mark.slow
+def test_the_first_page_freezes_the_imported_modules_for_the_collector():
+    """After a fresh process's first page, full collections skip the imported modules (torch,
+    transformers, permerge, Streamlit): they are in the permanent generation, few objects are left
+    for the collector to walk, and a second page freezes nothing more (the count only shrinks as
+    frozen objects are freed)."""
+    code = ("import gc\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            "at = AppTest.from_file('app.py', default_timeout=120).run()\n"
+            "assert not at.exception, [e.value for e in at.exception]\n"
+            "frozen = gc.get_freeze_count()\n"
+            "at.run()\n"
+            "print(frozen > 100_000, gc.get_freeze_count() <= frozen, len(gc.get_objects()) < frozen // 10)")
+    assert fresh_python(code) == "True True True"
+
+
 def test_the_cache_stores_curves_without_importing_the_pipeline():
     """The cache knows the values it stores (permerge.results), not the stages that compute them: a
     curve goes through the cache and back with permerge.pipeline never imported."""
