@@ -142,19 +142,39 @@ from permerge.align import AlignOptions
 from permerge.cache import ResultCache
 from permerge.jobs import JobManager
 from permerge.study import PipelineRegistry
+import gc, json
 tokens, lambdas, blocks = map(int, sys.argv[1:4])
+if sys.argv[4:] == ["freeze"]:  # as the dashboard's server does after its first page
+    gc.collect()
+    gc.freeze()
+full = [0, 0.0, None]  # the job's full collections: how many, seconds with the interpreter lock held
+
+
+def count(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            full[2] = time.perf_counter()
+        else:
+            full[0], full[1] = full[0] + 1, full[1] + time.perf_counter() - full[2]
+
+
 job = default_job(tokens, blocks)
 with tempfile.TemporaryDirectory() as d:
+    gc.callbacks.append(count)
     t = time.perf_counter()
     h = JobManager().submit("job", work.pair_work(PipelineRegistry(ResultCache(d)), job, AlignOptions(), lambdas))
     while h.active:
-        time.sleep(0.05)
+        time.sleep(0.01)
+    seconds = time.perf_counter() - t
+    import threading
+    for th in threading.enumerate():  # after its result the job's thread tidies memory (one full collection)
+        if th.name.startswith("permerge-"):
+            th.join(60)
+    gc.callbacks.remove(count)
     assert h.state == "done", h.error
-    print("TIMED", time.perf_counter() - t, file=sys.stderr)
-import threading
-for th in threading.enumerate():  # the job's thread ends (it tidies memory after its result) before exit
-    if th.name.startswith("permerge-"):
-        th.join(60)
+    print("TIMED " + json.dumps({"job_s": seconds, "full_collections": full[0],
+                                 "full_collection_s": full[1], "tracked_objects": len(gc.get_objects())}),
+          file=sys.stderr)
 """
 
 
@@ -169,12 +189,24 @@ def _timed_child(args: list[str], env: dict, what: str) -> str:
     return next(x for x in reversed(out.stderr.splitlines()) if x.startswith("TIMED "))[6:]
 
 
-def job_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> float:
+def job_alone(tokens: int, lambdas: int, blocks: int, env: dict, freeze: bool = False) -> dict:
     """The dashboard's own job (``work.pair_work``: the statistics, the assignments, the B′ check and
     both curves, as the run page submits it) through the job manager in a fresh process after its
-    imports, with no server and no browser: what the browser's time would be if showing it cost nothing."""
-    return float(_timed_child([_JOB_TIMED, str(tokens), str(lambdas), str(blocks)], env,
-                              "the dashboard's job outside the server"))
+    imports, with no server and no browser: what the browser's time would be if showing it cost
+    nothing.  {job_s, full_collections, full_collection_s, tracked_objects}: the job's seconds until
+    its result is seen, the collector's full collections from its start until its thread ended and
+    their seconds (the last one is the job manager's, right after the result: it holds the
+    interpreter lock, so the thread that would draw the result waits for it and ``job_s`` includes
+    it), and the objects the collector tracks after it.  ``freeze``: the imported modules first go to the permanent generation, as the
+    dashboard's server does after its first page."""
+    import json
+    return json.loads(_timed_child([_JOB_TIMED, str(tokens), str(lambdas), str(blocks)] + ["freeze"] * freeze, env,
+                                   "the dashboard's job outside the server"))
+
+
+def job_seconds(tokens: int, lambdas: int, blocks: int, env: dict, freeze: bool = False) -> float:
+    """``job_alone``'s seconds."""
+    return job_alone(tokens, lambdas, blocks, env, freeze)["job_s"]
 
 
 def cli_seconds(tokens: int, lambdas: int, blocks: int, env: dict) -> tuple[float, float, float]:
@@ -213,10 +245,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
-    """A fresh `streamlit run app.py` (empty cache) with headless Chromium on its run page, loaded
-    and settled; yields (driver, server process, shows) where ``shows(*texts)`` tells whether the
-    page has all ``texts``."""
+def _browser_on(app: Path, env: dict):
+    """A fresh `streamlit run APP` (run in its folder, empty result cache) on a free local port with
+    headless Chromium; yields (driver, server process, address, shows) where ``shows(*texts)`` tells
+    whether the page has all ``texts``."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -225,13 +257,14 @@ def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        raise SystemExit("error: --browser needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+        raise SystemExit("error: the browser measurements need chromium and chromedriver "
+                         "(apt-get install chromium chromium-driver)")
     port = _free_port()
     with tempfile.TemporaryDirectory() as d:
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "127.0.0.1",
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", app.name, "--server.address", "127.0.0.1",
                                    "--server.port", str(port), "--server.headless", "true",
                                    "--browser.gatherUsageStats", "false"],
-                                  cwd=ROOT, env={**env, "PERMERGE_CACHE": f"{d}/cache"},
+                                  cwd=app.parent, env={**env, "PERMERGE_CACHE": f"{d}/cache"},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium
@@ -250,7 +283,6 @@ def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
                 except OSError:
                     time.sleep(0.3)
             drv = webdriver.Chrome(service=Service(driver), options=opts)
-            drv.get(f"{url}/?tokens={tokens}&lambdas={lambdas}&eval_blocks={blocks}&device=cpu")
 
             def shows(*texts):
                 """Whether the page has all ``texts`` (a chart's title included, once Plotly drew it).
@@ -262,14 +294,65 @@ def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
                 except Exception:
                     return False
 
-            _until(lambda: shows("Compatible", "Run alignment"), 120, "the run page")
-            _settle(drv.service.process.pid)
-            yield drv, server, shows
+            yield drv, server, url, shows
         finally:
             if drv is not None:
                 drv.quit()
             server.terminate()
             server.wait(10)
+
+
+@contextmanager
+def _run_page(tokens: int, lambdas: int, blocks: int, env: dict):
+    """The dashboard (``_browser_on`` app.py) on its run page with the given settings, loaded and
+    settled; yields (driver, server process, shows)."""
+    with _browser_on(ROOT / "app.py", env) as (drv, server, url, shows):
+        drv.get(f"{url}/?tokens={tokens}&lambdas={lambdas}&eval_blocks={blocks}&device=cpu")
+        _until(lambda: shows("Compatible", "Run alignment"), 120, "the run page")
+        _settle(drv.service.process.pid)
+        yield drv, server, shows
+
+
+_CHART_PAGE = """
+import sys
+sys.path.insert(0, {root!r})
+import plotly.graph_objects as go
+import streamlit as st
+if {preload!r}:
+    from dashboard.figures import preload_plotly
+    preload_plotly()
+n = st.session_state.setdefault("n", 0)
+if st.button("Add a chart"):
+    st.session_state.n = n = n + 1
+for i in range(n):
+    st.plotly_chart(go.Figure(go.Scatter(x=[0, 0.5, 1], y=[1, 2 + i, 1])).update_layout(title=f"chart {{i}}"),
+                    key=f"chart{{i}}")
+st.caption(f"{{n}} charts")
+"""
+
+
+def first_chart_cost(preload: bool, env: dict, charts: int = 4) -> list[tuple[float, float]]:
+    """(seconds until drawn, Chromium CPU seconds) of each of ``charts`` Plotly charts added one per
+    click to a minimal Streamlit page in a fresh browser, with or without the dashboard's hidden
+    chart that loads Plotly with the page (``dashboard.figures.preload_plotly``)."""
+    from selenium.webdriver.common.by import By
+
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        app = Path(d) / "charts.py"
+        app.write_text(_CHART_PAGE.format(root=str(ROOT), preload=preload))
+        with _browser_on(app, env) as (drv, server, url, shows):
+            drv.get(url)
+            _until(lambda: shows("0 charts"), 60, "the page")
+            _settle(drv.service.process.pid)
+            for i in range(charts):
+                b0, t0 = _cpu_seconds(drv.service.process.pid), time.perf_counter()
+                next(b for b in drv.find_elements(By.TAG_NAME, "button") if "Add a chart" in b.text).click()
+                _until(lambda: shows(f"chart {i}", f"{i + 1} charts"), 60, f"chart {i}")
+                drawn = time.perf_counter() - t0
+                _settle(drv.service.process.pid)
+                out.append((drawn, _cpu_seconds(drv.service.process.pid) - b0))
+    return out
 
 
 def _settle(pid: int, quiet_s: float = 0.1, timeout: float = 30.0) -> float:
@@ -372,7 +455,7 @@ def browser_main(args) -> None:
             before, before_job, cli_cpu = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             browser, cpu, cpu_browser = browser_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
             after, after_job, cli_cpu2 = cli_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
-            bare = job_seconds(args.tokens, args.lambdas, args.eval_blocks, env)
+            bare = job_seconds(args.tokens, args.lambdas, args.eval_blocks, env, freeze=True)  # as in the server
             rows.append((before, before_job, (cli_cpu + cli_cpu2) / 2, browser, cpu, cpu_browser, after, after_job,
                          bare))
         share = reporting_share(default_job(args.tokens, args.eval_blocks), AlignOptions(), args.lambdas)
@@ -409,9 +492,33 @@ def main(argv=None):
     ap.add_argument("--busy", type=int, default=0, help="--browser: other busy processes meanwhile")
     ap.add_argument("--watch-cost", action="store_true",
                     help="Chromium's CPU on the idle run page while a watcher reads the page's text 4 times a second")
+    ap.add_argument("--first-chart", action="store_true",
+                    help="Chromium's CPU for each Plotly chart added to a minimal page, with and without the preload")
+    ap.add_argument("--collector", action="store_true",
+                    help="the dashboard's job alone, with and without the imported modules frozen for the collector")
     args = ap.parse_args(argv)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if args.first_chart:
+        print(f"# Plotly charts added one per click to a minimal Streamlit page in a fresh headless Chromium "
+              f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}): seconds until drawn, Chromium CPU seconds")
+        for preload in (False, True):
+            cells = " | ".join(f"{t:.2f} s, {c:.2f} s" for t, c in first_chart_cost(preload, env))
+            print(f"| {'with' if preload else 'without'} the hidden preload chart | {cells} |")
+        return
+    if args.collector:
+        print(f"# the dashboard's job alone ({args.tokens} tokens, {args.lambdas} lambdas, {args.eval_blocks} blocks, "
+              f"CPU; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}): full collections from the job's start until its thread ended")
+        print("| imported modules | job (s) | full collections, the job manager's after the result included "
+              "| their seconds | objects the collector tracks after |")
+        print("| --- | --- | --- | --- | --- |")
+        for _ in range(args.repeats):
+            for freeze in (False, True):
+                r = job_alone(args.tokens, args.lambdas, args.eval_blocks, env, freeze)
+                print(f"| {'frozen (gc.freeze)' if freeze else 'walked by every full collection'} | {r['job_s']:.1f} "
+                      f"| {r['full_collections']} | {r['full_collection_s']:.3f} "
+                      f"| {r['tracked_objects']:,} |")
+        return
     if args.watch_cost:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         print(f"# Chromium CPU seconds over 10 s on the idle run page, by how the page is read 4 times a second "
               f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f})")
         for name, cpu in watch_cost(args.tokens, args.lambdas, args.eval_blocks, env):

@@ -73,10 +73,11 @@ def jobs() -> JobManager:
 def freeze_imports() -> int:
     """Once per server process, after torch, transformers and permerge are imported (on the first
     page): the objects alive then, nearly all of them the imported modules', go to the collector's
-    permanent generation (``gc.freeze``).  Python's automatic full collections, which a job on the
-    bundled pair triggers about twice, then skip them: each took about 0.2 s with the interpreter
-    lock held, stalling the job's thread and the page's script meanwhile.  Returns how many objects
-    were frozen."""
+    permanent generation (``gc.freeze``).  Full collections then skip them: the job manager's one
+    after every job, which holds the interpreter lock just when the page would draw the job's
+    result, and the automatic ones that the server's script runs add.  On the bundled pair each took
+    about 0.2 s, and 0.003 s once frozen (``bench/bench_dashboard.py --collector``).  Returns how
+    many objects were frozen."""
     import gc
 
     gc.collect()
@@ -482,8 +483,8 @@ def _partial_chart(snap: dict) -> None:
     st.plotly_chart(kept[1], width="stretch", key=f"partial::{snap['key']}")
 
 
-# Every update of a running job's progress costs the browser a redraw of the page (about 0.3 s of CPU
-# for the run page in headless Chromium, bench/README.md), taken from the job on a two-core machine
+# Every update of a running job's progress costs the server a script run and the browser a redraw,
+# CPU taken from the job on a two-core machine (bench/README.md, "The browser against the command line")
 POLL_S = 2.0  # the progress line of a running job is read this often
 CHART_POLL_S = 6.0  # and the curve being evaluated drawn again this often (when it has new points)
 
