@@ -22,7 +22,7 @@ PLOTLY_PRELOAD = "plotly_preload"
 def preload_plotly() -> None:
     """An empty-looking, hidden Plotly chart, so that the browser loads and starts Plotly's code with
     the page rather than when the page's first chart arrives.  Streamlit fetches that code on its
-    first chart in a tab; in headless Chromium on two cores its first chart costs about 2 s of CPU
+    first chart in a tab; in headless Chromium on two cores its first chart costs about 1.6 s of CPU
     against 0.3 s for each one after (bench/README.md), and on the run page the first chart is the
     live curve of the first job, whose work runs on the same cores.  The figure is a curve chart
     built once per server process, which also imports what the server's first chart needs (Plotly's

@@ -76,7 +76,7 @@ def freeze_imports() -> int:
     permanent generation (``gc.freeze``).  Full collections then skip them: the job manager's one
     after every job, which holds the interpreter lock just when the page would draw the job's
     result, and the automatic ones that the server's script runs add.  On the bundled pair each took
-    about 0.2 s, and 0.003 s once frozen (``bench/bench_dashboard.py --collector``).  Returns how
+    0.15 s to 0.2 s, and 0.003 s once frozen (``bench/bench_dashboard.py --collector``).  Returns how
     many objects were frozen."""
     import gc
 
