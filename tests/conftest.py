@@ -26,7 +26,9 @@ HAVE_PAIR = _have_default_pair()  # the bundled default pair (mlm-seed1, mlm-see
 def page_charts(at) -> list:
     """The Plotly charts of an AppTest page, without the hidden empty one every page carries so that
     the browser loads Plotly early (``dashboard.figures.preload_plotly``)."""
-    return [c for c in at.get("plotly_chart") if not c.proto.id.endswith("plotly_preload_chart")]
+    from dashboard.figures import PLOTLY_PRELOAD
+
+    return [c for c in at.get("plotly_chart") if not c.proto.id.endswith(f"{PLOTLY_PRELOAD}_chart")]
 
 
 @pytest.fixture(scope="module")

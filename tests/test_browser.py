@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HAVE_PAIR
+from dashboard.figures import PLOTLY_PRELOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -207,7 +208,7 @@ def set_number(drv, label: str, value: int):
 def plotly_count(drv) -> int:
     """Plotly's drawn layers on the page, not counting the hidden chart that loads Plotly with the page."""
     return drv.execute_script("return [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
-                              ".filter(e => !e.closest('.st-key-plotly_preload')).length")
+                              ".filter(e => !e.closest('.st-key-' + arguments[0])).length", PLOTLY_PRELOAD)
 
 
 def test_dashboard_in_browser(server, browser):
@@ -223,8 +224,9 @@ def test_dashboard_in_browser(server, browser):
     shot(drv, "01-no-result-yet")
     # Plotly's code was loaded and run with the page, before any chart: a hidden, empty chart drawn
     hidden = wait_for(drv, lambda: drv.execute_script(
-        "const p = document.querySelector('.st-key-plotly_preload');"
-        "return p && p.querySelector('.js-plotly-plot .main-svg') ? getComputedStyle(p).display : null"),
+        "const p = document.querySelector('.st-key-' + arguments[0]);"
+        "return p && p.querySelector('.js-plotly-plot .main-svg') ? getComputedStyle(p).display : null",
+        PLOTLY_PRELOAD),
         30, "Plotly loaded with the page")
     assert hidden == "none" and plotly_count(drv) == 0
     click_text(drv, "a", "Go to Pick and run")

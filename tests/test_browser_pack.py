@@ -8,15 +8,9 @@ import re
 import pytest
 
 from test_browser import (BROWSER_MARKS, NEEDS_PAIR, assert_no_exception, body, browser, click_text,  # noqa: F401
-                          goto, idle, server, set_number, shot, title_is, wait_for)
+                          goto, idle, plotly_count, server, set_number, shot, title_is, wait_for)
 
 pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
-
-
-def _plots(drv) -> int:
-    """Plotly's drawn layers on the page, not counting the hidden chart that loads Plotly with the page."""
-    return drv.execute_script("return [...document.querySelectorAll('.js-plotly-plot .main-svg')]"
-                              ".filter(e => !e.closest('.st-key-plotly_preload')).length")
 
 
 def _sidebar_shown(drv) -> bool:
@@ -34,7 +28,7 @@ def test_downloads_presenter_view_and_lecture_pack(server, browser, tmp_path):
     downloads.mkdir()
     drv.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     drv.get(server)
-    wait_for(drv, lambda: title_is(drv, "Start here") and _plots(drv) >= 1, 60, "the start page's chart")
+    wait_for(drv, lambda: title_is(drv, "Start here") and plotly_count(drv) >= 1, 60, "the start page's chart")
 
     # the chart's Download menu: PNG (rendered by kaleido on request) and its data as CSV
     click_text(drv, "button", "Download")
@@ -87,7 +81,7 @@ def test_downloads_presenter_view_and_lecture_pack(server, browser, tmp_path):
                                                              "uploadThroughput": -1})
     try:
         drv.get(pack.as_uri())
-        wait_for(drv, lambda: _plots(drv) >= 2, 30, "the lecture pack's charts, offline")
+        wait_for(drv, lambda: plotly_count(drv) >= 2, 30, "the lecture pack's charts, offline")
         assert "Equivalent." in body(drv) and re.search(r"67% lower", body(drv))
         shot(drv, "pack-04-lecture-pack", wait=False)
     finally:

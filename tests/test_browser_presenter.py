@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from dashboard.figures import PLOTLY_PRELOAD
 from test_browser import (BROWSER_MARKS, NEEDS_PAIR, assert_no_exception, browser, click_text, idle,  # noqa: F401
                           server, shot, title_is, wait_for)
 
@@ -15,11 +16,11 @@ pytestmark = [*BROWSER_MARKS, NEEDS_PAIR]
 IN_VIEW = """
 const bar = document.querySelector('.st-key-presenter_bar');
 const chart = [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-              .find(e => !e.closest('.st-key-plotly_preload'));  // not the hidden chart that loads Plotly
+              .find(e => !e.closest('.st-key-%s'));  // not the hidden chart that loads Plotly
 if (!bar || !chart) { return null; }
 const b = bar.getBoundingClientRect(), c = chart.getBoundingClientRect();
 return {bar_top: b.top, bar_bottom: b.bottom, chart_top: c.top, chart_bottom: c.bottom, height: window.innerHeight};
-"""
+""" % PLOTLY_PRELOAD
 
 BUTTONS = """
 const bar = document.querySelector('.st-key-presenter_bar').getBoundingClientRect();

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, free_port, upgrade_status
+from dashboard.figures import PLOTLY_PRELOAD
 from permerge import zoo
 
 ZOO = ROOT / "permerge" / "zoo"
@@ -352,7 +353,7 @@ def test_wheel_builds_small_installs_offline_and_runs(tmp_path):
         from streamlit.testing.v1 import AppTest
         at = AppTest.from_file(str(app), default_timeout=120).run()
         assert not at.exception, [e.value for e in at.exception]
-        charts = [c for c in at.get("plotly_chart") if not c.proto.id.endswith("plotly_preload_chart")]
+        charts = [c for c in at.get("plotly_chart") if not c.proto.id.endswith("{PLOTLY_PRELOAD}_chart")]
         print("TITLE", at.title[0].value, len(charts))
     """)
     r = subprocess.run([str(py), "-c", script], cwd=work, env={**env, "PERMERGE_ZOO": str(ZOO)},
